@@ -1,0 +1,156 @@
+"""Kaldi-compatible log-mel filterbank, vectorised over a batch, on any device.
+
+It reproduces `torchaudio.compliance.kaldi.fbank` with the settings the AST authors use
+(`htk_compat=True, use_energy=False, window_type="hanning", dither=0.0, frame_shift=10`):
+
+* frames of 25 ms (400 samples at 16 kHz) every 10 ms (160 samples), only whole frames (`snip_edges`),
+* per-frame DC removal, pre-emphasis 0.97 (first sample against itself), symmetric Hann window,
+* zero-padding to the next power of two (512 points), power spectrum,
+* triangular mel filters on the Kaldi mel scale 1127 ln(1 + f / 700) between 20 Hz and Nyquist,
+* natural log with a floor of float32 eps.
+
+All clips of a batch go through the same tensor operations; the work is cut into chunks of frames so
+that the intermediate spectra stay in cache (one giant FFT over the whole batch measured slower on CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+FLOAT32_EPS = torch.finfo(torch.float32).eps
+# Frames per chunk: 2048 frames x 257 complex bins ~ 4 MB, measured the sweet spot on a 2-core AVX-512 CPU.
+FRAMES_PER_CHUNK = 2048
+
+
+def frame_geometry(sampling_rate: int, frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0) -> tuple[int, int, int]:
+    """(window size, hop, FFT size) in samples for the given rate."""
+    window = int(sampling_rate * frame_length_ms * 0.001)
+    hop = int(sampling_rate * frame_shift_ms * 0.001)
+    return window, hop, 1 << (window - 1).bit_length()
+
+
+def num_frames(num_samples, window: int, hop: int):
+    """Whole frames in `num_samples` samples (Kaldi `snip_edges=True`); works on ints and integer tensors."""
+    if isinstance(num_samples, torch.Tensor):
+        return torch.where(num_samples < window, 0, (num_samples - window) // hop + 1)
+    return 0 if num_samples < window else (num_samples - window) // hop + 1
+
+
+def _mel(freq):
+    return 1127.0 * math.log(1.0 + freq / 700.0) if not isinstance(freq, torch.Tensor) else 1127.0 * torch.log1p(freq / 700.0)
+
+
+@functools.lru_cache(maxsize=32)
+def _mel_matrix_cpu(num_mel_bins: int, n_fft: int, sampling_rate: int, low_freq: float, high_freq: float) -> torch.Tensor:
+    nyquist = 0.5 * sampling_rate
+    if high_freq <= 0.0:
+        high_freq += nyquist
+    if not 0.0 <= low_freq < high_freq <= nyquist:
+        raise ValueError(f"mel range must satisfy 0 <= low_freq < high_freq <= {nyquist} Hz, got {low_freq}, {high_freq}")
+    num_fft_bins = n_fft // 2
+    fft_bin_width = sampling_rate / n_fft
+    mel_low, mel_high = _mel(low_freq), _mel(high_freq)
+    mel_delta = (mel_high - mel_low) / (num_mel_bins + 1)
+    index = torch.arange(num_mel_bins, dtype=torch.float32).unsqueeze(1)
+    left = mel_low + index * mel_delta
+    center = mel_low + (index + 1.0) * mel_delta
+    right = mel_low + (index + 2.0) * mel_delta
+    mel = _mel(fft_bin_width * torch.arange(num_fft_bins, dtype=torch.float32)).unsqueeze(0)
+    up = (mel - left) / (center - left)
+    down = (right - mel) / (right - center)
+    weights = torch.clamp(torch.minimum(up, down), min=0.0)  # [mel bins, n_fft/2]
+    # Kaldi has no weight on the Nyquist bin: one zero column makes it [mel bins, n_fft/2 + 1].
+    weights = torch.nn.functional.pad(weights, (0, 1))
+    return weights.t().contiguous()  # [n_fft/2 + 1, mel bins], ready for `power @ weights`
+
+
+@functools.lru_cache(maxsize=32)
+def _window_cpu(window_size: int) -> torch.Tensor:
+    return torch.hann_window(window_size, periodic=False, dtype=torch.float64).to(torch.float32)
+
+
+_DEVICE_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _cached_on(tensor: torch.Tensor, key: tuple, device: torch.device) -> torch.Tensor:
+    full_key = key + (str(device),)
+    cached = _DEVICE_CACHE.get(full_key)
+    if cached is None:
+        cached = _DEVICE_CACHE[full_key] = tensor.to(device)
+    return cached
+
+
+def mel_matrix(num_mel_bins: int, n_fft: int, sampling_rate: int, low_freq: float = 20.0, high_freq: float = 0.0,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """Kaldi triangular mel weights, [n_fft // 2 + 1, num_mel_bins] float32, cached per device.
+
+    `high_freq <= 0` counts from Nyquist, as in Kaldi.
+    """
+    key = ("mel", num_mel_bins, n_fft, sampling_rate, float(low_freq), float(high_freq))
+    return _cached_on(_mel_matrix_cpu(num_mel_bins, n_fft, sampling_rate, float(low_freq), float(high_freq)), key,
+                      torch.device(device))
+
+
+def log_mel_filterbank(
+    waveforms: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    sampling_rate: int = 16000,
+    num_mel_bins: int = 128,
+    low_freq: float = 20.0,
+    high_freq: float = 0.0,
+    preemphasis: float = 0.97,
+    frames_per_chunk: int = FRAMES_PER_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-mel filterbank of a batch of mono waveforms.
+
+    Args:
+        waveforms: [batch, samples] float tensor (any device), clips right-padded to a common length.
+        lengths: [batch] number of real samples per clip (default: all samples).
+        sampling_rate: Hz. num_mel_bins: mel bins. low_freq / high_freq: mel range in Hz (`high_freq <= 0`
+            is relative to Nyquist). preemphasis: pre-emphasis coefficient.
+
+    Returns:
+        (features [batch, frames, num_mel_bins] float32 on the input's device, with frames past a clip's end
+        set to 0; frames_per_clip [batch] int64).
+    """
+    if waveforms.ndim != 2:
+        raise ValueError(f"expected waveforms of shape [batch, samples], got {tuple(waveforms.shape)}")
+    device = waveforms.device
+    waveforms = waveforms.to(torch.float32)
+    batch, total = waveforms.shape
+    window_size, hop, n_fft = frame_geometry(sampling_rate)
+    if lengths is None:
+        lengths = torch.full((batch,), total, dtype=torch.long, device=device)
+    lengths = torch.as_tensor(lengths, device=device, dtype=torch.long)
+    frames_per_clip = num_frames(lengths, window_size, hop)
+    max_frames = num_frames(total, window_size, hop)
+    features = torch.zeros(batch, max_frames, num_mel_bins, dtype=torch.float32, device=device)
+    if max_frames == 0:
+        return features, frames_per_clip
+
+    frames = waveforms.unfold(1, window_size, hop)  # [batch, frames, window] view, no copy
+    mel = mel_matrix(num_mel_bins, n_fft, sampling_rate, low_freq, high_freq, device)
+    window = _cached_on(_window_cpu(window_size), ("window", window_size), device)
+    step = max(1, frames_per_chunk // batch)  # frames of every clip per chunk
+    for start in range(0, max_frames, step):
+        stop = min(start + step, max_frames)
+        chunk = frames[:, start:stop].reshape(-1, window_size)
+        chunk = chunk - chunk.mean(dim=1, keepdim=True)
+        # Pre-emphasis with the first sample weighed against itself (Kaldi) and the window, written into a
+        # zero-padded buffer for the FFT.
+        padded = chunk.new_zeros(chunk.shape[0], n_fft)
+        torch.sub(chunk[:, 1:], chunk[:, :-1], alpha=preemphasis, out=padded[:, 1:window_size])
+        padded[:, 0] = chunk[:, 0] * (1.0 - preemphasis)
+        padded[:, :window_size] *= window
+        spectrum = torch.fft.rfft(padded, dim=1)
+        power = spectrum.real.square().add_(spectrum.imag.square())
+        energies = torch.clamp_min_(power @ mel, FLOAT32_EPS)
+        features[:, start:stop] = torch.log_(energies).view(batch, stop - start, num_mel_bins)
+    # Frames past each clip's end were computed from padding: zero them.
+    valid = torch.arange(max_frames, device=device).unsqueeze(0) < frames_per_clip.unsqueeze(1)
+    features.mul_(valid.unsqueeze(-1))
+    return features, frames_per_clip

@@ -1,0 +1,480 @@
+"""Audio Spectrogram Transformer (Gong, Chung and Glass, Interspeech 2021).
+
+A spectrogram [batch, frames, mel bins] is cut into overlapping 16x16 patches (strides `frequency_stride` x
+`time_stride`), each projected to D dims; a cls and a distillation token are prepended, learned position
+embeddings added, and a pre-norm ViT encoder runs over the tokens. The pooled output is the mean of the two
+tokens after the final LayerNorm; the head is LayerNorm + Linear.
+
+Module and parameter names follow the layout `transformers` writes to disk (`encoder.layer.N.attention.
+attention.query`, ...), so checkpoints move between the two libraries without renaming.
+
+Beyond `transformers`' AST: inputs of any frame count (position embeddings adapted with the authors' rules
+and cached per length), batches of clips of different lengths with a frame-level `attention_mask`,
+distinct LayerNorm eps for backbone and head (the authors' 1e-6 / 1e-5), soft-label cross-entropy for mixup,
+and `from_pretrained(..., max_length=N)` that adapts rather than re-initialises the position embeddings.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+
+from .configuration_ast import ASTConfig, patch_grid
+
+# --------------------------------------------------------------------------------------------------------------
+# Position-embedding adaptation (the authors' `audioset_pretrain` rule), kept beside the model it serves.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _adapt_axis(grid: torch.Tensor, new_size: int, axis: int) -> torch.Tensor:
+    """Centre-cut (shorter) or bilinearly resize (longer) a [1, D, F, T] grid along `axis` (2 = F, 3 = T)."""
+    old_size = grid.shape[axis]
+    if new_size < old_size:
+        start = old_size // 2 - new_size // 2
+        return grid.narrow(axis, start, new_size)
+    if new_size > old_size:
+        size = list(grid.shape[2:])
+        size[axis - 2] = new_size
+        return F.interpolate(grid, size=tuple(size), mode="bilinear", align_corners=False)
+    return grid
+
+
+def adapt_position_embeddings(position_embeddings: torch.Tensor, source_grid: tuple[int, int],
+                              target_grid: tuple[int, int]) -> torch.Tensor:
+    """Adapt learned position embeddings to another patch grid, as the AST authors do.
+
+    Args:
+        position_embeddings: [1, 2 + f0 * t0, D]; two token positions, then patches frequency-major.
+        source_grid: (f0, t0) patches along (frequency, time) the embeddings were learned for.
+        target_grid: (f, t) wanted.
+
+    Returns:
+        [1, 2 + f * t, D]. Time first: a shorter grid is cut from the centre (start = t0 // 2 - t // 2), a
+        longer one resized bilinearly (align_corners=False); then frequency by the same rule. The two token
+        positions are kept as they are.
+    """
+    f0, t0 = source_grid
+    f, t = target_grid
+    tokens, patches = position_embeddings[:, :2], position_embeddings[:, 2:]
+    if patches.shape[1] != f0 * t0:
+        raise ValueError(f"position embeddings hold {patches.shape[1]} patches, not {f0}x{t0}={f0 * t0}")
+    dim = patches.shape[-1]
+    grid = patches.transpose(1, 2).reshape(1, dim, f0, t0)
+    grid = _adapt_axis(grid, t, axis=3)
+    grid = _adapt_axis(grid, f, axis=2)
+    return torch.cat([tokens, grid.reshape(1, dim, f * t).transpose(1, 2)], dim=1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------------------------
+
+
+class ASTPatchEmbeddings(nn.Module):
+    """[batch, frames, mel bins] -> [batch, f * t, D] patch tokens, frequency-major (index fi * t + ti)."""
+
+    def __init__(self, config: ASTConfig):
+        super().__init__()
+        self.projection = nn.Conv2d(1, config.hidden_size, kernel_size=config.patch_size,
+                                    stride=(config.frequency_stride, config.time_stride))
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        # The spectrogram is seen as a one-channel image with frequency as height: [B, 1, F, T].
+        image = input_values.unsqueeze(1).transpose(2, 3)
+        return self.projection(image).flatten(2).transpose(1, 2)
+
+
+class ASTEmbeddings(nn.Module):
+    """Patch tokens + cls and distillation tokens + (adapted) position embeddings."""
+
+    def __init__(self, config: ASTConfig):
+        super().__init__()
+        self.config = config
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.distillation_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.patch_embeddings = ASTPatchEmbeddings(config)
+        f, t = config.patch_grid()
+        self.position_embeddings = nn.Parameter(torch.zeros(1, f * t + 2, config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self._adapted: dict[tuple, torch.Tensor] = {}
+
+    def position_embeddings_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        """[1, 2 + f * t, D] position embeddings for a (f, t) patch grid; cached when no gradient is needed."""
+        param = self.position_embeddings
+        base = self.config.patch_grid()
+        if grid == base:
+            return param
+        if torch.is_grad_enabled() and param.requires_grad:
+            return adapt_position_embeddings(param, base, grid)
+        # The version counter moves on every in-place update (optimizer steps, load_state_dict): no stale entry.
+        key = (grid, param.device, param.dtype, param._version, param.data_ptr())
+        cached = self._adapted.get(key)
+        if cached is None:
+            if len(self._adapted) > 32:
+                self._adapted.clear()
+            cached = self._adapted[key] = adapt_position_embeddings(param.detach(), base, grid)
+        return cached
+
+    def forward(self, input_values: torch.Tensor, frames_per_clip: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        Args:
+            input_values: [batch, frames, mel bins] normalised log-mel features.
+            frames_per_clip: [batch] real frames of each clip when the batch is right-padded (None: all real).
+
+        Returns:
+            embeddings [batch, 2 + f * t, D] and a token mask [batch, 2 + f * t] (True = real) or None.
+        """
+        batch, frames, _ = input_values.shape
+        cfg = self.config
+        grid = cfg.patch_grid(frames)
+        patches = self.patch_embeddings(input_values)
+        tokens = torch.cat([self.cls_token.expand(batch, -1, -1), self.distillation_token.expand(batch, -1, -1),
+                            patches], dim=1)
+        token_mask = None
+        if frames_per_clip is None or bool((frames_per_clip >= frames).all()):
+            tokens = tokens + self.position_embeddings_for(grid)
+        else:
+            # Each clip gets the embeddings it would get alone: adapted to its own length, then right-padded.
+            f, t = grid
+            clip_t = (frames_per_clip.clamp(max=frames) - cfg.patch_size).div(cfg.time_stride, rounding_mode="floor") + 1
+            position = tokens.new_zeros(batch, 2 + f * t, tokens.shape[-1])
+            for length in torch.unique(clip_t).tolist():
+                rows = (clip_t == length).nonzero().squeeze(1)
+                emb = self.position_embeddings_for((f, length)).to(tokens.dtype)
+                patch_part = F.pad(emb[:, 2:].reshape(1, f, length, -1), (0, 0, 0, t - length))
+                position[rows] = torch.cat([emb[:, :2], patch_part.reshape(1, f * t, -1)], dim=1)
+            tokens = tokens + position
+            time_index = torch.arange(t, device=tokens.device).repeat(f)  # frequency-major token order
+            token_mask = torch.cat([torch.ones(batch, 2, dtype=torch.bool, device=tokens.device),
+                                    time_index.unsqueeze(0) < clip_t.unsqueeze(1)], dim=1)
+        return self.dropout(tokens), token_mask
+
+
+class ASTLinear(nn.Module):
+    """A Linear layer kept under a `.dense` name, the on-disk layout of `transformers`' AST."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.dense = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(x)
+
+
+class ASTSelfAttention(nn.Module):
+    """Multi-head self-attention over [batch, tokens, D]; `sdpa` (fused kernel) or `eager` (explicit softmax)."""
+
+    def __init__(self, config: ASTConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+
+    def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor | None = None,
+                output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """key_mask: [batch, 1, 1, tokens] bool, True where a token may be attended to."""
+        batch, tokens, dim = hidden_states.shape
+        shape = (batch, tokens, self.num_heads, self.head_dim)
+        q = self.query(hidden_states).view(shape).transpose(1, 2)
+        k = self.key(hidden_states).view(shape).transpose(1, 2)
+        v = self.value(hidden_states).view(shape).transpose(1, 2)
+        dropout = self.config.attention_probs_dropout_prob if self.training else 0.0
+        weights = None
+        if self.config._attn_implementation == "sdpa" and not output_attentions:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
+        else:
+            scores = (q @ k.transpose(-2, -1)) * (self.head_dim ** -0.5)
+            if key_mask is not None:
+                scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
+            weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+            context = F.dropout(weights, p=dropout) @ v
+        return context.transpose(1, 2).reshape(batch, tokens, dim), weights
+
+
+class ASTAttention(nn.Module):
+    def __init__(self, config: ASTConfig):
+        super().__init__()
+        self.attention = ASTSelfAttention(config)
+        self.output = ASTLinear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states, key_mask=None, output_attentions=False):
+        context, weights = self.attention(hidden_states, key_mask, output_attentions)
+        return self.output(context), weights
+
+
+class ASTLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, config: ASTConfig):
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = ASTAttention(config)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.intermediate = ASTLinear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.output = ASTLinear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, key_mask=None, output_attentions=False):
+        attended, weights = self.attention(self.layernorm_before(hidden_states), key_mask, output_attentions)
+        hidden_states = hidden_states + self.dropout(attended)
+        mlp = self.output(self.activation(self.intermediate(self.layernorm_after(hidden_states))))
+        return hidden_states + self.dropout(mlp), weights
+
+
+class ASTEncoder(nn.Module):
+    def __init__(self, config: ASTConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(ASTLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class ASTMLPHead(nn.Module):
+    """LayerNorm (eps `config.head_layer_norm_eps`) + Linear to `num_labels` logits."""
+
+    def __init__(self, config: ASTConfig):
+        super().__init__()
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.head_layer_norm_eps)
+        self.dense = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.dense(self.layernorm(pooled))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pre-trained models
+# --------------------------------------------------------------------------------------------------------------
+
+
+def frames_from_attention_mask(attention_mask: torch.Tensor | None, input_values: torch.Tensor) -> torch.Tensor | None:
+    """[batch, frames] 0/1 frame mask -> [batch] real frames per clip (None where every frame is real)."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != input_values.shape[:2]:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected [batch, frames] = "
+                         f"{tuple(input_values.shape[:2])}, one entry per frame of input_values")
+    return attention_mask.to(torch.long).sum(dim=1)
+
+
+class ASTPreTrainedModel(PreTrainedModel):
+    config_class = ASTConfig
+    config: ASTConfig
+    base_model_prefix = "audio_spectrogram_transformer"
+    main_input_name = "input_values"
+    input_modalities = ("audio",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ASTEmbeddings", "ASTLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, ASTEmbeddings):
+            # timm / the authors: truncated normal tokens and position embeddings (transformers: zeros, which
+            # leaves a model trained from scratch without any sense of position at the start).
+            for param in (module.cls_token, module.distillation_token, module.position_embeddings):
+                init.trunc_normal_(param, std=std)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, max_length: int | None = None, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus `max_length=N` (frames) to adapt the position embeddings to a
+        new input length with the authors' rule (never re-initialised), and a fresh head when `num_labels`
+        differs from the checkpoint's."""
+        num_labels = kwargs.get("num_labels")
+        config = kwargs.get("config")
+        if num_labels is not None and config is None:
+            saved = ASTConfig.from_pretrained(pretrained_model_name_or_path,
+                                              **{k: kwargs[k] for k in ("cache_dir", "revision", "token",
+                                                                          "local_files_only") if k in kwargs})
+            if saved.num_labels != num_labels:
+                kwargs.setdefault("ignore_mismatched_sizes", True)
+                kwargs.setdefault("problem_type", None)
+                if "id2label" not in kwargs:
+                    kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(num_labels)}
+                    kwargs["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if max_length is not None:
+            model.resize_max_length(max_length)
+        return model
+
+    def _embeddings(self) -> ASTEmbeddings:
+        return self.get_submodule(
+            "embeddings" if isinstance(self, ASTModel) else f"{self.base_model_prefix}.embeddings")
+
+    @torch.no_grad()
+    def resize_max_length(self, max_length: int) -> None:
+        """Adapt the learned position embeddings to inputs of `max_length` frames and record it in the config."""
+        embeddings = self._embeddings()
+        old_grid = self.config.patch_grid()
+        new_grid = self.config.patch_grid(max_length)
+        param = embeddings.position_embeddings
+        adapted = adapt_position_embeddings(param.data, old_grid, new_grid).contiguous()
+        embeddings.position_embeddings = nn.Parameter(adapted, requires_grad=param.requires_grad)
+        embeddings._adapted.clear()
+        self.config.max_length = max_length
+        if isinstance(self, ASTForAudioClassification):
+            self.audio_spectrogram_transformer.config.max_length = max_length
+
+
+class ASTModel(ASTPreTrainedModel):
+    """The AST backbone: [batch, frames, mel bins] -> tokens [batch, 2 + f * t, D] and pooled [batch, D]."""
+
+    def __init__(self, config: ASTConfig):
+        super().__init__(config)
+        self.embeddings = ASTEmbeddings(config)
+        self.encoder = ASTEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> ASTPatchEmbeddings:
+        return self.embeddings.patch_embeddings
+
+    def _check_input(self, input_values: torch.Tensor | None) -> None:
+        if input_values is None:
+            raise ValueError("input_values is required: [batch, frames, mel bins] features from ASTFeatureExtractor")
+        if input_values.ndim != 3 or input_values.shape[-1] != self.config.num_mel_bins:
+            raise ValueError(
+                f"input_values has shape {tuple(input_values.shape)}; expected [batch, frames, "
+                f"{self.config.num_mel_bins}] (mel bins last), as ASTFeatureExtractor returns")
+        if input_values.shape[1] < self.config.patch_size:
+            patch_grid(self.config.num_mel_bins, input_values.shape[1], self.config.patch_size,
+                       self.config.frequency_stride, self.config.time_stride)
+
+    def forward(
+        self,
+        input_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """
+        Args:
+            input_values: [batch, frames, mel bins] normalised log-mel features (any frame count >= patch size).
+            attention_mask: optional [batch, frames], 1 for real frames, 0 for right padding.
+
+        Returns:
+            `BaseModelOutputWithPooling` with `last_hidden_state` [batch, 2 + f * t, D] (padded patches zero) and
+            `pooler_output` [batch, D] = mean of the cls and distillation tokens.
+        """
+        self._check_input(input_values)
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        frames_per_clip = frames_from_attention_mask(attention_mask, input_values)
+        hidden_states, token_mask = self.embeddings(input_values, frames_per_clip)
+        key_mask = None if token_mask is None else token_mask[:, None, None, :]
+        keep = None if token_mask is None else token_mask.unsqueeze(-1).to(hidden_states.dtype)
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        attentions = () if output_attentions else None
+        for layer in self.encoder.layer:
+            hidden_states, weights = layer(hidden_states, key_mask, output_attentions)
+            if keep is not None:  # padded patches carry nothing forward
+                hidden_states = hidden_states * keep
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                attentions += (weights,)
+        sequence_output = self.layernorm(hidden_states)
+        if keep is not None:
+            sequence_output = sequence_output * keep
+        pooled = (sequence_output[:, 0] + sequence_output[:, 1]) / 2
+        out = BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled,
+                                         hidden_states=all_hidden, attentions=attentions)
+        return out if return_dict else out.to_tuple()
+
+
+class ASTForAudioClassification(ASTPreTrainedModel):
+    """AST backbone + LayerNorm/Linear head on the pooled output; logits [batch, num_labels]."""
+
+    def __init__(self, config: ASTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.audio_spectrogram_transformer = ASTModel(config)
+        self.classifier = ASTMLPHead(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> ASTPatchEmbeddings:
+        return self.audio_spectrogram_transformer.embeddings.patch_embeddings
+
+    def problem_type_for(self, labels: torch.Tensor) -> str:
+        """The configured problem type, or the one `transformers` would infer from the labels."""
+        if self.config.problem_type is not None:
+            return self.config.problem_type
+        if self.num_labels == 1:
+            return "regression"
+        if labels.dtype in (torch.long, torch.int):
+            return "single_label_classification"
+        return "multi_label_classification"
+
+    def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Regression: MSE. Single-label: cross-entropy on class indices [batch] or on soft targets
+        [batch, num_labels] (mixup). Multi-label: BCE with logits on [batch, num_labels] targets."""
+        problem = self.problem_type_for(labels)
+        logits = logits.float()
+        if problem == "regression":
+            return F.mse_loss(logits.squeeze(-1) if self.num_labels == 1 else logits,
+                              labels.float().reshape(logits.shape) if self.num_labels != 1 else labels.float().view(-1))
+        if problem == "single_label_classification":
+            if labels.is_floating_point() and labels.shape == logits.shape:
+                return F.cross_entropy(logits, labels.float())
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1).long())
+        if problem == "multi_label_classification":
+            if labels.shape != logits.shape:
+                raise ValueError(f"multi-label targets must have shape {tuple(logits.shape)} (one 0/1 column per "
+                                 f"label), got {tuple(labels.shape)}")
+            return F.binary_cross_entropy_with_logits(logits, labels.float())
+        raise ValueError(f"unknown problem_type {problem!r}; use regression, single_label_classification or "
+                         f"multi_label_classification")
+
+    def forward(
+        self,
+        input_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        """
+        Args:
+            input_values: [batch, frames, mel bins]. attention_mask: optional [batch, frames] frame mask.
+            labels: [batch] class indices, [batch, num_labels] soft/multi-hot targets, or [batch] floats
+                (regression).
+
+        Returns:
+            `SequenceClassifierOutput` with `logits` [batch, num_labels] and `loss` when labels are given.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.audio_spectrogram_transformer(
+            input_values, attention_mask=attention_mask, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(outputs.pooler_output)
+        loss = self.compute_loss(logits, labels) if labels is not None else None
+        out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                       attentions=outputs.attentions)
+        return out if return_dict else out.to_tuple()
+
+
+__all__ = ["ASTModel", "ASTForAudioClassification", "ASTPreTrainedModel", "adapt_position_embeddings"]
