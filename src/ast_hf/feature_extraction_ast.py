@@ -1,0 +1,224 @@
+"""`ASTFeatureExtractor`: waveforms -> normalised Kaldi log-mel features for the AST.
+
+The configuration keys are those of `transformers`' `ASTFeatureExtractor`, so a `preprocessor_config.json`
+written by either library loads in the other. Unlike it, the filterbank runs on the whole batch at once,
+in torch, on the device the input lives on, can pad to the longest clip instead of a fixed length, and
+returns a frame-level `attention_mask`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from transformers import BatchFeature, SequenceFeatureExtractor
+
+from .filterbank import frame_geometry, log_mel_filterbank, num_frames
+
+logger = logging.getLogger(__name__)
+
+AUDIOSET_MEAN = -4.2677393
+AUDIOSET_STD = 4.5689974
+
+
+class ASTFeatureExtractor(SequenceFeatureExtractor):
+    r"""Kaldi-compatible log-mel filterbank features, padded or cut to `max_length` frames, normalised.
+
+    Args:
+        feature_size: channels of the raw audio (1: mono only).
+        sampling_rate: expected rate of the waveforms in Hz (16000 for every released AST).
+        num_mel_bins: mel bins per frame (128).
+        max_length: frames (10 ms each) to pad or cut to with `padding="max_length"` (1024 = 10.24 s).
+        padding_value: value of padded waveform samples (kept for compatibility; features pad with 0 log-mel).
+        do_normalize: apply `(x - mean) / (2 * std)`.
+        mean, std: normalisation statistics of the un-normalised fbank (AudioSet's by default).
+        return_attention_mask: return the frame mask by default.
+    """
+
+    model_input_names = ["input_values", "attention_mask"]
+
+    def __init__(
+        self,
+        feature_size: int = 1,
+        sampling_rate: int = 16000,
+        num_mel_bins: int = 128,
+        max_length: int = 1024,
+        padding_value: float = 0.0,
+        do_normalize: bool = True,
+        mean: float = AUDIOSET_MEAN,
+        std: float = AUDIOSET_STD,
+        return_attention_mask: bool = False,
+        **kwargs,
+    ):
+        super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value,
+                         **kwargs)
+        if std <= 0:
+            raise ValueError(f"std must be positive, got {std}")
+        self.num_mel_bins = num_mel_bins
+        self.max_length = max_length
+        self.do_normalize = do_normalize
+        self.mean = mean
+        self.std = std
+        self.return_attention_mask = return_attention_mask
+
+    # ----------------------------------------------------------------------------------------------------------
+    def normalize(self, features: torch.Tensor) -> torch.Tensor:
+        """(fbank - mean) / (2 * std): the AST input convention (mean 0, std 0.5 on the training data)."""
+        return (features - self.mean) / (2 * self.std)
+
+    @property
+    def min_samples(self) -> int:
+        """Samples in one analysis frame (25 ms): the shortest clip that yields a feature frame."""
+        return frame_geometry(self.sampling_rate)[0]
+
+    def frames_for(self, num_samples: int) -> int:
+        """Feature frames a clip of `num_samples` samples gives (before padding or cutting)."""
+        window, hop, _ = frame_geometry(self.sampling_rate)
+        return num_frames(num_samples, window, hop)
+
+    def _as_batch(self, raw_speech, device) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Any accepted input -> ([batch, samples] float32 right-padded, [batch] lengths, was it batched)."""
+        if isinstance(raw_speech, torch.Tensor):
+            batched = raw_speech.ndim == 2
+            clips = [raw_speech] if raw_speech.ndim <= 1 else raw_speech
+            self._check_ndim(raw_speech, batched)
+            tensors = [raw_speech.reshape(1, -1)[0]] if not batched else None
+        elif isinstance(raw_speech, np.ndarray):
+            batched = raw_speech.ndim == 2
+            self._check_ndim(raw_speech, batched)
+            tensors = None
+            clips = raw_speech if batched else [raw_speech.reshape(-1)]
+        elif isinstance(raw_speech, Sequence) and not isinstance(raw_speech, (str, bytes)):
+            if len(raw_speech) == 0:
+                raise ValueError("got an empty list: give a waveform (list of floats) or a list of waveforms")
+            batched = not np.isscalar(raw_speech[0]) and not (
+                isinstance(raw_speech[0], torch.Tensor) and raw_speech[0].ndim == 0)
+            clips = raw_speech if batched else [raw_speech]
+            tensors = None
+        else:
+            raise ValueError(f"raw_speech must be a numpy array, a torch tensor, a list of floats or a list of "
+                             f"clips; got {type(raw_speech).__name__}")
+
+        if isinstance(raw_speech, torch.Tensor) and batched:
+            waveforms = raw_speech.to(device=device if device is not None else raw_speech.device, dtype=torch.float32)
+            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long, device=waveforms.device)
+        else:
+            if tensors is None:
+                tensors = []
+                for i, clip in enumerate(clips):
+                    clip = clip if isinstance(clip, torch.Tensor) else torch.from_numpy(np.asarray(clip, dtype=np.float32))
+                    if clip.ndim != 1:
+                        raise ValueError(
+                            f"clip {i} has shape {tuple(clip.shape)}; each clip must be mono, 1-D [samples]. Mix "
+                            f"multi-channel audio down first, e.g. `audio.mean(axis=-1)` for (samples, channels)")
+                    tensors.append(clip)
+            target = device if device is not None else tensors[0].device
+            tensors = [t.to(device=target, dtype=torch.float32) for t in tensors]
+            lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long, device=target)
+            waveforms = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True) if len(tensors) > 1 \
+                else tensors[0].unsqueeze(0)
+        self._check_values(waveforms, lengths)
+        return waveforms, lengths, batched
+
+    def _check_ndim(self, array, batched: bool) -> None:
+        if array.ndim > 2:
+            raise ValueError(f"input has shape {tuple(array.shape)}; expected [samples] for one clip or "
+                             f"[batch, samples] for a batch of mono clips")
+        if batched and array.shape[-1] < self.min_samples and array.shape[0] >= self.min_samples:
+            raise ValueError(
+                f"input has shape {tuple(array.shape)}, which looks like (samples, channels) audio with "
+                f"{array.shape[-1]} channels; AST takes mono: mix down with `audio.mean(axis=-1)`, or pass "
+                f"[batch, samples]")
+
+    def _check_values(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> None:
+        short = (lengths < self.min_samples).nonzero().flatten().tolist()
+        if short:
+            i = short[0]
+            n = int(lengths[i])
+            what = "is empty" if n == 0 else f"has {n} samples, shorter than one 25 ms frame ({self.min_samples} samples)"
+            raise ValueError(f"clip {i} {what}; give at least {self.min_samples} samples at {self.sampling_rate} Hz")
+        if not bool(torch.isfinite(waveforms).all()):
+            bad = (~torch.isfinite(waveforms)).any(dim=1).nonzero().flatten().tolist()
+            raise ValueError(f"clip(s) {bad} contain NaN or infinite samples; clean or drop them before "
+                             f"feature extraction")
+
+    # ----------------------------------------------------------------------------------------------------------
+    def __call__(
+        self,
+        raw_speech: np.ndarray | torch.Tensor | list[float] | list[np.ndarray] | list[torch.Tensor],
+        sampling_rate: int | None = None,
+        return_tensors: str | None = None,
+        padding: bool | str = "max_length",
+        max_length: int | None = None,
+        truncation: bool = True,
+        return_attention_mask: bool | None = None,
+        device: torch.device | str | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Featurise one clip or a batch.
+
+        Args:
+            raw_speech: one mono clip ([samples] array, tensor or list of floats), a list of clips of any lengths,
+                or a [batch, samples] array/tensor. Samples are floats in [-1, 1] at `sampling_rate` Hz.
+            sampling_rate: rate of `raw_speech` in Hz; must equal `self.sampling_rate` (resample first).
+            return_tensors: "pt", "np" or None (lists of numpy arrays).
+            padding: "max_length" (default, pad/cut to `max_length` frames, what the released models expect),
+                or "longest" / True (pad to the longest clip of the batch; for variable-length inputs).
+            max_length: frames to pad or cut to (default `self.max_length`).
+            truncation: cut clips longer than the target (with a warning); False keeps every frame.
+            return_attention_mask: also return `attention_mask` [batch, frames] (1 = real frame).
+            device: where to compute (default: the input tensor's device, else CPU). Tensors stay there.
+
+        Returns:
+            `BatchFeature` with `input_values` [batch, frames, num_mel_bins] float32 (and `attention_mask`).
+        """
+        if sampling_rate is None:
+            logger.warning("pass sampling_rate=%d to ASTFeatureExtractor: without it a wrong rate goes unnoticed",
+                           self.sampling_rate)
+        elif sampling_rate != self.sampling_rate:
+            raise ValueError(
+                f"audio sampled at {sampling_rate} Hz, but this feature extractor expects {self.sampling_rate} Hz; "
+                f"resample first (e.g. torchaudio.functional.resample(x, {sampling_rate}, {self.sampling_rate})), or "
+                f"use pipeline('audio-classification'), which resamples")
+        if padding not in ("max_length", "longest", True, False, "do_not_pad"):
+            raise ValueError(f"padding must be 'max_length', 'longest', True or False, got {padding!r}")
+        waveforms, lengths, batched = self._as_batch(raw_speech, device)
+        features, frames = log_mel_filterbank(waveforms, lengths, sampling_rate=self.sampling_rate,
+                                              num_mel_bins=self.num_mel_bins)
+        longest = int(frames.max())
+        limit = self.max_length if max_length is None else max_length
+        target = limit if padding == "max_length" else longest
+        if truncation and max_length is not None:
+            target = min(target, max_length)
+        if not truncation:
+            target = max(target, longest)
+        if longest > target:
+            cut = int((frames > target).sum())
+            logger.warning(
+                "%d clip(s) longer than %d frames (%.2f s) were cut to that length; the rest is not seen by the "
+                "model. Use ast_hf.tag_long_audio (sliding windows) or padding='longest' for variable-length input.",
+                cut, target, target / 100)
+        if target >= features.shape[1]:
+            features = torch.nn.functional.pad(features, (0, 0, 0, target - features.shape[1]))
+        else:
+            features = features[:, :target]
+        frames = frames.clamp(max=target)
+        if self.do_normalize:
+            features = self.normalize(features)
+        data = {"input_values": features}
+        if return_attention_mask if return_attention_mask is not None else self.return_attention_mask:
+            data["attention_mask"] = (torch.arange(target, device=features.device)[None, :]
+                                      < frames[:, None]).to(torch.int32)
+        if return_tensors in ("pt", "torch"):
+            return BatchFeature(data)
+        arrays = {k: v.cpu().numpy() for k, v in data.items()}
+        if return_tensors == "np":
+            return BatchFeature(arrays, tensor_type="np")
+        if return_tensors is not None:
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+        return BatchFeature({k: list(v) for k, v in arrays.items()})
+
+
+__all__ = ["ASTFeatureExtractor", "AUDIOSET_MEAN", "AUDIOSET_STD"]
