@@ -108,7 +108,7 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
             if tensors is None:
                 tensors = []
                 for i, clip in enumerate(clips):
-                    clip = clip if isinstance(clip, torch.Tensor) else torch.from_numpy(np.asarray(clip, dtype=np.float32))
+                    clip = clip if isinstance(clip, torch.Tensor) else torch.from_numpy(np.require(clip, np.float32, "W"))
                     if clip.ndim != 1:
                         raise ValueError(
                             f"clip {i} has shape {tuple(clip.shape)}; each clip must be mono, 1-D [samples]. Mix "
