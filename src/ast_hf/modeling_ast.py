@@ -265,6 +265,11 @@ def frames_from_attention_mask(attention_mask: torch.Tensor | None, input_values
     return attention_mask.to(torch.long).sum(dim=1)
 
 
+def _is_backbone_only(info: dict) -> bool:
+    """Loading info of a checkpoint that has no classification head at all."""
+    return all(k.startswith("classifier.") for k in info["missing_keys"])
+
+
 class ASTPreTrainedModel(PreTrainedModel):
     config_class = ASTConfig
     config: ASTConfig
@@ -294,26 +299,57 @@ class ASTPreTrainedModel(PreTrainedModel):
                 init.trunc_normal_(param, std=std)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, max_length: int | None = None, **kwargs):
-        """`PreTrainedModel.from_pretrained`, plus `max_length=N` (frames) to adapt the position embeddings to a
-        new input length with the authors' rule (never re-initialised), and a fresh head when `num_labels`
-        differs from the checkpoint's."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, max_length: int | None = None,
+                        strict: bool = True, **kwargs):
+        """`PreTrainedModel.from_pretrained` for every AST checkpoint format in use, with three additions.
+
+        Args:
+            max_length: frames; adapt the position embeddings to this input length with the authors' rule
+                (centre cut / bilinear), never re-initialise them.
+            num_labels (in kwargs): when it differs from the checkpoint's, the head is fresh (and the label names
+                and problem type are reset) while the backbone loads.
+            strict: raise `ValueError` when the folder lacks weights the model needs or holds weights it does
+                not use (transformers only warns and leaves random weights). A missing head is allowed when
+                loading a backbone-only checkpoint into `ASTForAudioClassification`.
+
+        A 527-label checkpoint with the AudioSet label names and no `problem_type` (the `MIT/ast-finetuned-
+        audioset-*` configs) is marked multi-label, so pipelines score it with a sigmoid.
+        """
         num_labels = kwargs.get("num_labels")
-        config = kwargs.get("config")
-        if num_labels is not None and config is None:
-            saved = ASTConfig.from_pretrained(pretrained_model_name_or_path,
-                                              **{k: kwargs[k] for k in ("cache_dir", "revision", "token",
-                                                                          "local_files_only") if k in kwargs})
+        new_head = False
+        if num_labels is not None and kwargs.get("config") is None:
+            hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+            saved = ASTConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
             if saved.num_labels != num_labels:
+                new_head = True
                 kwargs.setdefault("ignore_mismatched_sizes", True)
                 kwargs.setdefault("problem_type", None)
                 if "id2label" not in kwargs:
+                    del kwargs["num_labels"]  # implied by the label map
                     kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(num_labels)}
                     kwargs["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
-        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                              **kwargs)
+        if strict:
+            missing = [k for k in info["missing_keys"] if not (k.startswith("classifier.") and
+                                                               (new_head or _is_backbone_only(info)))]
+            unexpected = [k for k in info["unexpected_keys"]
+                          if not (k.startswith("classifier.") and isinstance(model, ASTModel))]
+            if missing or unexpected:
+                raise ValueError(
+                    f"checkpoint {pretrained_model_name_or_path} does not match {cls.__name__}: "
+                    f"missing weights {sorted(missing)[:6]}{' ...' if len(missing) > 6 else ''}, "
+                    f"unexpected weights {sorted(unexpected)[:6]}{' ...' if len(unexpected) > 6 else ''}. "
+                    f"Check that the folder is an AST checkpoint whose config.json matches its weights, or pass "
+                    f"strict=False to load what matches and initialise the rest")
+        config = model.config
+        if (config.problem_type is None and config.num_labels == 527
+                and str(config.id2label.get(0, "")).strip() == "Speech"):
+            config.problem_type = "multi_label_classification"
         if max_length is not None:
             model.resize_max_length(max_length)
-        return model
+        return (model, info) if wants_info else model
 
     def _embeddings(self) -> ASTEmbeddings:
         return self.get_submodule(

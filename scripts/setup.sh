@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sets up everything ast-hf needs on a fresh Debian machine, idempotently:
+#   - espeak-ng, sox and ffmpeg from Debian (speech and sound generation, audio decoding),
+#   - a virtual environment at .venv/ in the repository root with ast-hf and its pinned dependencies.
+# Re-running it is cheap: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+for program in espeak-ng sox ffmpeg; do
+  command -v "$program" >/dev/null 2>&1 || missing+=("$program")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]} from Debian" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq espeak-ng sox libsox-fmt-all ffmpeg >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PYTHON --version)" >&2
+  "$PYTHON" -m venv .venv
+fi
+# Reinstall only when pyproject.toml changed since the last successful install.
+stamp=.venv/.ast-hf-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing ast-hf and its dependencies into .venv (first time: several minutes)" >&2
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  touch "$stamp"
+fi

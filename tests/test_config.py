@@ -1,0 +1,58 @@
+"""ASTConfig: interoperability with transformers' ASTConfig and validation."""
+
+import pytest
+import transformers
+
+from ast_hf import ASTConfig
+
+from conftest import tiny_config
+
+
+def test_defaults_match_transformers():
+    ours, theirs = ASTConfig(), transformers.ASTConfig()
+    for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+                  "layer_norm_eps", "patch_size", "qkv_bias", "frequency_stride", "time_stride", "max_length",
+                  "num_mel_bins", "initializer_range", "hidden_dropout_prob", "attention_probs_dropout_prob"):
+        assert getattr(ours, field) == getattr(theirs, field), field
+    assert ours.model_type == theirs.model_type
+
+
+def test_ours_loads_in_transformers_and_back(tmp_path):
+    cfg = tiny_config(frequency_stride=12, time_stride=8, max_length=300, num_labels=7)
+    cfg.save_pretrained(tmp_path)
+    theirs = transformers.ASTConfig.from_pretrained(tmp_path)
+    for field in ("hidden_size", "num_hidden_layers", "frequency_stride", "time_stride", "max_length", "layer_norm_eps"):
+        assert getattr(theirs, field) == getattr(cfg, field)
+    assert theirs.num_labels == 7
+    theirs.save_pretrained(tmp_path / "back")
+    again = ASTConfig.from_pretrained(tmp_path / "back")
+    assert again.max_length == 300 and again.time_stride == 8 and again.num_labels == 7
+    # transformers keeps the field it does not use, so the authors' head eps survives the round trip.
+    assert again.head_layer_norm_eps == 1e-5 and again.layer_norm_eps == 1e-6
+
+
+def test_transformers_config_loads_here(tmp_path):
+    transformers.ASTConfig(hidden_size=384, num_attention_heads=6, max_length=512, layer_norm_eps=1e-6).save_pretrained(tmp_path)
+    ours = ASTConfig.from_pretrained(tmp_path)
+    assert (ours.hidden_size, ours.num_attention_heads, ours.max_length, ours.layer_norm_eps) == (384, 6, 512, 1e-6)
+
+
+def test_separate_head_eps_round_trips(tmp_path):
+    cfg = tiny_config()
+    cfg.save_pretrained(tmp_path)
+    again = ASTConfig.from_pretrained(tmp_path)
+    assert again.layer_norm_eps == 1e-6 and again.head_layer_norm_eps == 1e-5
+
+
+def test_patch_grid():
+    cfg = ASTConfig()
+    assert cfg.patch_grid() == (12, 101)  # 1214 tokens with cls + dist, as the released models
+    assert cfg.patch_grid(512) == (12, 50)
+    with pytest.raises(ValueError, match="smaller than one 16x16 patch"):
+        cfg.patch_grid(10)
+
+
+@pytest.mark.parametrize("bad", [dict(hidden_size=65, num_attention_heads=4), dict(max_length=8)])
+def test_invalid_configs_are_refused(bad):
+    with pytest.raises(Exception, match="num_attention_heads|patch"):
+        ASTConfig(**bad)

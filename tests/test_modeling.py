@@ -1,0 +1,223 @@
+"""ASTModel / ASTForAudioClassification: parity with transformers' AST (an independent implementation with
+the same weights), attention backends, losses, dtypes, loading of every checkpoint layout, bad input."""
+
+import pytest
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+import transformers
+
+from ast_hf import ASTConfig, ASTForAudioClassification, ASTModel
+
+from conftest import tiny_config
+
+ATOL = 1e-4  # fp32 logits
+
+
+def features(batch=3, frames=128, seed=0):
+    return torch.randn(batch, frames, 128, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return ASTForAudioClassification(tiny_config(frequency_stride=10, time_stride=12)).eval()
+
+
+@torch.no_grad()
+def test_ours_saved_loads_in_transformers_with_same_logits(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    theirs = transformers.AutoModelForAudioClassification.from_pretrained(tmp_path).eval()
+    assert type(theirs).__module__.startswith("transformers.")
+    x = features()
+    # transformers has one LayerNorm eps for backbone and head; ours keeps the authors' 1e-5 in the head.
+    torch.testing.assert_close(model(x).logits, theirs(x).logits, atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_transformers_saved_loads_here_with_same_logits(tmp_path):
+    cfg = transformers.ASTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                                 max_length=128, num_labels=4, frequency_stride=12, time_stride=10)
+    torch.manual_seed(1)
+    theirs = transformers.ASTForAudioClassification(cfg).eval()
+    with torch.no_grad():  # transformers zero-initialises these: give them values so they are tested
+        for p in theirs.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    theirs.save_pretrained(tmp_path)
+    ours = ASTForAudioClassification.from_pretrained(tmp_path).eval()
+    x = features(frames=128)
+    torch.testing.assert_close(ours(x).logits, theirs(x).logits, atol=ATOL, rtol=0)
+    out_ours = ours.audio_spectrogram_transformer(x)
+    out_theirs = theirs.audio_spectrogram_transformer(x)
+    torch.testing.assert_close(out_ours.last_hidden_state, out_theirs.last_hidden_state, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out_ours.pooler_output, out_theirs.pooler_output, atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_transformers_4x_pytorch_model_bin_folder_loads(model, tmp_path):
+    """The layout of the MIT/ast-finetuned-* checkpoints: pytorch_model.bin with 4.x parameter names."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert any(".attention.attention.query." in k for k in state)
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    model.config.save_pretrained(tmp_path)
+    loaded = ASTForAudioClassification.from_pretrained(tmp_path).eval()
+    x = features()
+    torch.testing.assert_close(loaded(x).logits, model(x).logits, atol=0, rtol=0)
+
+
+@torch.no_grad()
+def test_eager_and_sdpa_agree(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    eager = ASTForAudioClassification.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    sdpa = ASTForAudioClassification.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    assert ASTForAudioClassification.from_pretrained(tmp_path).config._attn_implementation == "sdpa"
+    x = features()
+    torch.testing.assert_close(eager(x).logits, sdpa(x).logits, atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_outputs_attentions_and_hidden_states(model):
+    out = model(features(batch=2), output_attentions=True, output_hidden_states=True)
+    f, t = model.config.patch_grid()
+    tokens = 2 + f * t
+    assert len(out.attentions) == model.config.num_hidden_layers
+    assert out.attentions[0].shape == (2, model.config.num_attention_heads, tokens, tokens)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, model.config.num_attention_heads, tokens))
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+    assert out.hidden_states[0].shape == (2, tokens, model.config.hidden_size)
+    as_tuple = model(features(batch=2), return_dict=False)
+    torch.testing.assert_close(as_tuple[0], out.logits)
+
+
+def test_pooled_output_is_mean_of_the_two_tokens(model):
+    with torch.no_grad():
+        out = model.audio_spectrogram_transformer(features())
+    torch.testing.assert_close(out.pooler_output, out.last_hidden_state[:, :2].mean(1))
+
+
+def test_losses_match_torch():
+    torch.manual_seed(0)
+    x = features(batch=4)
+    single = ASTForAudioClassification(tiny_config(num_labels=5))
+    labels = torch.tensor([0, 4, 2, 1])
+    out = single(x, labels=labels)
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels))
+    soft = torch.softmax(torch.randn(4, 5), -1)
+    single.config.problem_type = "single_label_classification"
+    torch.testing.assert_close(single(x, labels=soft).loss, -(soft * out.logits.log_softmax(-1)).sum(-1).mean())
+    multi = ASTForAudioClassification(tiny_config(num_labels=5, problem_type="multi_label_classification"))
+    targets = (torch.rand(4, 5) > 0.5).float()
+    out = multi(x, labels=targets)
+    torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(out.logits, targets))
+    with pytest.raises(ValueError, match="multi-label targets must have shape"):
+        multi(x, labels=torch.tensor([0, 1, 2, 3]))
+    regression = ASTForAudioClassification(tiny_config(num_labels=1))
+    y = torch.randn(4)
+    out = regression(x, labels=y)
+    torch.testing.assert_close(out.loss, F.mse_loss(out.logits.squeeze(-1), y))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = ASTForAudioClassification(tiny_config()).train()
+    x, y = features(batch=2), torch.tensor([1, 3])
+    model(x, labels=y).loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    calls = []
+    layer = model.audio_spectrogram_transformer.encoder.layer[0].intermediate
+    layer.register_forward_hook(lambda *args: calls.append(1))
+    model(x, labels=y).loss.backward()
+    assert len(calls) == 2  # the layer's forward ran again during backward: activations were recomputed
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, reference[n], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@torch.no_grad()
+def test_half_precision_loading_and_inference(model, tmp_path, dtype):
+    model.save_pretrained(tmp_path)
+    half = ASTForAudioClassification.from_pretrained(tmp_path, dtype=dtype).eval()
+    assert all(p.dtype == dtype for p in half.parameters())
+    x = features()
+    logits = half(x.to(dtype)).logits
+    assert logits.dtype == dtype
+    torch.testing.assert_close(logits.float(), model(x).logits, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@torch.no_grad()
+def test_cuda_fp16_sdpa_matches_fp32(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    gpu = ASTForAudioClassification.from_pretrained(tmp_path, dtype=torch.float16, attn_implementation="sdpa")
+    gpu = gpu.cuda().eval()
+    x = features()
+    torch.testing.assert_close(gpu(x.cuda().half()).logits.float().cpu(), model(x).logits, atol=2e-2, rtol=2e-2)
+
+
+def test_wrong_input_shapes_are_refused(model):
+    with pytest.raises(ValueError, match="mel bins last"):
+        model(torch.randn(2, 128, 64))
+    with pytest.raises(ValueError, match="expected \\[batch, frames, 128\\]"):
+        model(torch.randn(128, 128))
+    with pytest.raises(ValueError, match="smaller than one 16x16 patch"):
+        model(torch.randn(1, 10, 128))
+    with pytest.raises(ValueError, match="input_values is required"):
+        model()
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        model(torch.randn(2, 128, 128), attention_mask=torch.ones(2, 100))
+
+
+def test_missing_or_unexpected_weights_are_refused(model, tmp_path):
+    state = safetensors.torch.load_file(_saved(model, tmp_path / "ok") / "model.safetensors")
+    del state["audio_spectrogram_transformer.encoder.layer.1.output.dense.weight"]
+    state["audio_spectrogram_transformer.encoder.layer.9.output.dense.weight"] = torch.zeros(1)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    safetensors.torch.save_file(state, bad / "model.safetensors", metadata={"format": "pt"})
+    model.config.save_pretrained(bad)
+    with pytest.raises(ValueError, match="missing weights.*layer.1.output.dense.weight.*unexpected weights.*layer.9"):
+        ASTForAudioClassification.from_pretrained(bad)
+    loose = ASTForAudioClassification.from_pretrained(bad, strict=False)  # opt out: transformers' behaviour
+    assert isinstance(loose, ASTForAudioClassification)
+
+
+def _saved(model, path):
+    model.save_pretrained(path)
+    return path
+
+
+@torch.no_grad()
+def test_backbone_and_classifier_checkpoints_cross_load(model, tmp_path):
+    model.save_pretrained(tmp_path / "cls")
+    backbone = ASTModel.from_pretrained(tmp_path / "cls").eval()
+    x = features()
+    torch.testing.assert_close(backbone(x).pooler_output, model.audio_spectrogram_transformer(x).pooler_output)
+    backbone.save_pretrained(tmp_path / "backbone")
+    fresh_head = ASTForAudioClassification.from_pretrained(tmp_path / "backbone").eval()
+    torch.testing.assert_close(fresh_head.audio_spectrogram_transformer(x).pooler_output, backbone(x).pooler_output)
+
+
+@torch.no_grad()
+def test_new_task_gets_a_fresh_head_and_keeps_the_backbone(model, tmp_path):
+    model.config.problem_type = "multi_label_classification"
+    model.save_pretrained(tmp_path)
+    new = ASTForAudioClassification.from_pretrained(tmp_path, num_labels=3).eval()
+    assert new.classifier.dense.weight.shape == (3, model.config.hidden_size)
+    assert new.config.num_labels == 3 and new.config.problem_type is None and len(new.config.id2label) == 3
+    x = features()
+    torch.testing.assert_close(new.audio_spectrogram_transformer(x).pooler_output,
+                               model.audio_spectrogram_transformer(x).pooler_output)
+
+
+def test_audioset_checkpoint_without_problem_type_becomes_multi_label(tmp_path):
+    from ast_hf.labels import load_label_table
+
+    id2label = load_label_table("audioset")
+    cfg = tiny_config(num_labels=527, id2label=id2label)
+    ASTForAudioClassification(cfg).save_pretrained(tmp_path)
+    assert ASTConfig.from_pretrained(tmp_path).problem_type is None  # as in the MIT/ast-finetuned-audioset configs
+    loaded = ASTForAudioClassification.from_pretrained(tmp_path)
+    assert loaded.config.problem_type == "multi_label_classification"
