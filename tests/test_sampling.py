@@ -1,0 +1,61 @@
+"""Balanced-sampler weights against a direct transcription of the authors' `gen_weight_file`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ast_hf.training.sampling import balanced_sample_weights, balanced_sampler
+
+
+def _authors_weights(label_strings: list[str], index: dict[str, int], num_labels: int) -> np.ndarray:
+    # egs/audioset/gen_weight_file.py, loop for loop: counts per label, 1000 / (count + 0.01), summed per clip.
+    label_count = np.zeros(num_labels)
+    for labels in label_strings:
+        for label in labels.split(","):
+            label_count[index[label]] += 1
+    label_weight = 1000.0 / (label_count + 0.01)
+    sample_weight = np.zeros(len(label_strings))
+    for i, labels in enumerate(label_strings):
+        for label in labels.split(","):
+            sample_weight[i] += label_weight[index[label]]
+    return sample_weight
+
+
+def test_weights_match_the_authors_formula():
+    rng = np.random.default_rng(0)
+    names = [f"/m/{i:03d}" for i in range(12)]
+    index = {name: i for i, name in enumerate(names)}
+    clips = [",".join(rng.choice(names, size=rng.integers(1, 4), replace=False, p=np.r_[[0.3] * 2, [0.04] * 10]))
+             for _ in range(500)]
+    expected = _authors_weights(clips, index, len(names))
+    as_lists = [[index[x] for x in c.split(",")] for c in clips]
+    np.testing.assert_allclose(balanced_sample_weights(as_lists, len(names)), expected, rtol=1e-12)
+    multi_hot = np.zeros((len(clips), len(names)), dtype=np.float32)
+    for i, row in enumerate(as_lists):
+        multi_hot[i, row] = 1
+    np.testing.assert_allclose(balanced_sample_weights(multi_hot, len(names)), expected, rtol=1e-12)
+
+
+def test_known_small_case_and_single_label():
+    # label 0 seen 3 times, label 1 once: w0 = 1000/3.01, w1 = 1000/1.01
+    w = balanced_sample_weights([0, 0, 0, 1], 2)
+    np.testing.assert_allclose(w, [1000 / 3.01] * 3 + [1000 / 1.01])
+    w = balanced_sample_weights([[0, 1], [0]], 2)
+    np.testing.assert_allclose(w, [1000 / 2.01 + 1000 / 1.01, 1000 / 2.01])
+
+
+def test_sampler_draws_rare_labels_as_often_as_common_ones():
+    labels = [0] * 90 + [1] * 10
+    sampler = balanced_sampler(labels, 2, num_samples=20000, seed=0)
+    drawn = np.array(labels)[list(sampler)]
+    assert abs(drawn.mean() - 0.5) < 0.02  # each class ~half of the draws (binomial sd 0.0035)
+    again = list(balanced_sampler(labels, 2, num_samples=50, seed=0))
+    assert again == list(balanced_sampler(labels, 2, num_samples=50, seed=0))
+
+
+def test_bad_labels():
+    with pytest.raises(ValueError, match="clip 1 has label index 5"):
+        balanced_sample_weights([0, 5], 3)
+    with pytest.raises(ValueError, match="empty"):
+        balanced_sample_weights([], 3)
