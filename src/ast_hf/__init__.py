@@ -6,7 +6,9 @@
 
 from .audio_io import load_audio
 from .configuration_ast import ASTConfig
+from .convert import ConversionError, convert_original_checkpoint
 from .feature_extraction_ast import ASTFeatureExtractor
+from .labels import dataset_info, load_label_table
 from .modeling_ast import ASTForAudioClassification, ASTModel, ASTPreTrainedModel, adapt_position_embeddings
 from .register import register, unregister
 
@@ -18,6 +20,10 @@ __all__ = [
     "ASTForAudioClassification",
     "ASTPreTrainedModel",
     "adapt_position_embeddings",
+    "convert_original_checkpoint",
+    "ConversionError",
+    "load_label_table",
+    "dataset_info",
     "load_audio",
     "register",
     "unregister",

@@ -1,0 +1,662 @@
+"""Convert checkpoints written by the AST authors' code into Hub-ready folders, exactly.
+
+The source is `torch.save(nn.DataParallel(model).state_dict())` of the authors' `ASTModel` (YuanGongND/ast):
+keys `module.v.*` (a timm DeiT: `cls_token`, `dist_token`, `pos_embed`, `patch_embed.proj`, `blocks.N.*`,
+`norm`, unused `head`/`head_dist`) and `module.mlp_head.{0,1}` (LayerNorm + Linear). Nothing else is stored:
+strides and input length come from the released file-name pattern (`audioset_10_10_0.4593.pth`), from the
+caller, or are solved from the number of patch tokens; the label set from the label count.
+
+The output folder (`model.safetensors`, `config.json`, `preprocessor_config.json`, `README.md`) loads in
+`ast_hf` and in plain `transformers`. Before it is moved into place, it is reloaded and its logits on a fixed
+input are compared with `original_forward`, an independent functional implementation of the authors' model
+run in float64 straight from the source state dict; above `VERIFY_TOLERANCE` nothing is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .configuration_ast import ORIGINAL_CLASSIFIER_LAYER_NORM_EPS, ORIGINAL_LAYER_NORM_EPS, ASTConfig
+from .labels import DATASETS, DatasetInfo, dataset_for_num_labels, dataset_info, load_label_table
+from .modeling_ast import ASTForAudioClassification, adapt_position_embeddings
+
+logger = logging.getLogger(__name__)
+
+VERIFY_TOLERANCE = 1e-4
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# `{dataset}_{fstride}_{tstride}_{score}.pth`, the names of the authors' released checkpoints.
+RELEASED_NAME = re.compile(r"^(?P<dataset>[A-Za-z0-9-]+)_(?P<fstride>\d+)_(?P<tstride>\d+)_(?P<score>\d*\.\d+)\.pth$")
+# Keys under which training scripts commonly nest the state dict.
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "weights")
+DROPPED_PREFIXES = ("v.head.", "v.head_dist.")  # DeiT's ImageNet heads: the AST never uses them
+SHOW_PROGRESS_BYTES = 64 << 20
+
+
+class ConversionError(ValueError):
+    """The converted folder does not reproduce the source model (nothing was written)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading the source
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def load_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of an original AST checkpoint, keys without the `module.` prefix (e.g. `v.cls_token`).
+
+    Read with `torch.load(weights_only=True)` (memory-mapped for zip-format files): a file that would need to
+    run code to be read is refused and nothing in it runs. Accepts a bare state dict with or without the
+    `module.` prefix, and a training checkpoint that holds one under `state_dict`, `model`, ... .
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist" if not path.exists() else f"{path} is not a file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as error:
+        called = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if called:
+            raise ValueError(
+                f"refused to load {path.name}: it holds Python objects other than tensors and plain containers "
+                f"(it would call {called[1]}), which only a full unpickle that can run code from the file would read; "
+                f"nothing in it was executed. If you trust it, re-save just the weights: "
+                f"torch.save(torch.load(f, weights_only=False)['state_dict'], 'weights.pth')") from None
+        detail = re.search(r"Unsupported operand \d+", str(error))
+        raise ValueError(
+            f"{path.name} is not a readable PyTorch checkpoint: torch.load(weights_only=True) refused it "
+            f"({detail.group(0) if detail else 'unreadable pickle'}); it is truncated, corrupt, another format, "
+            f"or a pickle that only a full unpickle could read; nothing in it was executed") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile, IndexError, TypeError) as error:
+        raise ValueError(f"{path.name} is not a readable PyTorch checkpoint (truncated, corrupt or another format; "
+                         f"size {path.stat().st_size} bytes): {_one_line(error)}") from None
+    state_dict = _find_state_dict(obj, path.name)
+    keys = list(state_dict)
+    while keys and all(k.startswith("module.") for k in keys):  # nn.DataParallel (possibly nested)
+        keys = [k[len("module."):] for k in keys]
+    return dict(zip(keys, state_dict.values()))
+
+
+def _is_tensor_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _find_state_dict(obj, name: str) -> Mapping[str, torch.Tensor]:
+    if _is_tensor_dict(obj):
+        return obj
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{name} holds a {type(obj).__name__}, not a state dict (a dict of parameter name -> tensor)")
+    nested = {k: v for k, v in obj.items() if _is_tensor_dict(v)}
+    for key in WRAPPER_KEYS:
+        if key in nested:
+            return nested[key]
+    if len(nested) == 1:
+        return next(iter(nested.values()))
+    raise ValueError(f"{name} is a dict without a state dict inside (top-level keys: {sorted(map(str, obj))[:10]}); "
+                     f"expected the AST weights directly or under one of {', '.join(WRAPPER_KEYS)}")
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 of a file, with a progress bar for large ones."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as file, tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {path.name}",
+                                       disable=size < SHOW_PROGRESS_BYTES, leave=False) as bar:
+        while chunk := file.read(8 << 20):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class SourceArchitecture:
+    """What the original state dict fixes: widths, depth, patch size, label count, number of patch tokens."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    patch_size: int
+    num_labels: int
+    num_patches: int
+    qkv_bias: bool
+
+
+def _expected_shapes(dim: int, depth: int, hidden: int, patch: int, labels: int, tokens: int,
+                     qkv_bias: bool) -> dict[str, tuple[int, ...]]:
+    shapes = {"v.cls_token": (1, 1, dim), "v.dist_token": (1, 1, dim), "v.pos_embed": (1, tokens, dim),
+              "v.patch_embed.proj.weight": (dim, 1, patch, patch), "v.patch_embed.proj.bias": (dim,),
+              "v.norm.weight": (dim,), "v.norm.bias": (dim,), "mlp_head.0.weight": (dim,), "mlp_head.0.bias": (dim,),
+              "mlp_head.1.weight": (labels, dim), "mlp_head.1.bias": (labels,)}
+    for i in range(depth):
+        p = f"v.blocks.{i}."
+        shapes.update({p + "norm1.weight": (dim,), p + "norm1.bias": (dim,), p + "attn.qkv.weight": (3 * dim, dim),
+                       p + "attn.proj.weight": (dim, dim), p + "attn.proj.bias": (dim,), p + "norm2.weight": (dim,),
+                       p + "norm2.bias": (dim,), p + "mlp.fc1.weight": (hidden, dim), p + "mlp.fc1.bias": (hidden,),
+                       p + "mlp.fc2.weight": (dim, hidden), p + "mlp.fc2.bias": (dim,)})
+        if qkv_bias:
+            shapes[p + "attn.qkv.bias"] = (3 * dim,)
+    return shapes
+
+
+def _listing(keys, limit: int = 6) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def inspect_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> SourceArchitecture:
+    """Check every key and shape of an original state dict (keys without `module.`) and read its architecture.
+
+    Raises ValueError naming missing keys, unexpected keys or wrong shapes. The DeiT heads `v.head*` are
+    allowed (and dropped by `convert_state_dict`).
+    """
+    present = {k for k in state_dict if not k.startswith(DROPPED_PREFIXES)}
+    for key in ("v.cls_token", "v.pos_embed", "v.patch_embed.proj.weight", "mlp_head.1.weight",
+                "v.blocks.0.mlp.fc1.weight"):
+        if key not in present:
+            raise ValueError(f"not an original AST checkpoint: key {key!r} is missing (keys start with "
+                             f"{_listing(present, 4)}); expected the authors' `v.*` / `mlp_head.*` layout")
+    dim = state_dict["v.cls_token"].shape[-1]
+    depth = 1 + max(int(m.group(1)) for k in present if (m := re.match(r"v\.blocks\.(\d+)\.", k)))
+    hidden = state_dict["v.blocks.0.mlp.fc1.weight"].shape[0]
+    patch = state_dict["v.patch_embed.proj.weight"].shape[-1]
+    labels = state_dict["mlp_head.1.weight"].shape[0]
+    tokens = state_dict["v.pos_embed"].shape[1]
+    qkv_bias = "v.blocks.0.attn.qkv.bias" in present
+    expected = _expected_shapes(dim, depth, hidden, patch, labels, tokens, qkv_bias)
+    missing, unexpected = set(expected) - present, present - set(expected)
+    if missing or unexpected:
+        raise ValueError("the checkpoint's keys do not match the original AST layout: "
+                         + "; ".join(part for part in (f"missing {_listing(missing)}" if missing else "",
+                                                       f"unexpected {_listing(unexpected)}" if unexpected else "")
+                                     if part))
+    wrong = [f"{k} {tuple(state_dict[k].shape)} (expected {shape})" for k, shape in expected.items()
+             if tuple(state_dict[k].shape) != shape]
+    if wrong:
+        raise ValueError(f"shapes fit no AST configuration (D={dim}, {depth} blocks, MLP {hidden}, patch {patch}, "
+                         f"{labels} labels): {'; '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}")
+    if tokens < 3:
+        raise ValueError(f"v.pos_embed holds {tokens} positions; an AST needs 2 token positions plus patches")
+    if dim % 64:
+        raise ValueError(f"hidden size {dim} is not a multiple of 64, so the number of heads cannot be inferred "
+                         f"(the authors' models use 64 dims per head: D=192/384/768 -> 3/6/12 heads)")
+    return SourceArchitecture(dim, depth, dim // 64, hidden, patch, labels, tokens - 2, qkv_bias)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Geometry: strides and input length
+# --------------------------------------------------------------------------------------------------------------
+
+
+def parse_released_name(name: str) -> dict | None:
+    """`audioset_10_10_0.4593.pth` -> {dataset, fstride, tstride, score}; None for other names."""
+    match = RELEASED_NAME.match(Path(name).name)
+    if match is None:
+        return None
+    return {"dataset": match["dataset"], "fstride": int(match["fstride"]), "tstride": int(match["tstride"]),
+            "score": float(match["score"])}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Patch strides and the frame range that gives the source's grid (any length in it: the same model)."""
+
+    fstride: int
+    tstride: int
+    grid: tuple[int, int]  # (frequency patches, time patches)
+    min_frames: int
+    max_frames: int
+
+    def describe(self) -> str:
+        return (f"fstride={self.fstride} tstride={self.tstride} ({self.grid[0]}x{self.grid[1]} patches, "
+                f"{self.min_frames}-{self.max_frames} frames)")
+
+
+def solve_geometry(num_patches: int, *, num_mel_bins: int = 128, patch_size: int = 16, fstride: int | None = None,
+                   tstride: int | None = None, input_tdim: int | None = None,
+                   preferred_tdim: int | None = None) -> Geometry:
+    """Strides (and frame range) that turn `num_mel_bins` x T inputs into exactly `num_patches` patches.
+
+    Unknown strides are searched in 1..patch_size. Among several solutions, equal strides are preferred; then,
+    when `input_tdim` is unknown, those whose frame range holds `preferred_tdim` (the dataset's usual length).
+    Raises ValueError when nothing fits, or listing the candidates when several remain.
+    """
+    if num_mel_bins < patch_size:
+        raise ValueError(f"num_mel_bins {num_mel_bins} is smaller than the {patch_size}x{patch_size} patch")
+    for name, value in (("fstride", fstride), ("tstride", tstride), ("input_tdim", input_tdim)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+    if input_tdim is not None and input_tdim < patch_size:
+        raise ValueError(f"input_tdim {input_tdim} is shorter than one {patch_size}-frame patch")
+    candidates = []
+    for fs in [fstride] if fstride else range(1, patch_size + 1):
+        f = (num_mel_bins - patch_size) // fs + 1
+        if num_patches % f:
+            continue
+        t = num_patches // f
+        for ts in [tstride] if tstride else range(1, patch_size + 1):
+            low, high = patch_size + (t - 1) * ts, patch_size + t * ts - 1
+            if input_tdim is None or low <= input_tdim <= high:
+                candidates.append(Geometry(fs, ts, (f, t), low, high))
+    given = ", ".join(f"{k}={v}" for k, v in (("fstride", fstride), ("tstride", tstride), ("input_tdim", input_tdim),
+                                               ("num_mel_bins", num_mel_bins)) if v is not None)
+    if not candidates:
+        raise ValueError(f"no patch geometry gives the checkpoint's {num_patches} patch tokens with {given}; check "
+                         f"--fstride/--tstride/--input-tdim/--num-mel-bins")
+    equal = [c for c in candidates if c.fstride == c.tstride]
+    if equal:
+        candidates = equal
+    if len(candidates) > 1 and input_tdim is None and preferred_tdim is not None:
+        candidates = [c for c in candidates if c.min_frames <= preferred_tdim <= c.max_frames] or candidates
+    if len(candidates) > 1:
+        raise ValueError(f"{num_patches} patch tokens fit several geometries ({given}): "
+                         f"{'; '.join(c.describe() for c in candidates[:8])}"
+                         f"{' ...' if len(candidates) > 8 else ''}; pass --fstride, --tstride and --input-tdim")
+    return candidates[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------------------------------------------
+
+
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Original keys (no `module.`) -> `ASTForAudioClassification` keys; qkv [3D, D] split into query/key/value."""
+    backbone = "audio_spectrogram_transformer."
+    renames = {"v.cls_token": backbone + "embeddings.cls_token",
+               "v.dist_token": backbone + "embeddings.distillation_token",
+               "v.pos_embed": backbone + "embeddings.position_embeddings",
+               "v.patch_embed.proj.": backbone + "embeddings.patch_embeddings.projection.",
+               "v.norm.": backbone + "layernorm.", "mlp_head.0.": "classifier.layernorm.",
+               "mlp_head.1.": "classifier.dense."}
+    block_parts = {"norm1.": "layernorm_before.", "norm2.": "layernorm_after.", "attn.proj.": "attention.output.dense.",
+                   "mlp.fc1.": "intermediate.dense.", "mlp.fc2.": "output.dense."}
+    out = {}
+    for key, tensor in state_dict.items():
+        if key.startswith(DROPPED_PREFIXES):
+            continue
+        block = re.match(r"v\.blocks\.(\d+)\.(.*)", key)
+        if block is None:
+            old = next(o for o in renames if key == o or (o.endswith(".") and key.startswith(o)))
+            out[renames[old] + key[len(old):]] = tensor
+            continue
+        layer, rest = f"{backbone}encoder.layer.{block[1]}.", block[2]
+        if rest.startswith("attn.qkv."):  # timm: rows [q; k; v], heads contiguous inside each
+            for name, part in zip(("query", "key", "value"), tensor.chunk(3, dim=0)):
+                out[f"{layer}attention.attention.{name}.{rest.split('.')[-1]}"] = part
+        else:
+            old = next(o for o in block_parts if rest.startswith(o))
+            out[layer + block_parts[old] + rest[len(old):]] = tensor
+    return out
+
+
+def original_forward(state_dict: Mapping[str, torch.Tensor], input_values: torch.Tensor, *, fstride: int,
+                     tstride: int, num_heads: int, position_embeddings: torch.Tensor | None = None,
+                     dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Logits of the authors' `ASTModel`, computed straight from its state dict (keys without `module.`).
+
+    A functional transcription of the original code (timm 0.4.5 DeiT blocks, eps 1e-6; `mlp_head` LayerNorm eps
+    1e-5; exact GELU), independent of `ASTForAudioClassification`.
+
+    Args:
+        input_values: [batch, frames, mel bins] normalised fbank.
+        position_embeddings: [1, 2 + f * t, D] to use instead of `v.pos_embed` (inputs of another length).
+        dtype: precision of the computation (float64: a reference for float32 models).
+
+    Returns:
+        [batch, num_labels] logits in `dtype`.
+    """
+    def w(key):
+        return state_dict[key].to(dtype) if key in state_dict else None
+
+    x = input_values.to(dtype).unsqueeze(1).transpose(2, 3)  # [B, 1, F, T]: frequency is the image height
+    x = F.conv2d(x, w("v.patch_embed.proj.weight"), w("v.patch_embed.proj.bias"), stride=(fstride, tstride))
+    x = x.flatten(2).transpose(1, 2)
+    batch, dim = x.shape[0], x.shape[-1]
+    x = torch.cat([w("v.cls_token").expand(batch, -1, -1), w("v.dist_token").expand(batch, -1, -1), x], dim=1)
+    x = x + (w("v.pos_embed") if position_embeddings is None else position_embeddings.to(dtype))
+    tokens, head_dim = x.shape[1], dim // num_heads
+    depth = 1 + max(int(k.split(".")[2]) for k in state_dict if k.startswith("v.blocks."))
+    for i in range(depth):
+        p = f"v.blocks.{i}."
+        h = F.layer_norm(x, (dim,), w(p + "norm1.weight"), w(p + "norm1.bias"), eps=ORIGINAL_LAYER_NORM_EPS)
+        qkv = F.linear(h, w(p + "attn.qkv.weight"), w(p + "attn.qkv.bias"))
+        q, k, v = qkv.reshape(batch, tokens, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        attention = ((q @ k.transpose(-2, -1)) * head_dim ** -0.5).softmax(dim=-1)
+        h = (attention @ v).transpose(1, 2).reshape(batch, tokens, dim)
+        x = x + F.linear(h, w(p + "attn.proj.weight"), w(p + "attn.proj.bias"))
+        h = F.layer_norm(x, (dim,), w(p + "norm2.weight"), w(p + "norm2.bias"), eps=ORIGINAL_LAYER_NORM_EPS)
+        h = F.linear(F.gelu(F.linear(h, w(p + "mlp.fc1.weight"), w(p + "mlp.fc1.bias"))),
+                     w(p + "mlp.fc2.weight"), w(p + "mlp.fc2.bias"))
+        x = x + h
+    x = F.layer_norm(x, (dim,), w("v.norm.weight"), w("v.norm.bias"), eps=ORIGINAL_LAYER_NORM_EPS)
+    pooled = (x[:, 0] + x[:, 1]) / 2
+    pooled = F.layer_norm(pooled, (dim,), w("mlp_head.0.weight"), w("mlp_head.0.bias"),
+                          eps=ORIGINAL_CLASSIFIER_LAYER_NORM_EPS)
+    return F.linear(pooled, w("mlp_head.1.weight"), w("mlp_head.1.bias"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Labels and model card
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _resolve_labels(labels: str | Path | None, num_labels: int) -> tuple[dict[int, str], DatasetInfo | None, str]:
+    """(id2label, dataset the statistics come from, where the names come from)."""
+    choice = "none" if labels is None else str(labels)
+    key = choice.lower().replace("-", "").replace("_", "")
+    generic = {i: f"LABEL_{i}" for i in range(num_labels)}
+    if key in ("auto", "none"):
+        dataset = dataset_for_num_labels(num_labels)
+        if key == "none" or dataset is None:
+            return generic, dataset, "nowhere (generic LABEL_i names)"
+        return load_label_table(dataset.name), dataset, f"the {dataset.title} label table ({dataset.label_file})"
+    if not Path(choice).suffix and key.isalnum() and not Path(choice).exists():
+        dataset = dataset_info(choice)  # raises for unknown names
+        if dataset.num_labels != num_labels:
+            raise ValueError(f"--labels {choice}: {dataset.title} has {dataset.num_labels} labels but the checkpoint's "
+                             f"head has {num_labels}; pass a CSV with {num_labels} rows, or 'none'")
+        return load_label_table(dataset.name), dataset, f"the {dataset.title} label table ({dataset.label_file})"
+    id2label = load_label_table(choice)
+    if len(id2label) != num_labels:
+        raise ValueError(f"label table {choice} has {len(id2label)} labels but the checkpoint's head has {num_labels}")
+    return id2label, dataset_for_num_labels(num_labels), f"`{Path(choice).name}`"
+
+
+def render_model_card(**fields) -> str:
+    """Fill `model_cards/template.md` (see `model_cards/README.md` for the placeholders)."""
+    template = (Path(__file__).parent / "model_cards" / "template.md").read_text(encoding="utf-8")
+    try:
+        return Template(template).substitute(fields)
+    except KeyError as error:
+        raise ValueError(f"model card placeholder {error} was not given") from None
+
+
+def _card_fields(*, config: ASTConfig, source: Path, sha256: str, released: dict | None, dataset: DatasetInfo | None,
+                 label_source: str, mean: float, std: float, dtype: str, max_abs_diff: float, repo_id: str,
+                 source_tdim: int | None) -> dict:
+    from . import __version__
+
+    multi = config.problem_type == "multi_label_classification"
+    if released is not None:
+        metric = dataset_info(released["dataset"]).metric if released["dataset"].lower().replace("-", "").replace(
+            "_", "") in ("audioset", "esc50", "speechcommands") else "score"
+        reported = f"{metric} {released['score']} (as stated in the released file name)"
+    else:
+        reported = "not stated (the file name does not follow the released `{dataset}_{fstride}_{tstride}_{score}.pth`)"
+    f, t = config.patch_grid()
+    adaptation = ""
+    if source_tdim is not None:
+        adaptation = (f"The position embeddings were adapted from the source's {source_tdim}-frame grid to "
+                      f"{config.max_length} frames with the authors' rule (centre cut when shorter, bilinear when "
+                      f"longer; time axis first).\n\n")
+    return dict(
+        title=repo_id, repo_id=repo_id,
+        datasets_yaml=f"datasets:\n- {dataset.name}\n" if dataset is not None else "",
+        source_name=source.name, source_sha256=sha256, reported_score=reported,
+        labels_summary=(f"{config.num_labels} ({dataset.title})" if dataset is not None else f"{config.num_labels}"),
+        label_source=label_source, problem_type=config.problem_type or "single_label_classification",
+        hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
+        patch_size=config.patch_size, frequency_stride=config.frequency_stride, time_stride=config.time_stride,
+        max_length=config.max_length, seconds=f"{config.max_length / 100:g}", num_mel_bins=config.num_mel_bins,
+        grid=f"{f} x {t}", layer_norm_eps=config.layer_norm_eps,
+        classifier_layer_norm_eps=config.classifier_layer_norm_eps, dtype=dtype,
+        dtype_note="" if dtype == "float32" else f" and the cast to {dtype}",
+        adaptation_note=adaptation, mean=mean, std=std,
+        stats_note=(f" ({dataset.title} training-set statistics)" if dataset is not None else
+                    " (AudioSet statistics: the source's own are not stored in the checkpoint; edit "
+                    "`preprocessor_config.json` if it was trained with others)"),
+        function_arg=', function_to_apply="sigmoid"' if multi else "",
+        scores_note=("Labels are not exclusive (multi-label), so each score is an independent sigmoid probability; "
+                     "`problem_type` in `config.json` makes the pipeline use a sigmoid by default."
+                     if multi else "Labels are exclusive, so scores are softmax probabilities that sum to one."),
+        score_fn="sigmoid" if multi else "softmax",
+        max_abs_diff=f"{max_abs_diff:.2e}", ast_hf_version=__version__,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The converter
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConversionResult:
+    """What `convert_original_checkpoint` wrote; usable as a path (`os.fspath(result)`)."""
+
+    path: Path
+    config: ASTConfig
+    max_abs_diff: float
+    source_sha256: str
+    notes: list[str] = field(default_factory=list)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
+def verification_input(num_frames: int, num_mel_bins: int, batch: int = 2) -> torch.Tensor:
+    """The fixed [batch, frames, mel bins] input the converter checks logits on (seeded, std 0.5 like real input)."""
+    generator = torch.Generator().manual_seed(0)
+    return 0.5 * torch.randn(batch, num_frames, num_mel_bins, generator=generator)
+
+
+def _verify(folder: Path, source: Mapping[str, torch.Tensor], geometry: Geometry, config: ASTConfig,
+            source_grid: tuple[int, int], dtype: torch.dtype) -> float:
+    """Max |logits(folder) - original_forward(source)| on the fixed input; the source is rounded to `dtype`."""
+    model = ASTForAudioClassification.from_pretrained(folder, dtype=torch.float32).eval()
+    inputs = verification_input(config.max_length, config.num_mel_bins)
+    rounded = {k: v.to(dtype) for k, v in source.items() if not k.startswith(DROPPED_PREFIXES)}
+    position = None
+    if config.patch_grid() != source_grid:
+        position = adapt_position_embeddings(rounded["v.pos_embed"].double(), source_grid, config.patch_grid())
+    with torch.no_grad():
+        reference = original_forward(rounded, inputs, fstride=geometry.fstride, tstride=geometry.tstride,
+                                     num_heads=config.num_attention_heads, position_embeddings=position)
+        logits = model(inputs).logits.double()
+    return float((logits - reference).abs().max())
+
+
+def convert_original_checkpoint(src: str | Path, out_dir: str | Path, *, fstride: int | None = None,
+                                tstride: int | None = None, input_tdim: int | None = None, num_mel_bins: int = 128,
+                                max_length: int | None = None, labels: str | Path | None = "auto",
+                                dtype: str = "float32", force: bool = False,
+                                push_to_hub: str | None = None) -> ConversionResult:
+    """Convert an original AST checkpoint into a folder that `from_pretrained` (ast_hf or transformers) loads.
+
+    Args:
+        src: the authors' `.pth` (state dict, with or without `module.`, or a training checkpoint holding one).
+        out_dir: folder to create; it must not exist unless `force`.
+        fstride, tstride: patch strides (mel bins, frames); default: from a released name, else solved.
+        input_tdim: frames the source was trained on; default: solved (the dataset's usual length if it fits).
+        num_mel_bins: mel bins of the source's input (128 for every released model).
+        max_length: frames to adapt the position embeddings to (authors' rule); default: the source's length.
+        labels: "auto" (from the label count), "audioset", "esc50", "speechcommands", a CSV path, or "none".
+        dtype: "float32", "float16" or "bfloat16" for the stored weights.
+        force: replace an existing `out_dir`.
+        push_to_hub: a Hub repo id to upload the folder to once it is written and verified.
+
+    Returns:
+        `ConversionResult` (path, config, max abs logit difference, source sha256, notes on what was inferred).
+
+    Raises:
+        FileNotFoundError, FileExistsError, ValueError (bad input), ConversionError (logits differ by more than
+        `VERIFY_TOLERANCE`). On any failure, and on Ctrl-C, no output folder is left behind.
+    """
+    src, out_dir = Path(src), Path(out_dir)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be a positive number of frames, got {max_length}")
+    _check_destination(out_dir, force)
+    notes: list[str] = []
+
+    state_dict = load_original_state_dict(src)
+    arch = inspect_original_state_dict(state_dict)
+    sha256 = sha256_of(src)
+    dropped = [k for k in state_dict if k.startswith(DROPPED_PREFIXES)]
+    if dropped:
+        notes.append(f"dropped the unused DeiT heads ({', '.join(dropped)})")
+
+    released = parse_released_name(src.name)
+    if released is not None:
+        for name, given in (("fstride", fstride), ("tstride", tstride)):
+            if given is not None and given != released[name]:
+                notes.append(f"--{name} {given} overrides the file name's {released[name]}")
+        fstride = fstride if fstride is not None else released["fstride"]
+        tstride = tstride if tstride is not None else released["tstride"]
+
+    id2label, dataset, label_source = _resolve_labels(labels, arch.num_labels)
+    preferred = dataset.max_length if dataset is not None else None
+    geometry = solve_geometry(arch.num_patches, num_mel_bins=num_mel_bins, patch_size=arch.patch_size,
+                              fstride=fstride, tstride=tstride, input_tdim=input_tdim, preferred_tdim=preferred)
+    if input_tdim is None:
+        input_tdim = preferred if preferred and geometry.min_frames <= preferred <= geometry.max_frames \
+            else geometry.min_frames
+        notes.append(f"input length {input_tdim} frames inferred (any of {geometry.min_frames}-{geometry.max_frames} "
+                     f"gives the same model); set it with --input-tdim")
+    if fstride is None or tstride is None:
+        notes.append(f"strides solved from the {arch.num_patches} patch tokens: {geometry.describe()}")
+
+    stats = dataset if dataset is not None else DATASETS["audioset"]  # unknown: the feature extractor's default
+    mean, std = stats.mean, stats.std
+    problem_type = dataset.problem_type if dataset is not None else "single_label_classification"
+    if arch.num_labels == 1:
+        problem_type = "regression"
+    config = ASTConfig(
+        hidden_size=arch.hidden_size, num_hidden_layers=arch.num_hidden_layers,
+        num_attention_heads=arch.num_attention_heads, intermediate_size=arch.intermediate_size, hidden_act="gelu",
+        layer_norm_eps=ORIGINAL_LAYER_NORM_EPS, classifier_layer_norm_eps=ORIGINAL_CLASSIFIER_LAYER_NORM_EPS,
+        patch_size=arch.patch_size, qkv_bias=arch.qkv_bias, frequency_stride=geometry.fstride,
+        time_stride=geometry.tstride, max_length=input_tdim, num_mel_bins=num_mel_bins, id2label=id2label,
+        label2id={name: i for i, name in id2label.items()}, problem_type=problem_type,
+        architectures=["ASTForAudioClassification"])
+    if config.patch_grid() != geometry.grid:  # solve_geometry guarantees this; a cheap guard against drift
+        raise ValueError(f"internal: grid {config.patch_grid()} != {geometry.grid}")
+
+    model = ASTForAudioClassification(config).eval()
+    model.load_state_dict({k: v.float() for k, v in convert_state_dict(state_dict).items()}, strict=True)
+    if max_length is not None and max_length != input_tdim:
+        model.resize_max_length(max_length)
+    model.to(DTYPES[dtype])
+
+    from .feature_extraction_ast import ASTFeatureExtractor
+
+    extractor = ASTFeatureExtractor(num_mel_bins=num_mel_bins, max_length=model.config.max_length, mean=mean, std=std)
+    repo_id = push_to_hub or out_dir.name
+    with _staging_folder(out_dir) as staging:
+        model.save_pretrained(staging)
+        extractor.save_pretrained(staging)
+        diff = _verify(staging, state_dict, geometry, model.config, geometry.grid, DTYPES[dtype])
+        if not diff <= VERIFY_TOLERANCE:  # also catches NaN
+            raise ConversionError(f"verification failed: the converted model's logits differ from the source's by "
+                                  f"{diff:.3g} > {VERIFY_TOLERANCE:g}; nothing was written")
+        card = render_model_card(**_card_fields(
+            config=model.config, source=src, sha256=sha256, released=released, dataset=dataset,
+            label_source=label_source, mean=mean, std=std, dtype=dtype, max_abs_diff=diff, repo_id=repo_id,
+            source_tdim=input_tdim if model.config.max_length != input_tdim else None))
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        _move_into_place(staging, out_dir, force)
+    logger.info("converted %s -> %s (max |logit difference| %.2e)", src, out_dir, diff)
+    result = ConversionResult(out_dir, model.config, diff, sha256, notes)
+    if push_to_hub:
+        _push(out_dir, push_to_hub, src.name)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Atomic output
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_destination(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() or out_dir.is_symlink():
+        if not out_dir.is_dir() or out_dir.is_symlink():
+            raise FileExistsError(f"{out_dir} exists and is not a folder; choose another output path")
+        if not force:
+            raise FileExistsError(f"{out_dir} already exists; pass --force (force=True) to replace it")
+
+
+class _staging_folder:
+    """A temporary folder next to `out_dir` (same filesystem, so the final move is atomic), removed on failure
+    together with any parent folders created for it."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir.absolute()
+
+    def __enter__(self) -> Path:
+        parent = self.out_dir.parent
+        self.created = []
+        while not parent.exists():
+            self.created.append(parent)
+            parent = parent.parent
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".partial", dir=self.out_dir.parent))
+        return self.path
+
+    def __exit__(self, kind, error, traceback) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if kind is not None:
+            for folder in self.created:  # deepest first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+
+def _move_into_place(staging: Path, out_dir: Path, force: bool) -> None:
+    """`os.replace` the finished staging folder onto `out_dir`; an existing one (force) is swapped out first."""
+    _check_destination(out_dir, force)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp (and transformers' shard writer) make files private
+    for file in staging.iterdir():
+        os.chmod(file, 0o666 & ~umask)
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.absolute().parent))
+    os.replace(out_dir, old)
+    try:
+        os.replace(staging, out_dir)
+    except BaseException:
+        os.replace(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _push(folder: Path, repo_id: str, source_name: str) -> None:
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message=f"Convert {source_name} with ast-hf")
+    except Exception as error:  # network, auth, offline mode: the verified folder stays
+        raise OSError(f"the folder was written to {folder}, but pushing it to {repo_id} failed: {_one_line(error)}; "
+                      f"retry with `hf upload {repo_id} {folder}`") from error
+
+
+__all__ = ["convert_original_checkpoint", "ConversionResult", "ConversionError", "load_original_state_dict",
+           "inspect_original_state_dict", "convert_state_dict", "original_forward", "solve_geometry",
+           "parse_released_name", "render_model_card", "VERIFY_TOLERANCE"]
