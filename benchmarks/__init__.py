@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of ast-hf against transformers' AST: `python -m benchmarks [--quick]`."""

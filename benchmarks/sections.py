@@ -1,0 +1,165 @@
+"""The benchmark sections. Each returns a list of result rows:
+{"section", "case", "ours", "theirs", "ratio", "unit", "note"} with times as `Timing` objects or plain numbers."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+
+import numpy as np
+import torch
+
+import statistics
+
+from .harness import interleaved, peak_memory_mib
+
+SR = 16000
+
+
+def model_config(quick: bool, **overrides):
+    """AST base (the released models' size) or, with --quick, a small one; random weights."""
+    from ast_hf import ASTConfig
+
+    fields = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                  max_length=1024, num_labels=527, layer_norm_eps=1e-6)
+    if quick:
+        fields.update(hidden_size=192, num_hidden_layers=2, num_attention_heads=3, intermediate_size=768,
+                      max_length=256)
+    fields.update(overrides)
+    return ASTConfig(**fields)
+
+
+def twin_models(config, attn_implementation: str, dtype: torch.dtype, device: str):
+    """Ours and transformers' AST with identical (random) weights."""
+    import transformers
+
+    from ast_hf import ASTForAudioClassification
+
+    torch.manual_seed(0)
+    ours = ASTForAudioClassification(config)
+    with tempfile.TemporaryDirectory() as folder:
+        ours.save_pretrained(folder)
+        ours = ASTForAudioClassification.from_pretrained(folder, attn_implementation=attn_implementation, dtype=dtype)
+        theirs = transformers.ASTForAudioClassification.from_pretrained(
+            folder, attn_implementation=attn_implementation, dtype=dtype)
+    return ours.to(device).eval(), theirs.to(device).eval()
+
+
+def forward_gmacs(config, frames: int | None = None) -> float:
+    """Multiply-accumulates of one clip's forward, in GMAC (patch embedding + encoder + head)."""
+    f, t = config.patch_grid(frames)
+    n, d, m = f * t + 2, config.hidden_size, config.intermediate_size
+    per_layer = 4 * n * d * d + 2 * n * d * m + 2 * n * n * d
+    return (config.num_hidden_layers * per_layer + f * t * d * config.patch_size ** 2) / 1e9
+
+
+def feature_extraction(quick: bool, repeats: int) -> list[dict]:
+    import transformers
+
+    from ast_hf import ASTFeatureExtractor
+
+    rng = np.random.default_rng(0)
+    clips = [(0.1 * rng.standard_normal(10 * SR)).astype(np.float32) for _ in range(16)]
+    ours, theirs = ASTFeatureExtractor(), transformers.ASTFeatureExtractor()
+    rows = []
+    for batch in (1, 16):
+        data = clips[:batch]
+        a = ours(data, sampling_rate=SR, return_tensors="pt")["input_values"]
+        b = theirs(data, sampling_rate=SR, return_tensors="pt")["input_values"]
+        diff = (a - b).abs().max().item()
+        t = interleaved({"ours": lambda: ours(data, sampling_rate=SR, return_tensors="pt"),
+                         "theirs": lambda: theirs(data, sampling_rate=SR, return_tensors="pt")}, repeats)
+        rows.append(dict(section="feature extraction", case=f"{batch} clip(s) x 10 s, CPU", ours=t["ours"],
+                         theirs=t["theirs"], per=batch, note=f"max |diff| {diff:.1e}"))
+    return rows
+
+
+def forward(quick: bool, repeats: int, device: str = "cpu") -> list[dict]:
+    rows = []
+    config = model_config(quick)
+    dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if device == "cuda" else [])
+    for attn in ("sdpa", "eager"):
+        for dtype in dtypes:
+            ours, theirs = twin_models(config, attn, dtype, device)
+            for batch in (1, 8):
+                x = torch.randn(batch, config.max_length, config.num_mel_bins, device=device, dtype=dtype)
+                with torch.inference_mode():
+                    diff = (ours(x).logits.float() - theirs(x).logits.float()).abs().max().item()
+                    t = interleaved({"ours": lambda: ours(x), "theirs": lambda: theirs(x)}, repeats)
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                rows.append(dict(section="forward", case=f"batch {batch}, {attn}, {str(dtype)[6:]}, {device}",
+                                 ours=t["ours"], theirs=t["theirs"], per=batch,
+                                 note=f"max |logit diff| {diff:.1e}"))
+            del ours, theirs
+    return rows
+
+
+def forward_memory(quick: bool, batch: int = 8) -> list[dict]:
+    """Peak resident memory added by one batch-8 fp32 sdpa forward (median of 3, alternating sides)."""
+    config = model_config(quick)
+    ours, theirs = twin_models(config, "sdpa", torch.float32, "cpu")
+    x = torch.randn(batch, config.max_length, config.num_mel_bins)
+    peaks = {"ours": [], "theirs": []}
+    with torch.inference_mode():
+        ours(x[:1]), theirs(x[:1])  # warm-up
+        for _ in range(3):
+            for name, model in (("ours", ours), ("theirs", theirs)):
+                peaks[name].append(peak_memory_mib(lambda: model(x)))
+    med = {k: statistics.median(v) for k, v in peaks.items()}
+    return [dict(section="forward memory", case=f"batch {batch}, sdpa, float32: peak RSS added by the call",
+                 ours=med["ours"], theirs=med["theirs"], unit="MiB")]
+
+
+def training_step(quick: bool, repeats: int) -> list[dict]:
+    config = model_config(quick)
+    ours, theirs = twin_models(config, "sdpa", torch.float32, "cpu")
+    batch = 2 if not quick else 8
+    x = torch.randn(batch, config.max_length, config.num_mel_bins)
+    y = torch.zeros(batch, config.num_labels)
+    y[:, 0] = 1
+    steps = {}
+    for name, model in (("ours", ours), ("theirs", theirs)):
+        model.train()
+        model.config.problem_type = "multi_label_classification"
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def step(model=model, opt=opt):
+            loss = model(x, labels=y).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        steps[name] = step
+    t = interleaved(steps, repeats)
+    return [dict(section="training step", case=f"batch {batch}, sdpa, float32, AdamW", ours=t["ours"],
+                 theirs=t["theirs"], per=batch)]
+
+
+def gemm_efficiency(quick: bool, repeats: int, forward_rows: list[dict]) -> list[dict]:
+    """Achieved GFLOP/s of the batch-8 fp32 sdpa forward against a same-shape GEMM (the MLP's first matmul)."""
+    config = model_config(quick)
+    f, t = config.patch_grid()
+    tokens = 8 * (f * t + 2)
+    a = torch.randn(tokens, config.hidden_size)
+    b = torch.randn(config.hidden_size, config.intermediate_size)
+    timing = interleaved({"gemm": lambda: a @ b}, repeats * 5)["gemm"]
+    gemm_gflops = 2 * tokens * config.hidden_size * config.intermediate_size / timing.median / 1e9
+    flops = 2 * forward_gmacs(config) * 8
+    rows = []
+    for row in forward_rows:
+        if row["case"].startswith("batch 8, sdpa, float32"):
+            for side in ("ours", "theirs"):
+                achieved = flops / row[side].median
+                rows.append(dict(section="efficiency", case=f"{side}: forward GFLOP/s vs same-shape GEMM",
+                                 ours=achieved, theirs=gemm_gflops, unit="GFLOP/s",
+                                 note=f"{100 * achieved / gemm_gflops:.0f}% of GEMM", ratio_name="of GEMM"))
+    return rows
+
+
+SECTIONS = {
+    "features": feature_extraction,
+    "forward": forward,
+    "memory": forward_memory,
+    "train": training_step,
+}
