@@ -355,6 +355,28 @@ def test_ambiguous_strides_refused_with_candidates(tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 
 
+def test_label_tables_match_the_shared_ones(fixtures_dir, tmp_path):
+    from ast_hf.labels import DATASETS, dataset_for_num_labels, load_label_table
+
+    shared = fixtures_dir.parent.parent / "labels"
+    expected_stats = {"audioset": (527, -4.2677393, 4.5689974, 1024), "esc50": (50, -6.6268077, 5.358466, 512),
+                      "speechcommands": (35, -6.845978, 5.5654526, 128)}
+    for name, (count, mean, std, frames) in expected_stats.items():
+        info = DATASETS[name]
+        assert (info.num_labels, info.mean, info.std, info.max_length) == (count, mean, std, frames)
+        assert dataset_for_num_labels(count) is info
+        with open(shared / info.label_file, newline="") as f:
+            rows = {int(r["index"]): r["display_name"] for r in csv.DictReader(f)}
+        assert load_label_table(name) == rows and len(rows) == count
+    assert DATASETS["audioset"].problem_type == "multi_label_classification"
+    assert dataset_for_num_labels(10) is None
+    for text, message in [("index,name\n0,a\n2,b\n", "without gaps"), ("id,name\n0,a\n", "`index` column"),
+                          ("index,name\nx,a\n", "not an integer"), ("index,name\n0,a\n0,b\n", "appears twice")]:
+        (tmp_path / "t.csv").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_label_table(tmp_path / "t.csv")
+
+
 def test_label_options(tmp_path):
     sd = original_state_dict(64, 1, 3, (12, 12), seed=12)
     src = tmp_path / "three.pth"
@@ -372,7 +394,7 @@ def test_label_options(tmp_path):
     bad.write_text("index,mid,display_name\n0,/x/0,a\n1,/x/1,b\n")
     with pytest.raises(ValueError, match="has 2 labels"):
         convert_original_checkpoint(src, tmp_path / "d", labels=bad, **geo)
-    with pytest.raises(ValueError, match="unknown dataset"):
+    with pytest.raises(ValueError, match="'imagenet' is neither a CSV file nor one of auto, none, audioset"):
         convert_original_checkpoint(src, tmp_path / "e", labels="imagenet", **geo)
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
 
@@ -390,6 +412,7 @@ class _Payload:
         return exec, (f"open({self.marker!r}, 'w').close()",)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("container", ["torch-zip", "raw-pickle"])
 def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, container):
     marker = tmp_path / "pwned"

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .configuration_ast import ORIGINAL_CLASSIFIER_LAYER_NORM_EPS, ORIGINAL_LAYER_NORM_EPS, ASTConfig
-from .labels import DATASETS, DatasetInfo, dataset_for_num_labels, dataset_info, load_label_table
+from .labels import DATASETS, DatasetInfo, dataset_for_name, dataset_for_num_labels, load_label_table
 from .modeling_ast import ASTForAudioClassification, adapt_position_embeddings
 
 logger = logging.getLogger(__name__)
@@ -371,8 +371,11 @@ def _resolve_labels(labels: str | Path | None, num_labels: int) -> tuple[dict[in
         if key == "none" or dataset is None:
             return generic, dataset, "nowhere (generic LABEL_i names)"
         return load_label_table(dataset.name), dataset, f"the {dataset.title} label table ({dataset.label_file})"
-    if not Path(choice).suffix and key.isalnum() and not Path(choice).exists():
-        dataset = dataset_info(choice)  # raises for unknown names
+    if not Path(choice).suffix and not Path(choice).exists():
+        dataset = dataset_for_name(choice)
+        if dataset is None:
+            raise ValueError(f"--labels {choice!r} is neither a CSV file nor one of auto, none, "
+                             f"{', '.join(DATASETS)}")
         if dataset.num_labels != num_labels:
             raise ValueError(f"--labels {choice}: {dataset.title} has {dataset.num_labels} labels but the checkpoint's "
                              f"head has {num_labels}; pass a CSV with {num_labels} rows, or 'none'")
@@ -394,19 +397,18 @@ def render_model_card(**fields) -> str:
 
 def _card_fields(*, config: ASTConfig, source: Path, sha256: str, released: dict | None, dataset: DatasetInfo | None,
                  label_source: str, mean: float, std: float, dtype: str, max_abs_diff: float, repo_id: str,
-                 source_tdim: int | None) -> dict:
+                 source_tdim: int) -> dict:
     from . import __version__
 
     multi = config.problem_type == "multi_label_classification"
     if released is not None:
-        metric = dataset_info(released["dataset"]).metric if released["dataset"].lower().replace("-", "").replace(
-            "_", "") in ("audioset", "esc50", "speechcommands") else "score"
-        reported = f"{metric} {released['score']} (as stated in the released file name)"
+        known = dataset_for_name(released["dataset"])
+        reported = f"{known.metric if known else 'score'} {released['score']} (as stated in the released file name)"
     else:
         reported = "not stated (the file name does not follow the released `{dataset}_{fstride}_{tstride}_{score}.pth`)"
     f, t = config.patch_grid()
     adaptation = ""
-    if source_tdim is not None:
+    if source_tdim != config.max_length:
         adaptation = (f"The position embeddings were adapted from the source's {source_tdim}-frame grid to "
                       f"{config.max_length} frames with the authors' rule (centre cut when shorter, bilinear when "
                       f"longer; time axis first).\n\n")
@@ -455,21 +457,75 @@ class ConversionResult:
         return str(self.path)
 
 
+@dataclass
+class _Plan:
+    """Everything inferred about a source before any weight is converted."""
+
+    config: ASTConfig
+    geometry: Geometry
+    dataset: DatasetInfo | None
+    label_source: str
+    released: dict | None
+    notes: list[str]
+
+
+def plan_conversion(state_dict: Mapping[str, torch.Tensor], source_name: str, *, fstride: int | None = None,
+                    tstride: int | None = None, input_tdim: int | None = None, num_mel_bins: int = 128,
+                    labels: str | Path | None = "auto") -> _Plan:
+    """Infer the `ASTConfig` of an original state dict (see `convert_original_checkpoint` for the arguments)."""
+    arch = inspect_original_state_dict(state_dict)
+    notes = []
+    dropped = [k for k in state_dict if k.startswith(DROPPED_PREFIXES)]
+    if dropped:
+        notes.append(f"dropped the unused DeiT heads ({', '.join(dropped)})")
+    released = parse_released_name(source_name)
+    if released is not None:
+        for name, given in (("fstride", fstride), ("tstride", tstride)):
+            if given is not None and given != released[name]:
+                notes.append(f"--{name} {given} overrides the file name's {released[name]}")
+        fstride = fstride if fstride is not None else released["fstride"]
+        tstride = tstride if tstride is not None else released["tstride"]
+
+    id2label, dataset, label_source = _resolve_labels(labels, arch.num_labels)
+    preferred = dataset.max_length if dataset is not None else None
+    geometry = solve_geometry(arch.num_patches, num_mel_bins=num_mel_bins, patch_size=arch.patch_size,
+                              fstride=fstride, tstride=tstride, input_tdim=input_tdim, preferred_tdim=preferred)
+    if fstride is None or tstride is None:
+        notes.append(f"strides solved from the {arch.num_patches} patch tokens: {geometry.describe()}")
+    if input_tdim is None:
+        fits = preferred is not None and geometry.min_frames <= preferred <= geometry.max_frames
+        input_tdim = preferred if fits else geometry.min_frames
+        notes.append(f"input length {input_tdim} frames inferred (any of {geometry.min_frames}-"
+                     f"{geometry.max_frames} gives the same model); set it with --input-tdim")
+
+    problem_type = dataset.problem_type if dataset is not None else "single_label_classification"
+    config = ASTConfig(
+        hidden_size=arch.hidden_size, num_hidden_layers=arch.num_hidden_layers,
+        num_attention_heads=arch.num_attention_heads, intermediate_size=arch.intermediate_size, hidden_act="gelu",
+        layer_norm_eps=ORIGINAL_LAYER_NORM_EPS, classifier_layer_norm_eps=ORIGINAL_CLASSIFIER_LAYER_NORM_EPS,
+        patch_size=arch.patch_size, qkv_bias=arch.qkv_bias, frequency_stride=geometry.fstride,
+        time_stride=geometry.tstride, max_length=input_tdim, num_mel_bins=num_mel_bins, id2label=id2label,
+        label2id={name: i for i, name in id2label.items()},
+        problem_type="multi_label_classification" if arch.num_labels == 1 else problem_type,  # 1 output: BCE
+        architectures=["ASTForAudioClassification"])
+    return _Plan(config, geometry, dataset, label_source, released, notes)
+
+
 def verification_input(num_frames: int, num_mel_bins: int, batch: int = 2) -> torch.Tensor:
     """The fixed [batch, frames, mel bins] input the converter checks logits on (seeded, std 0.5 like real input)."""
     generator = torch.Generator().manual_seed(0)
     return 0.5 * torch.randn(batch, num_frames, num_mel_bins, generator=generator)
 
 
-def _verify(folder: Path, source: Mapping[str, torch.Tensor], geometry: Geometry, config: ASTConfig,
-            source_grid: tuple[int, int], dtype: torch.dtype) -> float:
+def _verify(folder: Path, source: Mapping[str, torch.Tensor], geometry: Geometry, dtype: torch.dtype) -> float:
     """Max |logits(folder) - original_forward(source)| on the fixed input; the source is rounded to `dtype`."""
     model = ASTForAudioClassification.from_pretrained(folder, dtype=torch.float32).eval()
+    config = model.config
     inputs = verification_input(config.max_length, config.num_mel_bins)
     rounded = {k: v.to(dtype) for k, v in source.items() if not k.startswith(DROPPED_PREFIXES)}
     position = None
-    if config.patch_grid() != source_grid:
-        position = adapt_position_embeddings(rounded["v.pos_embed"].double(), source_grid, config.patch_grid())
+    if config.patch_grid() != geometry.grid:  # --max-length: the authors' adaptation of the source's embeddings
+        position = adapt_position_embeddings(rounded["v.pos_embed"].double(), geometry.grid, config.patch_grid())
     with torch.no_grad():
         reference = original_forward(rounded, inputs, fstride=geometry.fstride, tstride=geometry.tstride,
                                      num_heads=config.num_attention_heads, position_embeddings=position)
@@ -492,6 +548,7 @@ def convert_original_checkpoint(src: str | Path, out_dir: str | Path, *, fstride
         num_mel_bins: mel bins of the source's input (128 for every released model).
         max_length: frames to adapt the position embeddings to (authors' rule); default: the source's length.
         labels: "auto" (from the label count), "audioset", "esc50", "speechcommands", a CSV path, or "none".
+            The dataset (input statistics, length, problem type) follows the label count unless named here.
         dtype: "float32", "float16" or "bfloat16" for the stored weights.
         force: replace an existing `out_dir`.
         push_to_hub: a Hub repo id to upload the folder to once it is written and verified.
@@ -503,85 +560,59 @@ def convert_original_checkpoint(src: str | Path, out_dir: str | Path, *, fstride
         FileNotFoundError, FileExistsError, ValueError (bad input), ConversionError (logits differ by more than
         `VERIFY_TOLERANCE`). On any failure, and on Ctrl-C, no output folder is left behind.
     """
+    from .feature_extraction_ast import ASTFeatureExtractor
+
     src, out_dir = Path(src), Path(out_dir)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length must be a positive number of frames, got {max_length}")
     _check_destination(out_dir, force)
-    notes: list[str] = []
+    big = src.is_file() and src.stat().st_size >= SHOW_PROGRESS_BYTES
+    progress = tqdm(total=4, desc=f"convert {src.name}", unit="step", disable=not big, leave=False)
+    try:
+        progress.set_postfix_str("reading")
+        state_dict = load_original_state_dict(src)
+        plan = plan_conversion(state_dict, src.name, fstride=fstride, tstride=tstride, input_tdim=input_tdim,
+                               num_mel_bins=num_mel_bins, labels=labels)
+        sha256 = sha256_of(src)
+        progress.update()
 
-    state_dict = load_original_state_dict(src)
-    arch = inspect_original_state_dict(state_dict)
-    sha256 = sha256_of(src)
-    dropped = [k for k in state_dict if k.startswith(DROPPED_PREFIXES)]
-    if dropped:
-        notes.append(f"dropped the unused DeiT heads ({', '.join(dropped)})")
+        progress.set_postfix_str("converting")
+        source_tdim = plan.config.max_length
+        model = ASTForAudioClassification(plan.config).eval()
+        model.load_state_dict({k: v.float() for k, v in convert_state_dict(state_dict).items()}, strict=True)
+        if max_length is not None and max_length != source_tdim:
+            model.resize_max_length(max_length)
+        model.to(DTYPES[dtype])
+        stats = plan.dataset or DATASETS["audioset"]  # unknown dataset: AudioSet's, the feature extractor's default
+        extractor = ASTFeatureExtractor(num_mel_bins=num_mel_bins, max_length=model.config.max_length,
+                                        mean=stats.mean, std=stats.std)
+        progress.update()
 
-    released = parse_released_name(src.name)
-    if released is not None:
-        for name, given in (("fstride", fstride), ("tstride", tstride)):
-            if given is not None and given != released[name]:
-                notes.append(f"--{name} {given} overrides the file name's {released[name]}")
-        fstride = fstride if fstride is not None else released["fstride"]
-        tstride = tstride if tstride is not None else released["tstride"]
-
-    id2label, dataset, label_source = _resolve_labels(labels, arch.num_labels)
-    preferred = dataset.max_length if dataset is not None else None
-    geometry = solve_geometry(arch.num_patches, num_mel_bins=num_mel_bins, patch_size=arch.patch_size,
-                              fstride=fstride, tstride=tstride, input_tdim=input_tdim, preferred_tdim=preferred)
-    if input_tdim is None:
-        input_tdim = preferred if preferred and geometry.min_frames <= preferred <= geometry.max_frames \
-            else geometry.min_frames
-        notes.append(f"input length {input_tdim} frames inferred (any of {geometry.min_frames}-{geometry.max_frames} "
-                     f"gives the same model); set it with --input-tdim")
-    if fstride is None or tstride is None:
-        notes.append(f"strides solved from the {arch.num_patches} patch tokens: {geometry.describe()}")
-
-    stats = dataset if dataset is not None else DATASETS["audioset"]  # unknown: the feature extractor's default
-    mean, std = stats.mean, stats.std
-    problem_type = dataset.problem_type if dataset is not None else "single_label_classification"
-    if arch.num_labels == 1:
-        problem_type = "regression"
-    config = ASTConfig(
-        hidden_size=arch.hidden_size, num_hidden_layers=arch.num_hidden_layers,
-        num_attention_heads=arch.num_attention_heads, intermediate_size=arch.intermediate_size, hidden_act="gelu",
-        layer_norm_eps=ORIGINAL_LAYER_NORM_EPS, classifier_layer_norm_eps=ORIGINAL_CLASSIFIER_LAYER_NORM_EPS,
-        patch_size=arch.patch_size, qkv_bias=arch.qkv_bias, frequency_stride=geometry.fstride,
-        time_stride=geometry.tstride, max_length=input_tdim, num_mel_bins=num_mel_bins, id2label=id2label,
-        label2id={name: i for i, name in id2label.items()}, problem_type=problem_type,
-        architectures=["ASTForAudioClassification"])
-    if config.patch_grid() != geometry.grid:  # solve_geometry guarantees this; a cheap guard against drift
-        raise ValueError(f"internal: grid {config.patch_grid()} != {geometry.grid}")
-
-    model = ASTForAudioClassification(config).eval()
-    model.load_state_dict({k: v.float() for k, v in convert_state_dict(state_dict).items()}, strict=True)
-    if max_length is not None and max_length != input_tdim:
-        model.resize_max_length(max_length)
-    model.to(DTYPES[dtype])
-
-    from .feature_extraction_ast import ASTFeatureExtractor
-
-    extractor = ASTFeatureExtractor(num_mel_bins=num_mel_bins, max_length=model.config.max_length, mean=mean, std=std)
-    repo_id = push_to_hub or out_dir.name
-    with _staging_folder(out_dir) as staging:
-        model.save_pretrained(staging)
-        extractor.save_pretrained(staging)
-        diff = _verify(staging, state_dict, geometry, model.config, geometry.grid, DTYPES[dtype])
-        if not diff <= VERIFY_TOLERANCE:  # also catches NaN
-            raise ConversionError(f"verification failed: the converted model's logits differ from the source's by "
-                                  f"{diff:.3g} > {VERIFY_TOLERANCE:g}; nothing was written")
-        card = render_model_card(**_card_fields(
-            config=model.config, source=src, sha256=sha256, released=released, dataset=dataset,
-            label_source=label_source, mean=mean, std=std, dtype=dtype, max_abs_diff=diff, repo_id=repo_id,
-            source_tdim=input_tdim if model.config.max_length != input_tdim else None))
-        (staging / "README.md").write_text(card, encoding="utf-8")
-        _move_into_place(staging, out_dir, force)
+        with _staging_folder(out_dir) as staging:
+            progress.set_postfix_str("writing")
+            model.save_pretrained(staging)
+            extractor.save_pretrained(staging)
+            progress.update()
+            progress.set_postfix_str("verifying")
+            diff = _verify(staging, state_dict, plan.geometry, DTYPES[dtype])
+            if not diff <= VERIFY_TOLERANCE:  # also catches NaN
+                raise ConversionError(f"verification failed: the converted model's logits differ from the "
+                                      f"source's by {diff:.3g} > {VERIFY_TOLERANCE:g}; nothing was written")
+            card = render_model_card(**_card_fields(
+                config=model.config, source=src, sha256=sha256, released=plan.released, dataset=plan.dataset,
+                label_source=plan.label_source, mean=stats.mean, std=stats.std, dtype=dtype, max_abs_diff=diff,
+                repo_id=push_to_hub or out_dir.name, source_tdim=source_tdim))
+            (staging / "README.md").write_text(card, encoding="utf-8")
+            _move_into_place(staging, out_dir, force)
+            progress.update()
+    finally:
+        progress.close()
     logger.info("converted %s -> %s (max |logit difference| %.2e)", src, out_dir, diff)
-    result = ConversionResult(out_dir, model.config, diff, sha256, notes)
     if push_to_hub:
         _push(out_dir, push_to_hub, src.name)
-    return result
+    return ConversionResult(out_dir, model.config, diff, sha256, plan.notes)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -658,5 +689,6 @@ def _push(folder: Path, repo_id: str, source_name: str) -> None:
 
 
 __all__ = ["convert_original_checkpoint", "ConversionResult", "ConversionError", "load_original_state_dict",
+           "plan_conversion",
            "inspect_original_state_dict", "convert_state_dict", "original_forward", "solve_geometry",
            "parse_released_name", "render_model_card", "VERIFY_TOLERANCE"]

@@ -53,12 +53,17 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+def dataset_for_name(name: str) -> DatasetInfo | None:
+    """The `DatasetInfo` called `name` (case-insensitive, "-" and "_" ignored: "ESC-50" is "esc50"), or None."""
+    return DATASETS.get(name.lower().replace("-", "").replace("_", ""))
+
+
 def dataset_info(name: str) -> DatasetInfo:
-    """The `DatasetInfo` of "audioset", "esc50" or "speechcommands" (case-insensitive, "-"/"_" ignored)."""
-    key = name.lower().replace("-", "").replace("_", "")
-    if key not in DATASETS:
+    """The `DatasetInfo` of "audioset", "esc50" or "speechcommands"; ValueError for other names."""
+    info = dataset_for_name(name)
+    if info is None:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    return DATASETS[key]
+    return info
 
 
 def dataset_for_num_labels(num_labels: int) -> DatasetInfo | None:
@@ -100,11 +105,10 @@ def load_label_table(name_or_path: str | Path) -> dict[int, str]:
     run 0..N-1. Raises FileNotFoundError for a missing file and ValueError for a malformed one.
     """
     text = str(name_or_path)
-    key = text.lower().replace("-", "").replace("_", "")
-    if key in DATASETS and not Path(text).suffix:
-        package_file = resources.files("ast_hf").joinpath("labels", DATASETS[key].label_file)
-        with package_file.open(encoding="utf-8", newline="") as rows:
-            return _read_csv(rows, DATASETS[key].label_file)
+    info = dataset_for_name(text)
+    if info is not None and not Path(text).suffix:
+        with resources.files("ast_hf").joinpath("labels", info.label_file).open(encoding="utf-8", newline="") as rows:
+            return _read_csv(rows, info.label_file)
     path = Path(name_or_path)
     if not path.is_file():
         raise FileNotFoundError(f"label table {text!r} is neither a file nor one of {', '.join(DATASETS)}")
@@ -112,4 +116,4 @@ def load_label_table(name_or_path: str | Path) -> dict[int, str]:
         return _read_csv(rows, str(path))
 
 
-__all__ = ["DATASETS", "DatasetInfo", "dataset_info", "dataset_for_num_labels", "load_label_table"]
+__all__ = ["DATASETS", "DatasetInfo", "dataset_info", "dataset_for_name", "dataset_for_num_labels", "load_label_table"]
