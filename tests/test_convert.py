@@ -345,6 +345,11 @@ def test_ambiguous_strides_refused_with_candidates(tmp_path):
                                          r"frames\).*fstride=16 tstride=16.*--fstride"):
         convert_original_checkpoint(src, tmp_path / "out")
     assert_nothing_left(tmp_path, keep={"custom.pth"})
+    renamed = tmp_path / "audioset_12_12_0.4467.pth"  # a released name whose strides do not fit the tokens
+    torch.save(sd, renamed)
+    with pytest.raises(ValueError, match="no patch geometry.*come from the file name audioset_12_12_0.4467.pth"):
+        convert_original_checkpoint(renamed, tmp_path / "out")
+    renamed.unlink()
     # an input length settles it
     result = convert_original_checkpoint(src, tmp_path / "out", input_tdim=128)
     assert (result.config.frequency_stride, result.config.time_stride) == (10, 10)

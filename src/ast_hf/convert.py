@@ -488,8 +488,14 @@ def plan_conversion(state_dict: Mapping[str, torch.Tensor], source_name: str, *,
 
     id2label, dataset, label_source = _resolve_labels(labels, arch.num_labels)
     preferred = dataset.max_length if dataset is not None else None
-    geometry = solve_geometry(arch.num_patches, num_mel_bins=num_mel_bins, patch_size=arch.patch_size,
-                              fstride=fstride, tstride=tstride, input_tdim=input_tdim, preferred_tdim=preferred)
+    try:
+        geometry = solve_geometry(arch.num_patches, num_mel_bins=num_mel_bins, patch_size=arch.patch_size,
+                                  fstride=fstride, tstride=tstride, input_tdim=input_tdim, preferred_tdim=preferred)
+    except ValueError as error:
+        if released is None:
+            raise
+        raise ValueError(f"{error} (the strides come from the file name {source_name}; override them with --fstride "
+                         f"and --tstride if it was renamed)") from None
     if fstride is None or tstride is None:
         notes.append(f"strides solved from the {arch.num_patches} patch tokens: {geometry.describe()}")
     if input_tdim is None:
