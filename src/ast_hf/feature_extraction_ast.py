@@ -16,11 +16,12 @@ import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
 
 from .filterbank import frame_geometry, log_mel_filterbank, num_frames
+from .labels import DATASETS
 
 logger = logging.getLogger(__name__)
 
-AUDIOSET_MEAN = -4.2677393
-AUDIOSET_STD = 4.5689974
+AUDIOSET_MEAN = DATASETS["audioset"].mean
+AUDIOSET_STD = DATASETS["audioset"].std
 
 
 class ASTFeatureExtractor(SequenceFeatureExtractor):
