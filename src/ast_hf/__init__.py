@@ -11,6 +11,14 @@ from .feature_extraction_ast import ASTFeatureExtractor
 from .labels import dataset_info, load_label_table
 from .modeling_ast import ASTForAudioClassification, ASTModel, ASTPreTrainedModel, adapt_position_embeddings
 from .register import register, unregister
+# Inference beyond the anchors: long recordings, archives, embeddings, explanations, export.
+from .batch_inference import predict_files
+from .embeddings import AudioEmbedding, embed
+from .explain import Explanation, attention_rollout, explain
+from .export import compare_models, compile_model, export_onnx, quantize_dynamic_int8
+from .long_audio import AudioStream, LongAudioTags, TimelineRow, tag_long_audio
+from .model_loading import load_for_inference
+from .pipeline import ASTAudioClassificationPipeline
 
 __version__ = "0.1.0"
 __all__ = [
@@ -27,4 +35,20 @@ __all__ = [
     "load_audio",
     "register",
     "unregister",
+    "tag_long_audio",
+    "LongAudioTags",
+    "TimelineRow",
+    "AudioStream",
+    "predict_files",
+    "embed",
+    "AudioEmbedding",
+    "explain",
+    "Explanation",
+    "attention_rollout",
+    "export_onnx",
+    "compile_model",
+    "quantize_dynamic_int8",
+    "compare_models",
+    "load_for_inference",
+    "ASTAudioClassificationPipeline",
 ]

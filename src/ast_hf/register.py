@@ -45,6 +45,10 @@ def register() -> None:
         return ASTFeatureExtractor if class_name == ASTFeatureExtractor.__name__ else native_lookup(class_name)
 
     feature_extraction_auto.feature_extractor_class_from_name = class_from_name
+    # pipeline("audio-classification") builds ast-hf's subclass (adds chunk_length_s / stride_length_s windows).
+    from .pipeline import register_pipeline
+
+    _saved["pipeline"] = register_pipeline()
 
 
 def unregister() -> None:
@@ -57,6 +61,9 @@ def unregister() -> None:
     for mapping in (MODEL_MAPPING, MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING, FEATURE_EXTRACTOR_MAPPING):
         mapping._extra_content.pop(ASTConfig, None)
     feature_extraction_auto.feature_extractor_class_from_name = _saved["class_from_name"]
+    from .pipeline import unregister_pipeline
+
+    unregister_pipeline(_saved["pipeline"])
     _saved = None
 
 

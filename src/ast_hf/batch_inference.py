@@ -1,0 +1,397 @@
+"""Tagging archives of many files: DataLoader workers decode and featurise, the model scores batches of windows,
+`torchrun` / `accelerate launch` processes share the files, and the results merge into one JSONL or CSV file.
+
+* Every file is tagged exactly like `tag_long_audio` does it (windows of `window` s every `hop` s, clip-level
+  mean or max), so nothing is cut: a long file is scored over its whole length.
+* Workers (`num_workers`) stream their files' windows (decoding in blocks, Kaldi fbank) and hand batches of up to
+  `batch_size` windows, from one or several files, to the process that owns the model.
+* Under `torchrun --nproc_per_node=N` or `accelerate launch` (RANK / WORLD_SIZE / LOCAL_RANK set), process r
+  takes files r, r + N, ... and runs on `cuda:LOCAL_RANK` when there is a GPU. Every process appends its
+  results, one JSON line per file, to `OUTPUT.part-r.jsonl`; when all are done, rank 0 merges the parts and
+  any earlier output into OUTPUT (written atomically) and deletes the parts. The output folder must be
+  visible to every process (one machine, or a shared file system).
+* Resumable: files already in OUTPUT or in a part file are skipped, so an interrupted run (Ctrl-C, a killed
+  job) continues where it stopped when started again with the same arguments.
+* A file that cannot be read (missing, corrupt, empty, shorter than an explicit window) is reported on stderr
+  and in `OUTPUT.errors.jsonl`, the rest are processed, and the run ends with a non-zero exit code. Failed
+  files are tried again by the next run.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .atomic_io import atomic_path
+from .long_audio import (AudioStream, aggregate_scores, apply_activation, featurize, iter_windows, label_names,
+                         model_device_dtype, resolve_activation, window_samples)
+
+AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".au",
+                    ".wma", ".webm", ".mp4", ".mkv", ".caf", ".w64"}
+LIST_EXTENSIONS = {".txt", ".lst", ".list"}
+CSV_FIELDS = ["path", "duration", "windows", "rank", "label", "score"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def collect_inputs(items: Iterable[str | Path]) -> list[str]:
+    """Expand folders (audio files below them, recursively, sorted) and list files (.txt / .lst / .list: one
+    path per line, `#` comments, relative paths taken from the list's folder); keep other paths as given.
+    Duplicates are dropped, the first occurrence kept."""
+    paths: list[str] = []
+    for item in items:
+        item = Path(item)
+        if item.is_dir():
+            paths += sorted(str(p) for p in item.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        elif item.suffix.lower() in LIST_EXTENSIONS and item.is_file():
+            for line in item.read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    entry = Path(line)
+                    paths.append(str(entry if entry.is_absolute() else item.parent / entry))
+        else:
+            paths.append(str(item))
+    return list(dict.fromkeys(paths))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Workers: files -> batches of featurised windows
+# --------------------------------------------------------------------------------------------------------------
+
+
+class WindowBatches(IterableDataset):
+    """Yields dicts with `input_values` [n, frames, mel bins] (or None), `attention_mask` (or None), `owners` [n]
+    (index of the file each window belongs to) and `notes`: files finished (`index`, `windows`, `duration` in s)
+    or failed (`index`, `error`). A file's note comes with or after the batch holding its last window.
+    Each DataLoader worker takes every `num_workers`-th file."""
+
+    def __init__(self, paths: list[str], indices: list[int], feature_extractor, window: int, hop: int,
+                 allow_shorter: bool, min_frames: int, batch_size: int):
+        self.paths, self.indices = paths, indices
+        self.feature_extractor = feature_extractor
+        self.window, self.hop, self.allow_shorter = window, hop, allow_shorter
+        self.min_frames, self.batch_size = min_frames, batch_size
+
+    def _emit(self, pending: list, notes: list) -> dict:
+        values = mask = None
+        if pending:
+            values, mask = featurize(self.feature_extractor, [clip for _, clip in pending], self.min_frames)
+        return {"input_values": values, "attention_mask": mask,
+                "owners": torch.tensor([index for index, _ in pending], dtype=torch.long), "notes": notes}
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        mine = self.indices if info is None else self.indices[info.id::info.num_workers]
+        rate = self.feature_extractor.sampling_rate
+        pending: list[tuple[int, np.ndarray]] = []
+        notes: list[dict] = []
+        for index in mine:
+            path = self.paths[index]
+            count = end = 0
+            try:
+                stream = AudioStream(path, rate)
+                for start, clip in iter_windows(stream, self.window, self.hop, self.allow_shorter, rate, path):
+                    pending.append((index, clip))
+                    count += 1
+                    end = max(end, start + len(clip))
+                    if len(pending) == self.batch_size:
+                        yield self._emit(pending, notes)
+                        pending, notes = [], []
+                notes.append({"index": index, "windows": count, "duration": end / rate})
+            except (ValueError, OSError, RuntimeError) as error:
+                pending = [p for p in pending if p[0] != index]
+                notes.append({"index": index, "error": f"{type(error).__name__}: {error}"})
+        if pending or notes:
+            yield self._emit(pending, notes)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Output: part files, merge, resume
+# --------------------------------------------------------------------------------------------------------------
+
+
+def part_paths(output: Path) -> list[Path]:
+    return sorted(output.parent.glob(f"{output.name}.part-*.jsonl"))
+
+
+def errors_path(output: Path) -> Path:
+    return output.with_name(output.name + ".errors.jsonl")
+
+
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by an interruption
+            if isinstance(record, dict) and "path" in record:
+                yield record
+
+
+def _read_csv(path: Path) -> Iterator[dict]:
+    records: dict[str, dict] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            record = records.setdefault(row["path"], {"path": row["path"], "duration": float(row["duration"]),
+                                                      "windows": int(row["windows"]), "labels": [], "scores": []})
+            if row["label"]:
+                record["labels"].append(row["label"])
+                record["scores"].append(float(row["score"]))
+    yield from records.values()
+
+
+def read_results(output: Path) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(successes, failures) by path from OUTPUT and its part files; a later success wins over a failure."""
+    sources = []
+    if output.is_file():
+        sources.append(_read_csv(output) if output.suffix.lower() == ".csv" else _read_jsonl(output))
+    sources += [_read_jsonl(p) for p in part_paths(output)]
+    done: dict[str, dict] = {}
+    failed: dict[str, dict] = {}
+    for source in sources:
+        for record in source:
+            if "error" in record:
+                failed[record["path"]] = record
+            else:
+                done.setdefault(record["path"], record)
+    return done, {p: r for p, r in failed.items() if p not in done}
+
+
+def write_results(output: Path, records: list[dict]) -> None:
+    """Write the merged records to OUTPUT (.csv: one row per label; else JSONL), atomically."""
+    with atomic_path(output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        if output.suffix.lower() == ".csv":
+            writer = csv.writer(f)
+            writer.writerow(CSV_FIELDS)
+            for r in records:
+                rows = list(zip(r["labels"], r["scores"])) or [("", "")]
+                for rank, (label, score) in enumerate(rows, 1):
+                    writer.writerow([r["path"], r["duration"], r["windows"], rank if label else "", label, score])
+        else:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def merge_results(output: Path, order: list[str]) -> dict[str, dict]:
+    """Merge OUTPUT and its parts into OUTPUT (input order first, earlier extra paths after), write or remove
+    the errors file, delete the parts; returns the failures among `order`."""
+    done, failed = read_results(output)
+    position = {p: i for i, p in enumerate(order)}
+    records = sorted(done.values(), key=lambda r: (position.get(r["path"], len(order)), r["path"]))
+    write_results(output, records)
+    failures = {p: failed[p] for p in order if p in failed}
+    if failures:
+        with atomic_path(errors_path(output)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for record in failures.values():
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    elif errors_path(output).exists():
+        errors_path(output).unlink()
+    for part in part_paths(output):
+        part.unlink()
+    return failures
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Distributed:
+    """This process's place among the `torchrun` / `accelerate launch` processes (rank 0 of 1 when alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    started_group: bool = False
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+        me = cls(rank, world, local)
+        if world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                if "MASTER_ADDR" not in os.environ:
+                    raise ValueError("WORLD_SIZE > 1 but MASTER_ADDR is not set: launch with torchrun or "
+                                     "accelerate launch")
+                # gloo: only CPU barriers are needed, whatever the device the model runs on.
+                dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+                me.started_group = True
+        return me
+
+    def device(self) -> torch.device:
+        return torch.device(f"cuda:{self.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def max(self, value: int) -> int:
+        if self.world_size == 1:
+            return value
+        import torch.distributed as dist
+
+        tensor = torch.tensor([value])
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
+
+    def close(self) -> None:
+        if self.started_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+@dataclass
+class BatchSummary:
+    """What one process did: files scored now, skipped (already done), failed (path -> error), and the output."""
+
+    output: Path
+    scored: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    any_failed: bool = False  # in any process
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.any_failed else 0
+
+
+def _record(path: str, note: dict, scores: np.ndarray, labels: list[str], aggregate: str, top_k: int | None,
+            threshold: float | None) -> dict:
+    clip = aggregate_scores(scores, aggregate)
+    order = np.argsort(-clip, kind="stable")
+    if top_k:
+        order = order[:top_k]
+    if threshold is not None:
+        order = [i for i in order if clip[i] >= threshold]
+    return {"path": path, "duration": round(note["duration"], 4), "windows": note["windows"],
+            "labels": [labels[i] for i in order], "scores": [round(float(clip[i]), 6) for i in order]}
+
+
+def predict_files(
+    inputs: Iterable[str | Path],
+    model,
+    feature_extractor,
+    output: str | Path,
+    window: float | None = None,
+    hop: float | None = None,
+    aggregate: str = "mean",
+    top_k: int | None = 5,
+    threshold: float | None = None,
+    activation: str = "auto",
+    batch_size: int = 8,
+    num_workers: int = 2,
+    progress: bool = True,
+    distributed: Distributed | None = None,
+) -> BatchSummary:
+    """Tag many files into one JSONL (default) or CSV (`output` ending in .csv) file.
+
+    Args:
+        inputs: files, folders, list files (see `collect_inputs`).
+        model, feature_extractor: an `ASTForAudioClassification` (or ensemble) and its feature extractor; the model
+            is moved to this process's device.
+        output: the merged result file. JSONL rows: {"path", "duration" (s), "windows", "labels", "scores"}; CSV
+            rows: path, duration, windows, rank, label, score.
+        window, hop, aggregate, activation: as in `tag_long_audio`.
+        top_k, threshold: which clip-level labels to keep per file (top_k None or 0: all).
+        batch_size: windows per model call. num_workers: DataLoader worker processes decoding files.
+        distributed: the process group (default: from RANK / WORLD_SIZE, started if needed).
+
+    Returns:
+        This process's `BatchSummary`; in rank 0 `failed` holds every process's failures.
+    """
+    aggregate_scores(np.zeros((1, 1)), aggregate)
+    if batch_size < 1 or num_workers < 0:
+        raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+    output = Path(output)
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder; give a file name ending in .jsonl or .csv")
+    paths = collect_inputs(inputs)
+    if not paths:
+        raise ValueError("no input files: give audio files, folders holding audio, or .txt lists of paths")
+    dist = distributed or Distributed.from_env()
+    config = model.config
+    activation = resolve_activation(config, activation)
+    labels = label_names(config)
+    rate = feature_extractor.sampling_rate
+    win, step, allow_shorter = window_samples(window, hop, rate, config.max_length)
+
+    done, _ = read_results(output)
+    mine = [i for i in range(dist.rank, len(paths), dist.world_size)]
+    todo = [i for i in mine if paths[i] not in done]
+    summary = BatchSummary(output=output, skipped=len(mine) - len(todo))
+
+    device = dist.device()
+    model.to(device).eval()
+    _, dtype = model_device_dtype(model)
+    dataset = WindowBatches(paths, todo, feature_extractor, win, step, allow_shorter, config.max_length, batch_size)
+    workers = min(num_workers, len(todo))
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
+    part = output.with_name(f"{output.name}.part-{dist.rank}.jsonl")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    pending: dict[int, list[np.ndarray]] = {}
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), unit="file", desc=f"rank {dist.rank}" if dist.world_size > 1 else "files",
+               disable=not progress, position=dist.rank if dist.world_size > 1 else None)
+    try:
+        with open(part, "a", encoding="utf-8") as sink:
+            for item in (loader if todo else []):
+                if item["input_values"] is not None:
+                    mask = item["attention_mask"]
+                    with torch.inference_mode():
+                        logits = model(input_values=item["input_values"].to(device, dtype),
+                                       attention_mask=None if mask is None else mask.to(device)).logits
+                    scores = apply_activation(logits, activation).cpu().numpy()
+                    for owner, row in zip(item["owners"].tolist(), scores):
+                        pending.setdefault(owner, []).append(row)
+                for note in item["notes"]:
+                    path = paths[note["index"]]
+                    windows = pending.pop(note["index"], [])
+                    if "error" in note:
+                        record = {"path": path, "error": note["error"]}
+                        summary.failed[path] = note["error"]
+                        bar.write(f"ast-hf predict: skipped {path}: {note['error']}", file=sys.stderr)
+                    else:
+                        record = _record(path, note, np.stack(windows), labels, aggregate, top_k, threshold)
+                        summary.scored += 1
+                    sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    sink.flush()
+                    bar.update(1)
+    finally:
+        bar.close()
+    dist.barrier()  # every part is complete
+    if dist.rank == 0:
+        failures = merge_results(output, paths)
+        summary.failed = {p: r["error"] for p, r in failures.items()}
+    # No process may leave (and fail the launcher) before the merge is written.
+    summary.any_failed = bool(dist.max(int(bool(summary.failed))))
+    if distributed is None:
+        dist.close()
+    return summary
+
+
+__all__ = ["predict_files", "collect_inputs", "read_results", "merge_results", "BatchSummary", "Distributed",
+           "WindowBatches"]

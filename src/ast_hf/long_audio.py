@@ -1,0 +1,519 @@
+"""Tagging recordings of any length with sliding windows.
+
+A recording is decoded block by block (soundfile; the `ffmpeg` binary for formats soundfile cannot read),
+resampled to the feature extractor's rate, cut into windows of `window` seconds every `hop` seconds, and the
+windows are featurised and scored in batches. Only one window plus one decoded block is held at a time, so
+memory stays flat however long the recording is.
+
+Windows start at 0, hop, 2 hop, ...; when the last of them stops short of the end, one more window is aligned
+to the end of the recording, so every sample is seen and every window has the same length. Windows shorter
+than the model's `max_length` frames are padded to it, as the released models saw short clips in training.
+The result holds the per-window scores (a timeline with start/end times), clip-level scores (mean or max over
+windows), and a time-downsampled spectrogram for the plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic_io import atomic_path
+
+DEFAULT_HOP_SECONDS = 5.0
+BLOCK_SECONDS = 30.0
+FRAME_SHIFT_SECONDS = 0.01  # one feature frame every 10 ms
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Decoding in blocks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _resample_stream(blocks: Iterable[np.ndarray], orig: int, new: int) -> Iterator[np.ndarray]:
+    """Resample a stream of mono blocks with torchaudio's sinc resampler, block by block.
+
+    Each block is resampled with `margin` samples of real context on both sides, cut at whole resampler periods,
+    so the output equals resampling the whole recording at once (up to float rounding).
+    """
+    if orig == new:
+        yield from blocks
+        return
+    import torchaudio.functional as AF
+
+    g = math.gcd(orig, new)
+    step_in, step_out = orig // g, new // g
+    # torchaudio's kernel reaches ceil(6 * orig / (0.99 * new)) input samples each way: keep more than that.
+    need = 16 * math.ceil(orig / new) + 64
+    margin = math.ceil(need / step_in) * step_in
+    history = np.zeros(0, np.float32)  # up to `margin` samples before `pending`
+    pending = np.zeros(0, np.float32)  # not yet emitted; starts on a whole period
+
+    def run(chunk: np.ndarray) -> np.ndarray:
+        return AF.resample(torch.from_numpy(chunk), orig, new).numpy()
+
+    for block in blocks:
+        pending = np.concatenate([pending, block])
+        ready = (len(pending) - margin) // step_in * step_in
+        if ready <= 0:
+            continue
+        skip = len(history) // step_in * step_out
+        out = run(np.concatenate([history, pending[:ready + margin]]))
+        yield out[skip:skip + ready // step_in * step_out]
+        history = np.concatenate([history, pending[:ready]])[-margin:]
+        pending = pending[ready:]
+    if len(pending):
+        skip = len(history) // step_in * step_out
+        yield run(np.concatenate([history, pending]))[skip:]
+
+
+class AudioStream:
+    """A recording decoded block by block as mono float32 [samples] at `sampling_rate` Hz.
+
+    Iterating yields consecutive blocks of about `block_seconds`. `duration` (seconds) is known up front for
+    files soundfile reads, and None for the ffmpeg fallback.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError (while iterating): the file cannot be decoded.
+    """
+
+    def __init__(self, path: str | Path, sampling_rate: int = 16000, block_seconds: float = BLOCK_SECONDS):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no such audio file: {self.path}")
+        self.sampling_rate = sampling_rate
+        self.block_seconds = block_seconds
+        import soundfile as sf
+
+        try:
+            info = sf.info(str(self.path))
+            self._native_rate = int(info.samplerate)
+            self.duration: float | None = info.frames / info.samplerate if info.frames > 0 else None
+            self._use_soundfile = True
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+            self._use_soundfile = False
+            self.duration = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self._soundfile_blocks() if self._use_soundfile else self._ffmpeg_blocks()
+
+    def _soundfile_blocks(self) -> Iterator[np.ndarray]:
+        import soundfile as sf
+
+        def native() -> Iterator[np.ndarray]:
+            block = max(1, int(self.block_seconds * self._native_rate))
+            try:
+                with sf.SoundFile(str(self.path)) as f:
+                    while True:
+                        data = f.read(block, dtype="float32", always_2d=True)
+                        if not len(data):
+                            return
+                        yield data.mean(axis=1, dtype=np.float32)
+            except (sf.LibsndfileError, RuntimeError) as error:
+                raise ValueError(f"cannot decode {self.path}: {error}") from error
+
+        for out in _resample_stream(native(), self._native_rate, self.sampling_rate):
+            if not np.isfinite(out).all():
+                raise ValueError(f"{self.path} contains NaN or infinite samples")
+            yield out
+
+    def _ffmpeg_blocks(self) -> Iterator[np.ndarray]:
+        if shutil.which("ffmpeg") is None:
+            raise ValueError(f"cannot decode {self.path}: soundfile does not read this format and the ffmpeg binary "
+                             f"is not installed (apt-get install ffmpeg)")
+        command = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(self.path), "-ac", "1", "-ar",
+                   str(self.sampling_rate), "-f", "f32le", "-"]
+        block_bytes = 4 * max(1, int(self.block_seconds * self.sampling_rate))
+        with tempfile.TemporaryFile() as errors:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
+            try:
+                while True:
+                    data = process.stdout.read(block_bytes)
+                    if not data:
+                        break
+                    usable = len(data) // 4 * 4
+                    yield np.frombuffer(data[:usable], dtype=np.float32).copy()
+                if process.wait() != 0:
+                    errors.seek(0)
+                    reason = errors.read().decode(errors="replace").strip().splitlines()
+                    raise ValueError(f"cannot decode {self.path}: {reason[-1] if reason else 'ffmpeg failed'}")
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+                process.stdout.close()
+
+
+def audio_blocks(audio, sampling_rate: int | None, target_rate: int) -> tuple[Iterable[np.ndarray], float | None, str]:
+    """(blocks at `target_rate`, duration in seconds or None, a name for messages) for a path or a waveform."""
+    if isinstance(audio, (str, Path)):
+        stream = AudioStream(audio, target_rate)
+        return stream, stream.duration, str(audio)
+    from .audio_io import resample
+
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().numpy()
+    waveform = np.asarray(audio, dtype=np.float32)
+    if waveform.ndim != 1:
+        raise ValueError(f"waveform has shape {waveform.shape}; give one mono clip [samples] (mix channels down with "
+                         f".mean(axis=-1))")
+    if sampling_rate is None:
+        raise ValueError("pass sampling_rate= (Hz) with a waveform; it is resampled to the model's rate if needed")
+    waveform = resample(waveform, sampling_rate, target_rate)
+    if not np.isfinite(waveform).all():
+        raise ValueError("the waveform contains NaN or infinite samples")
+    return [waveform], len(waveform) / target_rate, "the waveform"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Windows
+# --------------------------------------------------------------------------------------------------------------
+
+
+def window_samples(window: float | None, hop: float | None, sampling_rate: int, max_length: int
+                   ) -> tuple[int, int, bool]:
+    """Window and hop in samples from seconds; (window, hop, a recording may be shorter than the window).
+
+    `window=None` is the model's input length (`max_length` frames x 10 ms: 10.24 s for the released AudioSet
+    models) and then a shorter recording is scored whole; an explicit window longer than the recording is an error.
+    `hop=None` is min(5 s, window / 2).
+    """
+    allow_shorter = window is None
+    if window is None:
+        window = max_length * FRAME_SHIFT_SECONDS
+    if not (isinstance(window, (int, float)) and math.isfinite(window) and window > 0):
+        raise ValueError(f"window must be a positive number of seconds, got {window!r}")
+    if hop is None:
+        hop = min(DEFAULT_HOP_SECONDS, window / 2)
+    if not (isinstance(hop, (int, float)) and math.isfinite(hop) and hop > 0):
+        raise ValueError(f"hop must be a positive number of seconds (the step between window starts), got {hop!r}")
+    win, step = round(window * sampling_rate), round(hop * sampling_rate)
+    if step < 1:
+        raise ValueError(f"hop {hop} s is shorter than one sample at {sampling_rate} Hz")
+    return win, step, allow_shorter
+
+
+def window_starts(total: int, window: int, hop: int, allow_shorter: bool = False) -> list[int]:
+    """Start samples of the windows covering `total` samples: 0, hop, 2 hop, ..., plus one aligned to the end
+    when the regular ones stop short of it. A recording shorter than the window gives [0] (one shorter window)
+    when `allow_shorter`, else a ValueError."""
+    if total <= 0:
+        raise ValueError("the recording holds no samples (zero-length)")
+    if total < window:
+        if not allow_shorter:
+            raise ValueError(f"the window ({window} samples) is longer than the recording ({total} samples)")
+        return [0]
+    starts = list(range(0, total - window + 1, hop))
+    if starts[-1] + window < total:
+        starts.append(total - window)
+    return starts
+
+
+def iter_windows(blocks: Iterable[np.ndarray], window: int, hop: int, allow_shorter: bool = False,
+                 sampling_rate: int = 16000, name: str = "the recording") -> Iterator[tuple[int, np.ndarray]]:
+    """Stream (start sample, window [samples]) pairs out of consecutive blocks, holding at most one window plus
+    one block. Yields exactly the windows of `window_starts(total, window, hop, allow_shorter)`."""
+    buffer = np.zeros(0, np.float32)
+    buffer_start = total = covered = next_start = 0
+    for block in blocks:
+        buffer = np.concatenate([buffer, np.asarray(block, dtype=np.float32)])
+        total += len(block)
+        while next_start + window <= total:
+            offset = next_start - buffer_start
+            yield next_start, buffer[offset:offset + window].copy()
+            covered = next_start + window
+            next_start += hop
+        keep_from = min(next_start, total - window)  # the next window, or one aligned to a possible end
+        if keep_from > buffer_start:
+            buffer = buffer[keep_from - buffer_start:]
+            buffer_start = keep_from
+    if total == 0:
+        raise ValueError(f"{name} holds no audio samples (zero-length recording)")
+    if covered == 0:
+        if not allow_shorter:
+            raise ValueError(
+                f"the window ({window / sampling_rate:g} s) is longer than {name} ({total / sampling_rate:.3f} s); "
+                f"pass a shorter window, or none to score a short recording whole")
+        yield 0, buffer[:total].copy()
+    elif covered < total:
+        start = total - window
+        yield start, buffer[start - buffer_start:].copy()
+
+
+def batched(iterable: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items (the last may be shorter)."""
+    batch = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def featurize(feature_extractor, clips: list[np.ndarray], min_frames: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Features of mono clips at the extractor's rate: ([n, frames, mel bins], [n, frames] mask or None).
+
+    Every clip is padded to at least `min_frames` frames (the model's `max_length`, as in training); when clips
+    are longer and of different lengths, the batch is padded to the longest and the mask marks each clip's own
+    frames (None when all are equal).
+    """
+    out = feature_extractor(clips, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt",
+                            padding="max_length", max_length=min_frames, truncation=False)
+    values = out["input_values"]
+    frames = torch.tensor([max(min_frames, feature_extractor.frames_for(len(c))) for c in clips])
+    if bool((frames == values.shape[1]).all()):
+        return values, None
+    mask = (torch.arange(values.shape[1])[None, :] < frames[:, None]).to(torch.long)
+    return values, mask
+
+
+def model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters())
+    return param.device, param.dtype if param.dtype.is_floating_point else torch.float32
+
+
+def resolve_activation(config, activation: str = "auto") -> str:
+    """"auto" -> the pipeline's rule: sigmoid for multi-label models (AudioSet), none for regression, else softmax."""
+    if activation not in ("auto", "sigmoid", "softmax", "none"):
+        raise ValueError(f"activation must be 'auto', 'sigmoid', 'softmax' or 'none', got {activation!r}")
+    if activation != "auto":
+        return activation
+    problem = getattr(config, "problem_type", None)
+    return {"multi_label_classification": "sigmoid", "regression": "none"}.get(problem, "softmax")
+
+
+def apply_activation(logits: torch.Tensor, activation: str) -> torch.Tensor:
+    logits = logits.float()
+    if activation == "sigmoid":
+        return logits.sigmoid()
+    if activation == "softmax":
+        return logits.softmax(dim=-1)
+    return logits
+
+
+def label_names(config) -> list[str]:
+    id2label = getattr(config, "id2label", None) or {}
+    return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(config.num_labels)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The result
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TimelineRow:
+    """One label of one window: `start`/`end` in seconds, `rank` 1 = the window's best label."""
+
+    window: int
+    start: float
+    end: float
+    rank: int
+    label: str
+    score: float
+
+
+class _SpectrogramSketch:
+    """Time-downsampled log-mel of a stream: frames averaged in groups of `pool`, `pool` doubled whenever the
+    columns exceed `max_columns`, so its size is bounded whatever the recording's length."""
+
+    def __init__(self, max_columns: int = 2000):
+        self.max_columns = max_columns
+        self.pool = 1
+        self.columns: list[np.ndarray] = []  # [k, mel bins] pieces
+        self._partial: np.ndarray | None = None  # frames not yet pooled
+
+    def add(self, frames: np.ndarray) -> None:
+        """frames: [n, mel bins]."""
+        if not len(frames):
+            return
+        self._partial = frames if self._partial is None else np.concatenate([self._partial, frames])
+        whole = len(self._partial) // self.pool * self.pool
+        if whole:
+            self.columns.append(self._partial[:whole].reshape(-1, self.pool, frames.shape[1]).mean(axis=1))
+            self._partial = self._partial[whole:]
+        if sum(len(c) for c in self.columns) > self.max_columns:
+            columns = np.concatenate(self.columns)
+            even = len(columns) // 2 * 2
+            self.columns = [columns[:even].reshape(-1, 2, columns.shape[1]).mean(axis=1)]
+            # An odd last column goes back as `pool` copies of itself: the next column's mean stays exact.
+            self._partial = np.concatenate([np.repeat(columns[even:], self.pool, axis=0), self._partial])
+            self.pool *= 2
+
+    def array(self) -> np.ndarray:
+        """[mel bins, columns]; each column spans `pool` frames (pool x 10 ms)."""
+        pieces = list(self.columns)
+        if self._partial is not None and len(self._partial):
+            pieces.append(self._partial.mean(axis=0, keepdims=True))
+        return np.concatenate(pieces).T if pieces else np.zeros((0, 0), np.float32)
+
+
+@dataclass
+class LongAudioTags:
+    """Sliding-window tags of one recording.
+
+    Attributes:
+        labels: label names, one per model output.
+        starts, ends: [windows] window start and end times in seconds.
+        scores: [windows, labels] per-window scores (after `activation`).
+        clip_scores: [labels] scores of the whole recording: `aggregate` ("mean" or "max") over windows.
+        duration: length of the recording in seconds.
+        spectrogram: [mel bins, columns] normalised log-mel, averaged over `spectrogram_hop` seconds per column.
+    """
+
+    labels: list[str]
+    starts: np.ndarray
+    ends: np.ndarray
+    scores: np.ndarray
+    clip_scores: np.ndarray
+    duration: float
+    aggregate: str = "mean"
+    activation: str = "sigmoid"
+    spectrogram: np.ndarray | None = None
+    spectrogram_hop: float = FRAME_SHIFT_SECONDS
+    extra: dict = field(default_factory=dict)
+
+    def top(self, k: int | None = 5, threshold: float | None = None) -> list[tuple[str, float]]:
+        """Clip-level (label, score), best first: the `k` best (None or 0: all), those >= `threshold` only."""
+        return _select(self.clip_scores, self.labels, k, threshold)
+
+    def timeline(self, top_k: int | None = 3, threshold: float | None = None) -> list[TimelineRow]:
+        """Per-window rows: each window's `top_k` labels (None or 0: all), those >= `threshold` only."""
+        rows = []
+        for w, (start, end) in enumerate(zip(self.starts, self.ends)):
+            for rank, (label, score) in enumerate(_select(self.scores[w], self.labels, top_k, threshold), 1):
+                rows.append(TimelineRow(w, float(start), float(end), rank, label, score))
+        return rows
+
+    def write_csv(self, path: str | Path, top_k: int | None = 3, threshold: float | None = None) -> Path:
+        """Write the timeline as CSV (columns window,start,end,rank,label,score; seconds) atomically."""
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["window", "start", "end", "rank", "label", "score"])
+            for row in self.timeline(top_k, threshold):
+                writer.writerow([row.window, f"{row.start:.3f}", f"{row.end:.3f}", row.rank, row.label,
+                                 f"{row.score:.6f}"])
+        return Path(path)
+
+    def plot(self, path: str | Path, top_k: int = 5, title: str | None = None) -> Path:
+        """PNG: the `top_k` clip-level labels' scores over time (a heat map) above the spectrogram."""
+        from .plotting import plot_timeline
+
+        return plot_timeline(self, path, top_k=top_k, title=title)
+
+
+def _select(scores: np.ndarray, labels: list[str], k: int | None, threshold: float | None) -> list[tuple[str, float]]:
+    order = np.argsort(-scores, kind="stable")
+    if k:
+        order = order[:k]
+    return [(labels[i], float(scores[i])) for i in order if threshold is None or scores[i] >= threshold]
+
+
+def aggregate_scores(scores: np.ndarray, aggregate: str) -> np.ndarray:
+    """[windows, labels] -> [labels] by "mean" or "max" over windows."""
+    if aggregate == "mean":
+        return scores.mean(axis=0)
+    if aggregate == "max":
+        return scores.max(axis=0)
+    raise ValueError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tagging
+# --------------------------------------------------------------------------------------------------------------
+
+
+def tag_long_audio(
+    model,
+    feature_extractor,
+    audio: str | Path | np.ndarray | torch.Tensor,
+    sampling_rate: int | None = None,
+    window: float | None = None,
+    hop: float | None = None,
+    aggregate: str = "mean",
+    batch_size: int = 8,
+    activation: str = "auto",
+    progress: bool = True,
+    allow_shorter: bool | None = None,
+) -> LongAudioTags:
+    """Tag a recording of any length with sliding windows.
+
+    Args:
+        model: an `ASTForAudioClassification` (or any module with `.config` whose output has `.logits`).
+        feature_extractor: the model's `ASTFeatureExtractor`.
+        audio: a file path (decoded in blocks, never whole) or a mono waveform [samples] with `sampling_rate` (Hz).
+        window: window length in seconds; None = the model's input length (10.24 s for 1024 frames), and a
+            shorter recording is then scored whole. An explicit window longer than the recording is an error.
+        hop: step between window starts in seconds (default min(5 s, window / 2)); must be positive.
+        aggregate: clip-level scores as the "mean" or "max" over windows.
+        batch_size: windows per model call.
+        activation: "auto" (sigmoid for multi-label models, softmax for single-label), "sigmoid", "softmax", "none".
+        progress: show a tqdm progress bar over windows.
+        allow_shorter: score a recording shorter than the window whole instead of raising (default: only when
+            `window` is None).
+
+    Returns:
+        `LongAudioTags` with the per-window timeline and the clip-level scores.
+    """
+    aggregate_scores(np.zeros((1, 1)), aggregate)  # validate early
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    config = model.config
+    activation = resolve_activation(config, activation)
+    rate = feature_extractor.sampling_rate
+    win, step, default_window = window_samples(window, hop, rate, config.max_length)
+    allow_shorter = default_window if allow_shorter is None else allow_shorter
+    blocks, duration, name = audio_blocks(audio, sampling_rate, rate)
+    total_windows = None
+    if duration is not None and duration > 0:
+        total_windows = len(window_starts(max(1, round(duration * rate)), win, step, True))
+
+    from tqdm.auto import tqdm
+
+    device, dtype = model_device_dtype(model)
+    sketch = _SpectrogramSketch()
+    covered_frames = 0
+    starts, lengths, scores = [], [], []
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=total_windows, unit="window", desc="tagging", disable=not progress, leave=False)
+    try:
+        for batch in batched(iter_windows(blocks, win, step, allow_shorter, rate, name), batch_size):
+            clips = [clip for _, clip in batch]
+            values, mask = featurize(feature_extractor, clips, config.max_length)
+            with torch.inference_mode():
+                logits = model(input_values=values.to(device, dtype),
+                               attention_mask=None if mask is None else mask.to(device)).logits
+            scores.append(apply_activation(logits, activation).cpu().numpy())
+            for (start, clip), feats in zip(batch, values.numpy()):
+                first = round(start / rate / FRAME_SHIFT_SECONDS)
+                real = feature_extractor.frames_for(len(clip))
+                sketch.add(feats[max(0, covered_frames - first):real])
+                covered_frames = max(covered_frames, first + real)
+                starts.append(start)
+                lengths.append(len(clip))
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        model.train(was_training)
+    starts_s = np.asarray(starts, dtype=np.float64) / rate
+    ends_s = starts_s + np.asarray(lengths, dtype=np.float64) / rate
+    all_scores = np.concatenate(scores, axis=0)
+    return LongAudioTags(labels=label_names(config), starts=starts_s, ends=ends_s, scores=all_scores,
+                         clip_scores=aggregate_scores(all_scores, aggregate), duration=float(ends_s.max()),
+                         aggregate=aggregate, activation=activation, spectrogram=sketch.array(),
+                         spectrogram_hop=sketch.pool * FRAME_SHIFT_SECONDS)
+
+
+__all__ = ["AudioStream", "LongAudioTags", "TimelineRow", "tag_long_audio", "iter_windows", "window_starts",
+           "window_samples", "featurize", "aggregate_scores", "resolve_activation"]

@@ -1,0 +1,131 @@
+"""PNG figures of long-audio tags and attention explanations, drawn over the spectrogram.
+
+Figures are built with `matplotlib.figure.Figure` and the Agg renderer, never `pyplot`: nothing global changes
+in the caller's process (no backend switch, no open windows). Files are written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .atomic_io import atomic_path
+
+
+def _figure(height_ratios: list[float], width: float = 12.0, height: float = 6.0):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(len(height_ratios), 1, sharex=True, height_ratios=height_ratios, squeeze=False)[:, 0]
+    return fig, axes
+
+
+def _save(fig, path: str | Path, dpi: int = 110) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)
+
+
+def _short(name: str, limit: int = 28) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def draw_spectrogram(fig, ax, spectrogram: np.ndarray, seconds_per_column: float, cmap: str = "magma",
+                     colorbar: bool = True):
+    """Draw a [mel bins, columns] log-mel with time in seconds (x) and mel bins (y)."""
+    mel_bins, columns = spectrogram.shape
+    image = ax.imshow(spectrogram, origin="lower", aspect="auto", cmap=cmap, interpolation="nearest",
+                      extent=(0.0, columns * seconds_per_column, 0, mel_bins))
+    ax.set_ylabel("mel bin")
+    ax.set_xlabel("time (s)")
+    if colorbar:
+        fig.colorbar(image, ax=ax, label="log-mel (normalised)", pad=0.01, fraction=0.04)
+    return image
+
+
+def plot_timeline(tags, path: str | Path, top_k: int = 5, title: str | None = None) -> Path:
+    """The `top_k` best clip-level labels' per-window scores over time (heat map, one row per label, best on
+    top) above the spectrogram, sharing the time axis in seconds. Each window's score is drawn from halfway to
+    the previous window's centre to halfway to the next one's."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    order = np.argsort(-tags.clip_scores, kind="stable")[:top_k]
+    centres = (tags.starts + tags.ends) / 2
+    edges = np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2, [tags.duration]])
+    fig, (ax_tags, ax_spec) = _figure([1.0, 1.4], height=2.5 + 0.35 * len(order) + 3.0)
+    bounded = tags.activation in ("sigmoid", "softmax")
+    mesh = ax_tags.pcolormesh(edges, np.arange(len(order) + 1), tags.scores[:, order].T, cmap="viridis",
+                              vmin=0.0 if bounded else None, vmax=1.0 if bounded else None, shading="flat")
+    ax_tags.set_yticks(np.arange(len(order)) + 0.5,
+                       [f"{_short(tags.labels[i])} ({tags.clip_scores[i]:.2f})" for i in order])
+    ax_tags.invert_yaxis()
+    ax_tags.set_ylabel(f"top {len(order)} labels\n({tags.aggregate} score)")
+    fig.colorbar(mesh, ax=ax_tags, label=f"window score ({tags.activation})", pad=0.01, fraction=0.04)
+    if tags.spectrogram is not None and tags.spectrogram.size:
+        draw_spectrogram(fig, ax_spec, tags.spectrogram, tags.spectrogram_hop)
+    ax_spec.set_xlim(0.0, tags.duration)
+    ax_tags.set_title(title or f"{len(tags.starts)} windows of {tags.ends[0] - tags.starts[0]:.2f} s, "
+                               f"{tags.duration:.1f} s recording")
+    return _save(fig, path)
+
+
+def patch_map_to_pixels(grid_map: np.ndarray, num_mel_bins: int, num_frames: int, patch_size: int,
+                        frequency_stride: int, time_stride: int) -> np.ndarray:
+    """Spread a [f, t] patch map over the [mel bins, frames] it covers; overlapping patches are averaged and
+    pixels no patch covers (the uncovered edge) are NaN."""
+    f, t = grid_map.shape
+    total = np.zeros((num_mel_bins, num_frames), np.float64)
+    count = np.zeros_like(total)
+    for fi in range(f):
+        for ti in range(t):
+            rows = slice(fi * frequency_stride, fi * frequency_stride + patch_size)
+            cols = slice(ti * time_stride, ti * time_stride + patch_size)
+            total[rows, cols] += grid_map[fi, ti]
+            count[rows, cols] += 1
+    with np.errstate(invalid="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def plot_explanation(explanation, path: str | Path, title: str | None = None, max_layers: int = 12) -> Path:
+    """The attention rollout over the spectrogram (top), the spectrogram alone, and the per-layer cls/distillation
+    attention maps on the patch grid (bottom rows), all with time in seconds and mel bins."""
+    cfg = explanation.grid_config
+    spec = explanation.features.T  # [mel bins, frames]
+    mel_bins, frames = spec.shape
+    seconds = frames * 0.01
+    heat = patch_map_to_pixels(explanation.rollout, mel_bins, frames, *cfg)
+    layers = explanation.layer_maps[: max_layers]
+    per_row = min(len(layers), 6)
+    layer_rows = -(-len(layers) // per_row) if len(layers) else 0
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 7 + 1.8 * layer_rows), layout="constrained")
+    grid = fig.add_gridspec(2 + layer_rows, per_row, height_ratios=[2.2, 1.6] + [1.0] * layer_rows)
+    ax_roll = fig.add_subplot(grid[0, :])
+    ax_spec = fig.add_subplot(grid[1, :], sharex=ax_roll)
+    draw_spectrogram(fig, ax_roll, spec, 0.01, cmap="gray", colorbar=False)
+    overlay = ax_roll.imshow(heat, origin="lower", aspect="auto", cmap="inferno", alpha=0.6,
+                             extent=(0.0, seconds, 0, mel_bins), interpolation="nearest")
+    fig.colorbar(overlay, ax=ax_roll, label="rollout attention\n(share of patches)", pad=0.01, fraction=0.04)
+    top = ", ".join(f"{label} {score:.2f}" for label, score in explanation.top[:3])
+    ax_roll.set_title(title or f"attention rollout from the cls/distillation tokens   |   top: {top}")
+    draw_spectrogram(fig, ax_spec, spec, 0.01)
+    ax_spec.set_xlim(0.0, seconds)
+    ax_roll.set_xlabel("")
+    for index, layer_map in enumerate(layers):
+        ax = fig.add_subplot(grid[2 + index // per_row, index % per_row])
+        pixels = patch_map_to_pixels(layer_map, mel_bins, frames, *cfg)
+        ax.imshow(pixels, origin="lower", aspect="auto", cmap="inferno", extent=(0.0, seconds, 0, mel_bins),
+                  interpolation="nearest")
+        ax.set_title(f"layer {index + 1}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        if index % per_row == 0:
+            ax.set_ylabel("mel bin", fontsize=8)
+        if index // per_row == layer_rows - 1:
+            ax.set_xlabel("time (s)", fontsize=8)
+    return _save(fig, path)
+
+
+__all__ = ["plot_timeline", "plot_explanation", "patch_map_to_pixels", "draw_spectrogram"]

@@ -1,0 +1,104 @@
+"""Shared by the inference tests: speech / tone / noise audio made on the spot (espeak-ng, sox) and a tiny AST
+trained in a few seconds to tell the three apart."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from conftest import tiny_config
+
+RATE = 16000
+CLASSES = ["speech", "tone", "noise"]
+CLIP_SECONDS = 1.28  # the tiny model's input: 128 frames
+TEXTS = ["the quick brown fox jumps over the lazy dog", "seven large boats sailed into the harbour at dawn",
+         "please remember to water the plants on thursday", "a distant train whistled across the frozen valley"]
+
+
+def _trim(wave: np.ndarray, level: float = 0.01) -> np.ndarray:
+    loud = np.flatnonzero(np.abs(wave) > level)
+    return wave[loud[0]:loud[-1] + 1] if len(loud) else wave
+
+
+def speech(seconds: float, voice: str = "en-us", seed: int = 0) -> np.ndarray:
+    """Continuous espeak-ng speech of exactly `seconds`, without leading or trailing silence."""
+    from ast_hf.synthetic import speak
+
+    rng = np.random.default_rng(seed)
+    parts, total = [], 0
+    while total < seconds * RATE:
+        text = TEXTS[int(rng.integers(len(TEXTS)))]
+        part = _trim(speak(text, voice=voice, speed=int(rng.integers(170, 230)), pitch=int(rng.integers(30, 70))))
+        parts.append(part)
+        total += len(part)
+    wave = np.concatenate(parts)[: round(seconds * RATE)]
+    return (0.5 * wave / np.abs(wave).max()).astype(np.float32)
+
+
+def tone(seconds: float, frequency: float = 440.0) -> np.ndarray:
+    from ast_hf.synthetic import sox_synth
+
+    return (0.5 * sox_synth(["sine", f"{frequency:g}"], seconds)).astype(np.float32)[: round(seconds * RATE)]
+
+
+def noise(seconds: float, colour: str = "whitenoise") -> np.ndarray:
+    from ast_hf.synthetic import sox_synth
+
+    return (0.3 * sox_synth([colour], seconds)).astype(np.float32)[: round(seconds * RATE)]
+
+
+def recording() -> tuple[np.ndarray, list[float]]:
+    """12 s: speech 0-4 s, a 660 Hz tone 4-8 s, pink noise 8-12 s; returns (waveform, [4.0, 8.0])."""
+    wave = np.concatenate([speech(4.0, voice="en-gb", seed=7), tone(4.0, 660.0), noise(4.0, "pinknoise")])
+    return wave, [4.0, 8.0]
+
+
+def _training_clips(rng: np.random.Generator) -> tuple[list[np.ndarray], list[int]]:
+    """30 clips per class, cut from a few long generated recordings (few espeak-ng / sox calls)."""
+    n = round(CLIP_SECONDS * RATE)
+
+    def crops(long: np.ndarray, count: int) -> list[np.ndarray]:
+        return [long[s:s + n] for s in rng.integers(0, len(long) - n, size=count)]
+
+    clips = []
+    for voice, seed in (("en-us", 1), ("en-gb", 2), ("en-us+f3", 3)):
+        clips += crops(speech(6.0, voice=voice, seed=seed), 10)
+    t = np.arange(n) / RATE
+    clips += [(rng.uniform(0.1, 0.7) * np.sin(2 * np.pi * f * t + rng.uniform(0, 6.3))).astype(np.float32)
+              for f in rng.uniform(200, 3000, size=30)]
+    for colour in ("whitenoise", "pinknoise", "brownnoise"):
+        clips += [c * rng.uniform(0.3, 2.0) for c in crops(noise(6.0, colour), 10)]
+    return clips, [0] * 30 + [1] * 30 + [2] * 30
+
+
+@functools.lru_cache(maxsize=1)
+def trained_tiny_model():
+    """(model in eval mode, feature extractor): a 2-layer D=64 AST trained for a few seconds on speech / tone /
+    noise clips of 1.28 s. Shared within a test process: do not modify it."""
+    from ast_hf import ASTFeatureExtractor, ASTForAudioClassification
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    config = tiny_config(num_labels=3, id2label=dict(enumerate(CLASSES)),
+                         label2id={c: i for i, c in enumerate(CLASSES)},
+                         problem_type="single_label_classification")
+    model = ASTForAudioClassification(config)
+    fe = ASTFeatureExtractor(max_length=128)
+    clips, labels = _training_clips(rng)
+    x = fe(clips, sampling_rate=RATE, return_tensors="pt")["input_values"]
+    y = torch.tensor(labels)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for step in range(50):
+        index = torch.from_numpy(rng.choice(len(y), size=24, replace=False))
+        loss = model(input_values=x[index], labels=y[index]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(input_values=x).logits.argmax(-1) == y).float().mean().item()
+    assert accuracy > 0.9, f"the tiny model did not learn speech / tone / noise (train accuracy {accuracy:.2f})"
+    return model, fe
