@@ -221,3 +221,35 @@ def test_audioset_checkpoint_without_problem_type_becomes_multi_label(tmp_path):
     assert ASTConfig.from_pretrained(tmp_path).problem_type is None  # as in the MIT/ast-finetuned-audioset configs
     loaded = ASTForAudioClassification.from_pretrained(tmp_path)
     assert loaded.config.problem_type == "multi_label_classification"
+
+
+@torch.no_grad()
+def test_onednn_cpu_linear_matches_the_torch_path(model, monkeypatch):
+    """The CPU inference fast path (oneDNN matmul, GELU fused) against plain F.linear + F.gelu."""
+    import ast_hf.modeling_ast as modeling
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    x = features()
+    monkeypatch.setattr(modeling, "ONEDNN_CPU_LINEAR", True)
+    fast = model(x, output_hidden_states=True)
+    monkeypatch.setattr(modeling, "ONEDNN_CPU_LINEAR", False)
+    plain = model(x, output_hidden_states=True)
+    torch.testing.assert_close(fast.logits, plain.logits, atol=1e-5, rtol=0)
+    for a, b in zip(fast.hidden_states, plain.hidden_states):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_training_uses_the_differentiable_path(model, monkeypatch):
+    import ast_hf.modeling_ast as modeling
+
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(modeling, "ONEDNN_CPU_LINEAR", True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(1) or real(*a), raising=False)
+    model.train()
+    model(features(batch=2), labels=torch.tensor([0, 1])).loss.backward()
+    assert not calls and model.classifier.dense.weight.grad is not None
+    with torch.no_grad():
+        model.eval()(features(batch=1))
+    assert calls  # and inference does take the fast path
