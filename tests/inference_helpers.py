@@ -43,15 +43,22 @@ def tone(seconds: float, frequency: float = 440.0) -> np.ndarray:
     return (0.5 * sox_synth(["sine", f"{frequency:g}"], seconds)).astype(np.float32)[: round(seconds * RATE)]
 
 
-def noise(seconds: float, colour: str = "whitenoise") -> np.ndarray:
-    from ast_hf.synthetic import sox_synth
-
-    return (0.3 * sox_synth([colour], seconds)).astype(np.float32)[: round(seconds * RATE)]
+def noise(seconds: float, colour: str = "white", seed: int = 0) -> np.ndarray:
+    """Seeded white, pink (1/f power) or brown (1/f^2) noise, peak 0.5 (sox's noise generators are not seeded)."""
+    rng = np.random.default_rng(seed)
+    n = round(seconds * RATE)
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1 / RATE)
+    power = {"white": 0.0, "pink": 1.0, "brown": 2.0}[colour]
+    spectrum[1:] /= freqs[1:] ** (power / 2)
+    spectrum[0] = 0.0
+    wave = np.fft.irfft(spectrum, n)
+    return (0.5 * wave / np.abs(wave).max()).astype(np.float32)
 
 
 def recording() -> tuple[np.ndarray, list[float]]:
     """12 s: speech 0-4 s, a 660 Hz tone 4-8 s, pink noise 8-12 s; returns (waveform, [4.0, 8.0])."""
-    wave = np.concatenate([speech(4.0, voice="en-gb", seed=7), tone(4.0, 660.0), noise(4.0, "pinknoise")])
+    wave = np.concatenate([speech(4.0, voice="en-gb", seed=7), tone(4.0, 660.0), noise(4.0, "pink", seed=7)])
     return wave, [4.0, 8.0]
 
 
@@ -68,8 +75,8 @@ def _training_clips(rng: np.random.Generator) -> tuple[list[np.ndarray], list[in
     t = np.arange(n) / RATE
     clips += [(rng.uniform(0.1, 0.7) * np.sin(2 * np.pi * f * t + rng.uniform(0, 6.3))).astype(np.float32)
               for f in rng.uniform(200, 3000, size=30)]
-    for colour in ("whitenoise", "pinknoise", "brownnoise"):
-        clips += [c * rng.uniform(0.3, 2.0) for c in crops(noise(6.0, colour), 10)]
+    for seed, colour in enumerate(("white", "pink", "brown")):
+        clips += [c * rng.uniform(0.3, 2.0) for c in crops(noise(6.0, colour, seed), 10)]
     return clips, [0] * 30 + [1] * 30 + [2] * 30
 
 

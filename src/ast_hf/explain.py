@@ -82,6 +82,7 @@ class Explanation:
         grid: (f, t) patches along frequency and time.
         grid_config: (patch size, frequency stride, time stride), to map patches back onto mel bins and frames.
         top: the model's best (label, score) pairs for the clip (empty for a backbone without a head).
+        real_frames: frames of the clip itself; the rest of `features` is padding to the model's `max_length`.
     """
 
     rollout: np.ndarray
@@ -91,6 +92,7 @@ class Explanation:
     grid: tuple[int, int]
     grid_config: tuple[int, int, int]
     top: list[tuple[str, float]]
+    real_frames: int = 0
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
         """PNG: the rollout over the spectrogram, the spectrogram, and the per-layer maps."""
@@ -137,7 +139,8 @@ def explain(model, feature_extractor, audio, sampling_rate: int | None = None, h
     return Explanation(rollout=token_to_patch_map(matrix, grid)[0].cpu().numpy(),
                        layer_maps=layer_maps.cpu().numpy(), rollout_matrix=matrix[0].cpu().numpy(),
                        features=values[0].numpy(), grid=grid,
-                       grid_config=(config.patch_size, config.frequency_stride, config.time_stride), top=top)
+                       grid_config=(config.patch_size, config.frequency_stride, config.time_stride), top=top,
+                       real_frames=feature_extractor.frames_for(len(waveform)))
 
 
 __all__ = ["Explanation", "explain", "attention_rollout", "token_to_patch_map", "fuse_heads"]

@@ -3,7 +3,7 @@
 * `export_onnx` traces the model with `torch.export` (the dynamo ONNX exporter) for inputs of a fixed frame
   count (default: the model's `max_length`) and any batch size, then runs the file in onnxruntime and compares
   it with PyTorch (fp32, default tolerance 1e-4) before moving it into place.
-* `compile_model` is `torch.compile(model, fullgraph=True)`: the AST forward has no graph break.
+* `compile_model` is `torch.compile(model)`: at `max_length` frames the AST forward is one graph.
 * `quantize_dynamic_int8` converts every `nn.Linear` to int8 weights with dynamically quantised activations
   (fbgemm CPU kernels); `compare_models` measures what that changes on a set of inputs.
 """
@@ -88,7 +88,11 @@ def export_onnx(model: nn.Module, path: str | Path, num_frames: int | None = Non
     config = model.config
     num_frames = config.max_length if num_frames is None else num_frames
     config.patch_grid(num_frames)  # a clear error for too few frames
-    module = _OutputOnly(copy.deepcopy(model).float().cpu()).eval()
+    model = copy.deepcopy(model).float().cpu()
+    if num_frames != config.max_length:
+        # Bake the adapted position embeddings in: the graph then holds them as a constant, with no resize.
+        model.resize_max_length(num_frames)
+    module = _OutputOnly(model).eval()
     example = torch.randn(2, num_frames, config.num_mel_bins)
     batch = torch.export.Dim("batch", min=1, max=4096)
     path = Path(path)
@@ -113,8 +117,12 @@ def export_onnx(model: nn.Module, path: str | Path, num_frames: int | None = Non
 
 
 def compile_model(model: nn.Module, **kwargs) -> nn.Module:
-    """`torch.compile(model, fullgraph=True, **kwargs)`; the first call per input shape compiles (slow)."""
-    kwargs.setdefault("fullgraph", True)
+    """`torch.compile(model, **kwargs)`; the first call per input shape compiles (slow), later calls are fast.
+
+    Inputs of `config.max_length` frames compile to one graph (`fullgraph=True` works). Other lengths work too,
+    with a graph break at the cached position-embedding lookup; for one fixed other length, call
+    `model.resize_max_length(frames)` first to get a single graph.
+    """
     return torch.compile(model, **kwargs)
 
 

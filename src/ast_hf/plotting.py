@@ -114,17 +114,27 @@ def plot_explanation(explanation, path: str | Path, title: str | None = None, ma
     draw_spectrogram(fig, ax_spec, spec, 0.01)
     ax_spec.set_xlim(0.0, seconds)
     ax_roll.set_xlabel("")
-    for index, layer_map in enumerate(layers):
+    real = getattr(explanation, "real_frames", frames) * 0.01
+    if real < seconds:  # the clip was padded to the model's input length
+        for ax in (ax_roll, ax_spec):
+            ax.axvline(real, color="cyan", linestyle="--", linewidth=1.2)
+        ax_spec.text(real, mel_bins * 0.95, "  padding", color="cyan", va="top", fontsize=9)
+    pixel_maps = [patch_map_to_pixels(m, mel_bins, frames, *cfg) for m in layers]
+    vmax = max((float(np.nanmax(p)) for p in pixel_maps), default=1.0)
+    layer_axes, image = [], None
+    for index, pixels in enumerate(pixel_maps):
         ax = fig.add_subplot(grid[2 + index // per_row, index % per_row])
-        pixels = patch_map_to_pixels(layer_map, mel_bins, frames, *cfg)
-        ax.imshow(pixels, origin="lower", aspect="auto", cmap="inferno", extent=(0.0, seconds, 0, mel_bins),
-                  interpolation="nearest")
-        ax.set_title(f"layer {index + 1}", fontsize=9)
+        image = ax.imshow(pixels, origin="lower", aspect="auto", cmap="inferno", extent=(0.0, seconds, 0, mel_bins),
+                          interpolation="nearest", vmin=0.0, vmax=vmax)
+        ax.set_title(f"layer {index + 1}: cls/dist attention", fontsize=9)
         ax.tick_params(labelsize=7)
         if index % per_row == 0:
             ax.set_ylabel("mel bin", fontsize=8)
         if index // per_row == layer_rows - 1:
             ax.set_xlabel("time (s)", fontsize=8)
+        layer_axes.append(ax)
+    if image is not None:
+        fig.colorbar(image, ax=layer_axes, label="share of patches", pad=0.01, fraction=0.04)
     return _save(fig, path)
 
 

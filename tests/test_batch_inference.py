@@ -1,0 +1,208 @@
+"""Batch inference over many files: scores against the model run by hand on each file's windows, DataLoader
+workers, 2 CPU processes under torchrun merged into one output, resume after an interruption (a hand-made
+partial state and a real SIGKILL), corrupt / empty / missing files reported while the rest are done."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from ast_hf import load_audio, predict_files
+from ast_hf.batch_inference import collect_inputs, part_paths
+
+from inference_helpers import RATE, noise, recording, tone, trained_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+ATOL = 1e-5
+BAD = {"corrupt.wav", "empty.wav", "missing.wav"}
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return trained_tiny_model()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, trained):
+    """A folder of 9 good files (0.6 to 3.1 s, one at 44.1 kHz, one FLAC), a corrupt and an empty file, a model
+    folder, and a list file that also names a missing file."""
+    model, fe = trained
+    root = tmp_path_factory.mktemp("archive")
+    audio = root / "audio"
+    audio.mkdir()
+    wave, _ = recording()
+    pieces = {
+        "speech_a.wav": wave[: int(1.0 * RATE)], "speech_b.wav": wave[int(0.5 * RATE): int(3.6 * RATE)],
+        "tone_a.wav": tone(0.6, 500.0), "tone_b.wav": tone(2.3, 1500.0),
+        "noise_a.wav": noise(1.7, "white", seed=50), "noise_b.flac": noise(2.9, "brown", seed=51),
+        "mixed.wav": wave[int(2.5 * RATE): int(5.5 * RATE)], "long_noise.wav": wave[int(8.2 * RATE):],
+    }
+    for name, piece in pieces.items():
+        sf.write(audio / name, piece, RATE)
+    t = np.arange(int(1.9 * 44100)) / 44100
+    sf.write(audio / "tone_44k.wav", (0.4 * np.sin(2 * np.pi * 900 * t)).astype(np.float32), 44100)
+    (audio / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage" * 20)
+    sf.write(audio / "empty.wav", np.zeros(0, np.float32), RATE)
+    files = sorted(audio.iterdir())
+    listing = root / "files.txt"
+    listing.write_text("# the archive\n" + "\n".join(f"audio/{p.name}" for p in files) + "\naudio/missing.wav\n")
+    model_dir = root / "model"
+    model.save_pretrained(model_dir)
+    fe.save_pretrained(model_dir)
+    return {"root": root, "audio": audio, "list": listing, "model_dir": model_dir, "files": files}
+
+
+def reference_scores(model, fe, path, window=1.28, hop=0.64):
+    """Windows cut by hand from the whole decoded file, one model call each, softmax, mean."""
+    wave = load_audio(path)
+    n, step = round(window * RATE), round(hop * RATE)
+    starts = [0] if len(wave) <= n else list(range(0, len(wave) - n + 1, step))
+    if len(wave) > n and starts[-1] + n < len(wave):
+        starts.append(len(wave) - n)
+    scores = []
+    with torch.no_grad():
+        for s in starts:
+            x = fe(wave[s:s + n], sampling_rate=RATE, return_tensors="pt", padding="max_length", max_length=128)
+            scores.append(model(input_values=x["input_values"]).logits.softmax(-1)[0].numpy())
+    return np.mean(scores, axis=0), len(starts)
+
+
+@pytest.fixture(scope="module")
+def expected(archive, trained):
+    model, fe = trained
+    out = {}
+    for path in archive["files"]:
+        if path.name not in BAD:
+            out[path.name] = reference_scores(model, fe, path)
+    return out
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def check_against_reference(records, expected, labels=("speech", "tone", "noise")):
+    by_name = {Path(r["path"]).name: r for r in records}
+    assert sorted(by_name) == sorted(expected) and len(records) == len(expected)  # each file exactly once
+    for name, (scores, windows) in expected.items():
+        record = by_name[name]
+        assert record["windows"] == windows, name
+        got = dict(zip(record["labels"], record["scores"]))
+        assert sorted(got) == sorted(labels)
+        np.testing.assert_allclose([got[label] for label in labels], scores, atol=ATOL, err_msg=name)
+
+
+def test_folder_with_workers_matches_the_model_by_hand(archive, expected, trained, tmp_path, capsys):
+    model, fe = trained
+    output = tmp_path / "results.jsonl"
+    summary = predict_files([archive["audio"]], model, fe, output, num_workers=2, batch_size=5, top_k=0,
+                            progress=False)
+    records = read_jsonl(output)
+    check_against_reference(records, expected)
+    assert summary.scored == len(expected) and summary.exit_code == 1
+    assert set(summary.failed) == {str(archive["audio"] / name) for name in BAD - {"missing.wav"}}
+    assert "corrupt.wav" in capsys.readouterr().err
+    errors = read_jsonl(output.with_name("results.jsonl.errors.jsonl"))
+    assert {Path(e["path"]).name for e in errors} == BAD - {"missing.wav"}
+    assert any("zero-length" in e["error"] for e in errors)
+    assert part_paths(output) == []
+    # Records follow the input order (sorted folder listing), the durations are the files'.
+    assert [r["path"] for r in records] == [str(p) for p in archive["files"] if p.name not in BAD]
+    assert {Path(r["path"]).name: r["duration"] for r in records}["tone_44k.wav"] == pytest.approx(1.9, abs=1e-3)
+
+
+def test_two_processes_under_torchrun_merge_into_one_output(archive, expected, tmp_path):
+    output = tmp_path / "merged.jsonl"
+    command = [str(REPO / ".venv/bin/torchrun"), "--standalone", "--nproc_per_node=2", "-m", "ast_hf.cli", "predict",
+               str(archive["list"]), "--model", str(archive["model_dir"]), "--output", str(output),
+               "--num-workers", "1", "--batch-size", "4", "--top-k", "0", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert run.returncode != 0, run.stderr  # three inputs failed ...
+    check_against_reference(read_jsonl(output), expected)  # ... and every good file is there exactly once
+    assert "missing.wav" in run.stderr and "corrupt.wav" in run.stderr
+    errors = read_jsonl(output.with_name("merged.jsonl.errors.jsonl"))
+    assert {Path(e["path"]).name for e in errors} == BAD
+    assert part_paths(output) == []
+
+
+def test_resume_keeps_finished_files_and_skips_a_cut_line(archive, expected, trained, tmp_path):
+    model, fe = trained
+    output = tmp_path / "results.jsonl"
+    paths = collect_inputs([archive["list"]])
+    good = [p for p in paths if Path(p).name not in BAD]
+    # The state an interrupted 2-process run leaves: two finished files (sentinel scores, so recomputing them
+    # would show), a failed one, and a line cut in the middle.
+    sentinel = {"path": good[0], "duration": 1.0, "windows": 1, "labels": ["sentinel"], "scores": [0.5]}
+    with open(tmp_path / "results.jsonl.part-1.jsonl", "w") as f:
+        f.write(json.dumps(sentinel) + "\n")
+        f.write(json.dumps(dict(sentinel, path=good[1])) + "\n")
+        f.write(json.dumps({"path": good[2], "error": "ValueError: transient"}) + "\n")
+        f.write(json.dumps(dict(sentinel, path=good[3]))[:25])
+    summary = predict_files([archive["list"]], model, fe, output, num_workers=0, top_k=0, progress=False)
+    assert summary.skipped == 2 and summary.scored == len(good) - 2
+    records = {r["path"]: r for r in read_jsonl(output)}
+    assert records[good[0]]["labels"] == ["sentinel"] and records[good[1]]["labels"] == ["sentinel"]
+    check_against_reference([r for r in records.values() if r["labels"] != ["sentinel"]],
+                            {k: v for k, v in expected.items() if k not in {Path(good[0]).name, Path(good[1]).name}})
+    assert part_paths(output) == []
+    # A second run has nothing left to do but still reports the failures.
+    again = predict_files([archive["list"]], model, fe, output, num_workers=0, top_k=0, progress=False)
+    assert again.scored == 0 and again.skipped == len(good) and again.exit_code == 1
+
+
+def test_resume_after_a_real_kill_and_csv_output(archive, expected, tmp_path):
+    many = tmp_path / "many.txt"
+    good = [p for p in archive["files"] if p.name not in BAD]
+    many.write_text("\n".join(str(p) for p in good))
+    output = tmp_path / "results.csv"
+    command = [sys.executable, "-m", "ast_hf.cli", "predict", str(many), "--model", str(archive["model_dir"]),
+               "--output", str(output), "--num-workers", "0", "--batch-size", "1", "--top-k", "0", "--no-progress"]
+    part = tmp_path / "results.csv.part-0.jsonl"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if part.exists() and part.read_text().count("\n") >= 2:
+            process.send_signal(signal.SIGKILL)  # no clean-up at all: a crashed job
+            break
+        time.sleep(0.02)
+    process.wait()
+    if process.returncode != -signal.SIGKILL:
+        pytest.skip("the run finished before it could be killed")
+    assert not output.exists() and part.exists()
+    done_before = part.read_text().count("\n")
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(good) - done_before} scored now" in resumed.stderr
+    rows = list(csv.DictReader(open(output)))
+    assert list(rows[0]) == ["path", "duration", "windows", "rank", "label", "score"]
+    records = {}
+    for row in rows:
+        record = records.setdefault(row["path"], {"path": row["path"], "windows": int(row["windows"]),
+                                                  "labels": [], "scores": []})
+        record["labels"].append(row["label"])
+        record["scores"].append(float(row["score"]))
+    check_against_reference(list(records.values()), expected)
+    assert part_paths(output) == []
+
+
+def test_explicit_window_longer_than_a_file_is_reported_for_that_file(archive, trained, tmp_path):
+    model, fe = trained
+    output = tmp_path / "w.jsonl"
+    summary = predict_files([archive["audio"] / "tone_a.wav", archive["audio"] / "tone_b.wav"], model, fe, output,
+                            window=2.0, hop=1.0, num_workers=0, progress=False)
+    assert summary.exit_code == 1 and "longer than" in summary.failed[str(archive["audio"] / "tone_a.wav")]
+    assert [Path(r["path"]).name for r in read_jsonl(output)] == ["tone_b.wav"]
+    with pytest.raises(ValueError, match="hop must be a positive"):
+        predict_files([archive["audio"]], model, fe, output, hop=0, progress=False)
+    with pytest.raises(ValueError, match="no input files"):
+        predict_files([], model, fe, output, progress=False)
