@@ -98,7 +98,8 @@ def export_onnx(model: nn.Module, path: str | Path, num_frames: int | None = Non
     path = Path(path)
     with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torchvision.*")
-        with torch.no_grad():
+        # Traced with autograd on: the model's no-grad CPU fast path (oneDNN linear) has no ONNX equivalent.
+        with torch.enable_grad():
             torch.onnx.export(module, (example,), str(tmp), input_names=["input_values"],
                               output_names=[module.output_name], dynamic_shapes={"input_values": {0: batch}},
                               opset_version=opset, dynamo=True, external_data=False, verbose=False)

@@ -166,7 +166,12 @@ ONEDNN_CPU_LINEAR = os.environ.get("AST_HF_ONEDNN", "1") != "0" and torch.backen
 
 def linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tensor:
     """`layer(x)` (then exact GELU if `gelu`): oneDNN with the GELU fused on CPU float32 inference, else torch."""
-    if ONEDNN_CPU_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
+    if not isinstance(layer, nn.Linear):  # e.g. an int8 dynamically quantised Linear: it runs its own kernel
+        out = layer(x)
+        return F.gelu(out) if gelu else out
+    # Not while torch.compile traces: inductor only lowers this op for weights it froze as constants.
+    if (ONEDNN_CPU_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()):
         return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none", [],
                                                   "none" if gelu else "")
     out = F.linear(x, layer.weight, layer.bias)
