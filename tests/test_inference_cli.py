@@ -120,3 +120,14 @@ def test_explain_writes_png_and_checks_the_segment(files, tmp_path, capsys):
     assert code == 1 and "outside the recording" in err and not (tmp_path / "bad.png").exists()
     code, _, err = run(capsys, "explain", files / "empty.wav", "--model", files / "model", "--out", tmp_path / "e.png")
     assert code == 1 and "zero-length" in err
+
+
+def test_model_argument_tells_folders_from_hub_ids(tmp_path):
+    from ast_hf.model_loading import load_for_inference
+
+    with pytest.raises(FileNotFoundError, match="no model folder"):
+        load_for_inference(tmp_path / "missing" / "model")
+    # A Hub id with dots is not taken for a missing file: it goes to the Hub (offline here: OSError).
+    with pytest.raises(OSError) as error:
+        load_for_inference("MIT/ast-finetuned-audioset-10-10-0.4593")
+    assert not isinstance(error.value, FileNotFoundError)

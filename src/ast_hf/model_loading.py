@@ -38,7 +38,8 @@ def load_for_inference(sources: Sequence[str | Path] | str | Path, device: str |
         raise ValueError("give a model: --model FOLDER_OR_HUB_ID")
     for source in sources:
         text = str(source)
-        if (text.startswith((".", "/", "~")) or Path(text).suffix or text.count("/") > 1) and not Path(text).exists():
+        # Hub ids are "name" or "owner/name" (names may hold dots: "MIT/ast-finetuned-audioset-10-10-0.4593").
+        if (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text) and not Path(text).exists():
             raise FileNotFoundError(f"no model folder at {text}")
     if backbone_only:
         if len(sources) > 1:
