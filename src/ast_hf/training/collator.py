@@ -1,0 +1,181 @@
+"""`ASTAudioCollator`: a batch of data-set examples -> model inputs, augmented only while training.
+
+Per batch: decode and resample every clip to 16 kHz (`decode_audio`), mixup on the waveforms, one batched
+`ASTFeatureExtractor` call (the Kaldi filterbank of the whole batch in one go, on `device`), SpecAugment,
+then the Speech Commands noise and time shift. Features are computed in the collator rather than once with
+`datasets.map` because mixup draws new pairs every epoch and a 10 s AudioSet clip's features (1024 x 128
+float32, 512 kB) take 16 times the room of its 16-bit waveform; the measured cost is in docs/training.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..feature_extraction_ast import ASTFeatureExtractor
+from .augment import feature_noise, mix_targets, mix_waveforms, sample_mixup, spec_augment, time_shift
+from .data import CorruptAudioError, audio_name, decode_audio
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ASTAudioCollator:
+    """Collate examples `{audio_column: ..., label_column: ...}` into `{"input_values", "labels"}`.
+
+    Args:
+        feature_extractor: computes (and normalises) the features; its `sampling_rate` is the target rate.
+        num_labels: number of classes.
+        label2id: maps string labels to indices (needed when the label column holds strings).
+        multi_label: labels are lists (or comma-separated strings) of classes; targets are multi-hot.
+        audio_column, label_column: names of the columns.
+        max_length: frames every clip is padded or cut to (default: the feature extractor's `max_length`).
+        freqm, timem: SpecAugment maximum mask widths in mel bins / frames (training only).
+        mixup: probability that a training clip is mixed with a random partner (lambda ~ Beta(alpha, alpha)).
+        mixup_alpha: Beta parameter (the authors: 10).
+        noise: the Speech Commands feature noise and +-`max_shift`-frame time shift (training only).
+        one_hot: return targets [batch, num_labels] floats rather than class indices [batch]; default: when
+            `multi_label` or `mixup > 0` (soft targets need it).
+        skip_corrupt: drop clips that fail to decode (each named in a warning) instead of raising.
+        allow_upsampling: accept clips sampled below 16 kHz.
+        training: apply the augmentations; `ASTTrainer` hands a `.train()` copy to the training loader and an
+            `.eval()` copy to evaluation.
+        device: where to compute the features (default CPU; the model moves them itself).
+    """
+
+    feature_extractor: ASTFeatureExtractor
+    num_labels: int
+    label2id: Mapping[str, int] | None = None
+    multi_label: bool = False
+    audio_column: str = "audio"
+    label_column: str = "label"
+    max_length: int | None = None
+    freqm: int = 0
+    timem: int = 0
+    mixup: float = 0.0
+    mixup_alpha: float = 10.0
+    noise: bool = False
+    max_shift: int = 10
+    one_hot: bool | None = None
+    skip_corrupt: bool = False
+    allow_upsampling: bool = False
+    training: bool = False
+    device: str | torch.device | None = None
+
+    def __post_init__(self):
+        if self.num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
+        if not 0.0 <= self.mixup <= 1.0:
+            raise ValueError(f"mixup is a probability in [0, 1], got {self.mixup}")
+        if self.label2id is not None:
+            bad = {k: v for k, v in self.label2id.items() if not 0 <= int(v) < self.num_labels}
+            if bad:
+                raise ValueError(f"label2id maps {bad} outside [0, {self.num_labels})")
+
+    # ----------------------------------------------------------------------------------------------------------
+    def train(self) -> ASTAudioCollator:
+        """A copy that augments (for the training loader)."""
+        out = copy.copy(self)
+        out.training = True
+        return out
+
+    def eval(self) -> ASTAudioCollator:
+        """A copy that does not augment (for evaluation and prediction)."""
+        out = copy.copy(self)
+        out.training = False
+        return out
+
+    @property
+    def returns_one_hot(self) -> bool:
+        return self.one_hot if self.one_hot is not None else (self.multi_label or self.mixup > 0)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def label_indices(self, value, name: str) -> list[int]:
+        """One example's label value -> class indices; unknown labels raise a `ValueError` naming `name`."""
+        if value is None:
+            raise ValueError(f"{name} has no label")
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",")] if self.multi_label else [value]
+        elif isinstance(value, (list, tuple, np.ndarray)):
+            parts = list(value)
+        else:
+            parts = [value]
+        if len(parts) != 1 and not self.multi_label:
+            raise ValueError(f"{name} has {len(parts)} labels {parts}; pass multi_label=True for multi-label data")
+        indices = []
+        for part in parts:
+            if isinstance(part, str):
+                if self.label2id is None:
+                    raise ValueError(f"{name} has the string label {part!r} but no label2id was given to map it "
+                                     f"to a class index")
+                if part not in self.label2id:
+                    known = ", ".join(list(self.label2id)[:8])
+                    raise ValueError(f"label {part!r} of {name} is not in the label map ({len(self.label2id)} "
+                                     f"labels: {known}{', ...' if len(self.label2id) > 8 else ''}); add it to the "
+                                     f"label map or fix the data")
+                indices.append(int(self.label2id[part]))
+            else:
+                index = int(part)
+                if not 0 <= index < self.num_labels:
+                    raise ValueError(f"label index {index} of {name} is outside [0, {self.num_labels}); the model "
+                                     f"has {self.num_labels} classes")
+                indices.append(index)
+        return indices
+
+    def _targets(self, label_lists: Sequence[list[int]]) -> torch.Tensor:
+        if not self.returns_one_hot:
+            return torch.tensor([x[0] for x in label_lists], dtype=torch.long)
+        targets = torch.zeros(len(label_lists), self.num_labels)
+        for row, indices in enumerate(label_lists):
+            targets[row, indices] = 1.0
+        return targets
+
+    # ----------------------------------------------------------------------------------------------------------
+    def __call__(self, examples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        fe = self.feature_extractor
+        waveforms, label_lists = [], []
+        for i, example in enumerate(examples):
+            audio = example[self.audio_column]
+            try:
+                waveform = decode_audio(audio, fe.sampling_rate, allow_upsampling=self.allow_upsampling, index=i)
+                if waveform.shape[0] < fe.min_samples:
+                    raise CorruptAudioError(f"{audio_name(audio, i)} is shorter than one 25 ms frame")
+            except CorruptAudioError as error:
+                if not self.skip_corrupt:
+                    raise
+                logger.warning("skipping %s", error)
+                continue
+            labels = example.get(self.label_column)
+            label_lists.append(self.label_indices(labels, audio_name(audio, i)) if labels is not None else None)
+            waveforms.append(torch.from_numpy(waveform))
+        if not waveforms:
+            raise ValueError("every clip of this batch failed to decode; see the warnings above")
+        has_labels = all(x is not None for x in label_lists)
+        targets = self._targets(label_lists) if has_labels else None
+
+        if self.training and self.mixup > 0 and len(waveforms) > 1:
+            partner, lam = sample_mixup(len(waveforms), self.mixup, self.mixup_alpha)
+            waveforms = mix_waveforms(waveforms, partner, lam)
+            if targets is not None:
+                targets = mix_targets(targets, partner, lam)
+
+        features = fe(waveforms, sampling_rate=fe.sampling_rate, padding="max_length", max_length=self.max_length,
+                      return_tensors="pt", device=self.device)["input_values"]
+        if self.training:
+            if self.freqm or self.timem:
+                fill = float(fe.normalize(torch.tensor(0.0))) if fe.do_normalize else 0.0
+                features = spec_augment(features, self.freqm, self.timem, mask_value=fill)
+            if self.noise:
+                features = time_shift(feature_noise(features), self.max_shift)
+        batch = {"input_values": features}
+        if targets is not None:
+            batch["labels"] = targets
+        return batch
+
+
+__all__ = ["ASTAudioCollator"]

@@ -1,0 +1,142 @@
+"""`ASTTrainer` and `ASTTrainingArguments`: the authors' recipe on the standard `transformers.Trainer`.
+
+On top of `Trainer` (which brings DDP/FSDP through `accelerate`, mixed precision, gradient checkpointing,
+checkpointing and resuming), it adds:
+
+* the collator's augmentations in training only (the training loader gets `collator.train()`, evaluation
+  `collator.eval()`);
+* the authors' step decay after a linear warm-up (`lr_decay_start`, `lr_decay_every`, `lr_decay_factor`);
+* balanced sampling for multi-label data (`balanced_sampling=True`);
+* weight averaging over epochs `weight_averaging_start..weight_averaging_end`, loaded into the model at the end;
+* `compute_metrics` = accuracy, mAP, mAUC, d-prime, unless another is given;
+* `learning_rate` defaults to 1e-5, the authors' rate for fine-tuning the AudioSet model (ESC-50, AudioSet);
+  raise it for a model trained from scratch or for Speech Commands (2.5e-4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from .averaging import WeightAveragingCallback
+from .collator import ASTAudioCollator
+from .data import check_not_empty
+from .metrics import compute_metrics as ast_compute_metrics
+from .sampling import balanced_sampler
+from .schedules import get_step_decay_schedule
+
+_DEFAULT = object()
+
+
+@dataclass
+class ASTTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the AST recipe's extra switches (all off by default)."""
+
+    learning_rate: float = field(default=1e-5, metadata={
+        "help": "Peak learning rate; 1e-5 is the authors' rate for fine-tuning the AudioSet model."})
+    remove_unused_columns: bool = field(default=False, metadata={
+        "help": "Kept False: the collator needs the raw audio and label columns."})
+    lr_decay_start: int | None = field(default=None, metadata={
+        "help": "Epoch (0-based count of finished epochs) from which the learning rate is multiplied by "
+                "lr_decay_factor every lr_decay_every epochs (the authors' step decay); None: use "
+                "lr_scheduler_type."})
+    lr_decay_every: int = field(default=1, metadata={"help": "Epochs between two decays."})
+    lr_decay_factor: float = field(default=0.5, metadata={"help": "Multiplier applied at each decay."})
+    balanced_sampling: bool = field(default=False, metadata={
+        "help": "Draw training clips with weights sum(1000 / (label count + 0.01)) over their labels."})
+    weight_averaging_start: int | None = field(default=None, metadata={
+        "help": "First epoch (1-based) whose end-of-epoch weights enter the average; None: no averaging."})
+    weight_averaging_end: int | None = field(default=None, metadata={
+        "help": "Last epoch (1-based, inclusive) of the average; None: the last epoch."})
+
+
+class ASTTrainer(Trainer):
+    """`Trainer` for `ASTForAudioClassification` fed by an `ASTAudioCollator`.
+
+    Args are those of `Trainer`; `data_collator` must be an `ASTAudioCollator`. `processing_class` defaults to
+    the collator's feature extractor (so checkpoints hold `preprocessor_config.json`) and `compute_metrics` to
+    accuracy / mAP / mAUC / d-prime. When the model's `problem_type` is unset it is set from the collator:
+    multi-label (BCE) or single-label (cross-entropy, soft targets under mixup).
+    """
+
+    def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, compute_metrics=_DEFAULT, callbacks=None, **kwargs):
+        if not isinstance(data_collator, ASTAudioCollator):
+            raise ValueError("ASTTrainer needs data_collator=ASTAudioCollator(...): it decodes, augments and "
+                             "featurises the audio")
+        if train_dataset is not None:
+            check_not_empty(train_dataset, "train")
+        if eval_dataset is not None:
+            for name, part in (eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]):
+                check_not_empty(part, name)
+        if model is not None:
+            cfg = model.config
+            if cfg.num_labels != data_collator.num_labels:
+                raise ValueError(f"the model has {cfg.num_labels} outputs but the collator {data_collator.num_labels} "
+                                 f"labels; load the model with num_labels={data_collator.num_labels}")
+            if cfg.num_mel_bins != data_collator.feature_extractor.num_mel_bins:
+                raise ValueError(f"the model takes {cfg.num_mel_bins} mel bins, the feature extractor makes "
+                                 f"{data_collator.feature_extractor.num_mel_bins}")
+            if cfg.problem_type is None:
+                cfg.problem_type = ("multi_label_classification" if data_collator.multi_label
+                                    else "single_label_classification")
+        callbacks = list(callbacks or [])
+        if isinstance(args, ASTTrainingArguments) and args.weight_averaging_start is not None:
+            callbacks.append(WeightAveragingCallback(args.weight_averaging_start, args.weight_averaging_end))
+        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset,
+                         processing_class=processing_class or data_collator.feature_extractor,
+                         compute_metrics=ast_compute_metrics if compute_metrics is _DEFAULT else compute_metrics,
+                         callbacks=callbacks, **kwargs)
+        self._steps_per_epoch: int | None = None
+
+    # ---- the collator in training or evaluation mode -----------------------------------------------------------
+    def _with_collator(self, collator, build):
+        saved = self.data_collator
+        self.data_collator = collator
+        try:
+            return build()
+        finally:
+            self.data_collator = saved
+
+    def get_train_dataloader(self):
+        return self._with_collator(self.data_collator.train(), super().get_train_dataloader)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        return self._with_collator(self.data_collator.eval(), lambda: super(ASTTrainer, self).get_eval_dataloader(eval_dataset))
+
+    def get_test_dataloader(self, test_dataset):
+        return self._with_collator(self.data_collator.eval(), lambda: super(ASTTrainer, self).get_test_dataloader(test_dataset))
+
+    # ---- balanced sampling ------------------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        if not getattr(self.args, "balanced_sampling", False):
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        collator = self.data_collator
+        column = dataset[collator.label_column]
+        labels = [collator.label_indices(value, f"example {i}") for i, value in enumerate(column)]
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return balanced_sampler(labels, collator.num_labels, seed=seed)
+
+    # ---- the authors' step decay ------------------------------------------------------------------------------
+    def set_initial_training_values(self, args, dataloader):
+        values = super().set_initial_training_values(args, dataloader)
+        self._steps_per_epoch = values[1]  # num_update_steps_per_epoch
+        return values
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        start = getattr(self.args, "lr_decay_start", None)
+        if self.lr_scheduler is None and start is not None:
+            self.lr_scheduler = get_step_decay_schedule(
+                optimizer if optimizer is not None else self.optimizer, self._steps_per_epoch or num_training_steps,
+                decay_start=start, decay_every=self.args.lr_decay_every, decay_factor=self.args.lr_decay_factor,
+                warmup_steps=self.args.get_warmup_steps(num_training_steps))
+            self._created_lr_scheduler = True
+            return self.lr_scheduler
+        return super().create_scheduler(num_training_steps, optimizer)
+
+
+__all__ = ["ASTTrainer", "ASTTrainingArguments"]
