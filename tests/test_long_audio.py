@@ -203,15 +203,20 @@ def test_pipeline_chunking_matches_the_tagger(trained, recording_file):
         first = model(input_values=x).logits.softmax(-1)[0]
     assert plain[0]["score"] == pytest.approx(first.max().item(), abs=ATOL)
     # register() makes pipeline("audio-classification") build this class; unregister() restores transformers'.
+    from ast_hf.register import is_registered
+
+    already = is_registered()
     ast_hf.register()
     try:
         built = pipeline("audio-classification", model=model, feature_extractor=fe)
         assert isinstance(built, ASTAudioClassificationPipeline)
         assert built(str(path), chunk_length_s=2.0, stride_length_s=1.0, top_k=3) == out
     finally:
-        ast_hf.unregister()
-    assert not isinstance(pipeline("audio-classification", model=model, feature_extractor=fe),
-                          ASTAudioClassificationPipeline)
+        if not already:
+            ast_hf.unregister()
+    if not already:
+        assert not isinstance(pipeline("audio-classification", model=model, feature_extractor=fe),
+                              ASTAudioClassificationPipeline)
 
 
 def test_bad_input_gives_clear_errors(trained, tmp_path):
