@@ -27,6 +27,8 @@ def _cell(value, row, per_item: bool) -> str:
 
 def ratio(row) -> float:
     ours, theirs = row["ours"], row["theirs"]
+    if theirs is None:  # no counterpart in transformers
+        return float("nan")
     ours = ours.median if isinstance(ours, Timing) else ours
     theirs = theirs.median if isinstance(theirs, Timing) else theirs
     if row.get("ratio_name") == "of GEMM":
@@ -41,8 +43,10 @@ def markdown(rows: list[dict], header: str) -> str:
     for row in rows:
         per_item = row.get("per", 1) > 1
         label = " (per clip)" if per_item else ""
+        theirs = "—" if row["theirs"] is None else _cell(row["theirs"], row, per_item)
+        r = ratio(row)
         lines.append(f"| {row['section']} | {row['case']}{label} | {_cell(row['ours'], row, per_item)} | "
-                     f"{_cell(row['theirs'], row, per_item)} | {ratio(row):.2f}x | {row.get('note', '')} |")
+                     f"{theirs} | {'—' if r != r else f'{r:.2f}x'} | {row.get('note', '')} |")
     lines.append("")
     lines.append("Times are medians (min-max) over interleaved repeats after warm-up; ratio = transformers / ast-hf "
                  "(time, memory; above 1 is better for ast-hf), or ast-hf / GEMM for efficiency rows.")
@@ -55,6 +59,7 @@ def chart(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r["theirs"] is not None]
     labels = [f"{r['section']}: {r['case']}" for r in rows]
     values = [ratio(r) for r in rows]
     fig, ax = plt.subplots(figsize=(10, 0.38 * len(rows) + 1.5))

@@ -157,9 +157,81 @@ def gemm_efficiency(quick: bool, repeats: int, forward_rows: list[dict]) -> list
     return rows
 
 
+
+
+def _write_clips(folder, seconds: float, count: int) -> list[str]:
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        t = np.arange(int(seconds * SR)) / SR
+        wave = 0.1 * rng.standard_normal(t.size) + 0.2 * np.sin(2 * np.pi * (200 + 100 * i) * t)
+        path = f"{folder}/clip{i:02d}.wav"
+        sf.write(path, wave.astype(np.float32), SR)
+        paths.append(path)
+    return paths
+
+
+def end_to_end(quick: bool, repeats: int) -> list[dict]:
+    """16 audio files of 10 s to top-5 labels: `ast-hf predict`'s engine against `transformers.pipeline`."""
+    import transformers
+
+    from ast_hf import ASTFeatureExtractor, predict_files
+
+    config = model_config(quick)
+    ours, theirs = twin_models(config, "sdpa", torch.float32, "cpu")
+    fe_ours = ASTFeatureExtractor(max_length=config.max_length)
+    fe_theirs = transformers.ASTFeatureExtractor(max_length=config.max_length)
+    clip_seconds = config.max_length / 100
+    with tempfile.TemporaryDirectory() as folder:
+        paths = _write_clips(folder, clip_seconds, 16)
+        clf = transformers.pipeline("audio-classification", model=theirs, feature_extractor=fe_theirs, device="cpu")
+
+        def run_ours():
+            predict_files(paths, ours, fe_ours, f"{folder}/out.jsonl", top_k=5, batch_size=8, progress=False)
+            import os
+
+            os.remove(f"{folder}/out.jsonl")
+
+        def run_theirs():
+            clf(paths, top_k=5, batch_size=8)
+
+        t = interleaved({"ours": run_ours, "theirs": run_theirs}, max(1, repeats // 2))
+    return [dict(section="end to end", case=f"16 files x {clip_seconds:.2f} s -> top-5 labels, CPU", ours=t["ours"],
+                 theirs=t["theirs"], per=16, note="ast-hf predict engine vs transformers.pipeline(batch_size=8)")]
+
+
+def long_audio(quick: bool, repeats: int) -> list[dict]:
+    """Cost of sliding-window tagging (10.24 s windows, 5 s hop) against recording length: time and peak memory.
+    transformers' AST has no long-audio path (it sees the first 10.24 s), so there is no other side."""
+    from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, tag_long_audio
+
+    config = model_config(quick)
+    model = ASTForAudioClassification(config).eval()
+    fe = ASTFeatureExtractor(max_length=config.max_length)
+    lengths = [1, 10, 30, 60] if quick else [1, 5, 10, 30, 60]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for seconds in lengths:
+            (path,) = _write_clips(folder, seconds, 1)
+
+            def run(path=path):
+                return tag_long_audio(model, fe, path, progress=False)
+
+            timing = interleaved({"ours": run}, max(1, repeats // 2))["ours"]
+            memory = statistics.median(peak_memory_mib(run) for _ in range(2))
+            windows = len(run().starts)
+            rows.append(dict(section="long audio", case=f"{seconds:>2d} s recording", ours=timing, theirs=None,
+                             memory=memory, note=f"{windows} window(s), peak RSS +{memory:.0f} MiB"))
+    return rows
+
+
 SECTIONS = {
     "features": feature_extraction,
     "forward": forward,
     "memory": forward_memory,
+    "end2end": end_to_end,
+    "longaudio": long_audio,
     "train": training_step,
 }

@@ -67,10 +67,6 @@ def test_torch_compile_matches_eager(frames, fullgraph):
         torch.testing.assert_close(compiled(input_values=x).logits, model(input_values=x).logits, atol=ATOL, rtol=0)
 
 
-@pytest.mark.xfail(strict=False, reason="BUG (modeling_ast.py, ASTEmbeddings.position_embeddings_for): the cache "
-                   "lookup keys on param.data_ptr() / param._version, which torch.compile(fullgraph=True) and "
-                   "torch.export cannot trace, so lengths other than max_length break the graph (export fails). "
-                   "Fix: skip the cache when torch.compiler.is_compiling().")
 def test_torch_compile_fullgraph_at_another_length():
     torch.manual_seed(0)
     model = ASTForAudioClassification(tiny_config(num_hidden_layers=1)).eval()

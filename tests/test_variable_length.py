@@ -138,12 +138,6 @@ def test_cached_position_embeddings_follow_weight_updates():
     assert after_add is not None
 
 
-@pytest.mark.xfail(strict=False, reason="BUG (modeling_ast.py, ASTEmbeddings.position_embeddings_for): the cache key "
-                   "uses the parameter's version counter, which `param.data.<op>_()` does not bump (EMA / weight-"
-                   "averaging code often writes through .data), so such an update serves stale embeddings for "
-                   "lengths other than max_length. Fix: key on the values (e.g. clear the cache in a "
-                   "`register_load_state_dict_post_hook` and compare a cheap checksum), or never cache when "
-                   "`param.data` may change.")
 def test_cache_follows_updates_written_through_data():
     model = make_model("sdpa")
     x = torch.randn(1, 200, 128, generator=torch.Generator().manual_seed(0))

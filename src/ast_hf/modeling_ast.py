@@ -107,21 +107,23 @@ class ASTEmbeddings(nn.Module):
         self._adapted: dict[tuple, torch.Tensor] = {}
 
     def position_embeddings_for(self, grid: tuple[int, int]) -> torch.Tensor:
-        """[1, 2 + f * t, D] position embeddings for a (f, t) patch grid; cached when no gradient is needed."""
+        """[1, 2 + f * t, D] position embeddings for a (f, t) patch grid; cached per grid when no gradient is
+        needed (the cache entry remembers the values it was made from, so any update of the parameter, even one
+        written through `.data`, is noticed)."""
         param = self.position_embeddings
         base = self.config.patch_grid()
         if grid == base:
             return param
-        if torch.is_grad_enabled() and param.requires_grad:
+        if (torch.is_grad_enabled() and param.requires_grad) or torch.compiler.is_compiling():
             return adapt_position_embeddings(param, base, grid)
-        # The version counter moves on every in-place update (optimizer steps, load_state_dict): no stale entry.
-        key = (grid, param.device, param.dtype, param._version, param.data_ptr())
-        cached = self._adapted.get(key)
-        if cached is None:
+        source = param.detach()
+        key = (grid, source.device, source.dtype)
+        entry = self._adapted.get(key)
+        if entry is None or not torch.equal(entry[0], source):
             if len(self._adapted) > 32:
                 self._adapted.clear()
-            cached = self._adapted[key] = adapt_position_embeddings(param.detach(), base, grid)
-        return cached
+            entry = self._adapted[key] = (source.clone(), adapt_position_embeddings(source, base, grid))
+        return entry[1]
 
     def forward(self, input_values: torch.Tensor, frames_per_clip: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -169,9 +171,10 @@ def linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tenso
     if not isinstance(layer, nn.Linear):  # e.g. an int8 dynamically quantised Linear: it runs its own kernel
         out = layer(x)
         return F.gelu(out) if gelu else out
-    # Not while torch.compile traces: inductor only lowers this op for weights it froze as constants.
+    # Not while torch.compile traces (inductor only lowers this op for weights it froze as constants), nor in an
+    # ONNX export (the op has no ONNX translation).
     if (ONEDNN_CPU_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling()):
+            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export()):
         return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none", [],
                                                   "none" if gelu else "")
     out = F.linear(x, layer.weight, layer.bias)

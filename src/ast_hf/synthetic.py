@@ -57,7 +57,7 @@ def sox_synth(effect: list[str], duration: float, sampling_rate: int = 16000) ->
     if duration <= 0:
         raise ValueError(f"duration must be positive, got {duration}")
     raw = subprocess.run(
-        [_require("sox"), "-q", "-n", "-r", str(sampling_rate), "-c", "1", "-b", "32", "-e", "floating-point",
+        [_require("sox"), "-q", "-R", "-n", "-r", str(sampling_rate), "-c", "1", "-b", "32", "-e", "floating-point",
          "-t", "raw", "-", "synth", f"{duration}", *effect], capture_output=True, check=True).stdout
     return np.frombuffer(raw, dtype=np.float32).copy()
 
