@@ -48,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision")
     p.add_argument("--fp16", action="store_true", help="float16 mixed precision (GPU)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
+    p.add_argument("--cpu", action="store_true",
+                   help="train on the CPU even when a GPU is present (always, when none is: DDP then uses gloo)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -118,12 +120,14 @@ def run_one(args, recipe, train, evaluation, labels, output_dir: Path, label_col
         eval_strategy="epoch" if evaluation is not None else "no", save_strategy=args.save_strategy,
         save_total_limit=2, logging_steps=10, dataloader_num_workers=args.num_workers,
         bf16=args.bf16, fp16=args.fp16, gradient_checkpointing=args.gradient_checkpointing,
-        seed=args.seed, report_to="none", ddp_find_unused_parameters=False)
+        seed=args.seed, report_to="none", ddp_find_unused_parameters=False,
+        use_cpu=args.cpu or not torch.cuda.is_available())  # accelerate needs it to run DDP over gloo on CPUs
     trainer = ASTTrainer(model=model, args=training_args, data_collator=collator, train_dataset=train,
                          eval_dataset=evaluation)
     trainer.train(resume_from_checkpoint=True if args.resume and _has_checkpoint(output_dir) else None)
     metrics = trainer.evaluate() if evaluation is not None else {}
     metrics["world_size"] = training_args.world_size
+    metrics["global_step"] = trainer.state.global_step
     final = output_dir / "final"
     staging = output_dir / ".final.partial"
     trainer.save_model(str(staging))  # every process takes part (FSDP gathers); the main one writes

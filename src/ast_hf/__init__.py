@@ -20,6 +20,19 @@ from .long_audio import AudioStream, LongAudioTags, TimelineRow, tag_long_audio
 from .model_loading import load_for_inference
 from .pipeline import ASTAudioClassificationPipeline
 
+# Fine-tuning (ast_hf.training) imports Trainer and datasets: loaded on first use, so `import ast_hf` stays light.
+_TRAINING_EXPORTS = ("ASTTrainer", "ASTTrainingArguments", "ASTAudioCollator", "ASTEnsemble", "load_audio_dataset",
+                     "compute_normalization_stats", "compute_metrics", "average_checkpoints", "run_demo")
+
+
+def __getattr__(name):
+    if name in _TRAINING_EXPORTS:
+        from . import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module 'ast_hf' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 __all__ = [
     "ASTConfig",
@@ -51,4 +64,5 @@ __all__ = [
     "compare_models",
     "load_for_inference",
     "ASTAudioClassificationPipeline",
+    *_TRAINING_EXPORTS,
 ]

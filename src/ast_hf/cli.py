@@ -228,8 +228,67 @@ def _add_export_onnx(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="offline demo: make a spoken-word/sound data set, fine-tune an AST on the CPU",
+                       description="Generate a labelled data set (espeak-ng words, sox sounds; test voices never "
+                       "heard in training), train a small AST with Trainer on the CPU, evaluate it, save DIR/model, "
+                       "reload it through pipeline('audio-classification') and write DIR/metrics.json.")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (written atomically)")
+    p.add_argument("--quick", action="store_true", help="tiny data, tiny model, one epoch (a smoke test)")
+    p.add_argument("--force", action="store_true", help="replace an existing non-empty DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+
+    def run(args) -> int:
+        import time
+
+        started = time.perf_counter()
+        from .training.demo import run_demo
+
+        run_demo(args.out, quick=args.quick, force=args.force, seed=args.seed, num_threads=args.threads,
+                 started=started)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_norm_stats(sub) -> None:
+    p = sub.add_parser("norm-stats", help="mean/std of a data set's fbank, written into a preprocessor_config.json",
+                       description="Compute the normalisation statistics of a data set's un-normalised fbank (as "
+                       "the authors' get_norm_stats.py) and write a feature-extractor config holding them.")
+    p.add_argument("data", metavar="DATA", help="local audiofolder or Hub data set id")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write preprocessor_config.json into")
+    p.add_argument("--split", default="train")
+    p.add_argument("--audio-column", default="audio")
+    p.add_argument("--max-length", type=int, default=1024, help="frames each clip is padded/cut to (default 1024)")
+    p.add_argument("--num-mel-bins", type=int, default=128)
+    p.add_argument("--num-clips", type=int, help="use only the first N clips")
+    p.add_argument("--skip-corrupt", action="store_true", help="leave unreadable files out (each one listed)")
+    p.add_argument("--allow-upsampling", action="store_true", help="accept clips sampled below 16 kHz")
+
+    def run(args) -> int:
+        from pathlib import Path
+
+        from .atomic_io import write_text_atomic
+        from .feature_extraction_ast import ASTFeatureExtractor
+        from .training import compute_normalization_stats, load_audio_dataset
+
+        data = load_audio_dataset(args.data, split=args.split, audio_column=args.audio_column, label_column=None,
+                                  skip_corrupt=args.skip_corrupt, allow_upsampling=args.allow_upsampling)
+        fe = ASTFeatureExtractor(num_mel_bins=args.num_mel_bins, max_length=args.max_length)
+        mean, std = compute_normalization_stats(data, fe, audio_column=args.audio_column, num_clips=args.num_clips,
+                                                allow_upsampling=args.allow_upsampling)
+        write_text_atomic(Path(args.out) / "preprocessor_config.json", fe.to_json_string())
+        print(f"mean {mean:.7f}, std {std:.7f} over {min(len(data), args.num_clips or len(data))} clips; wrote "
+              f"{Path(args.out) / 'preprocessor_config.json'}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # Subcommands, in the order `ast-hf --help` lists them. Add one `_add_<name>` per subcommand above and list it.
-_SUBCOMMANDS = [_add_info, _add_convert, _add_predict, _add_embed, _add_explain, _add_export_onnx]
+_SUBCOMMANDS = [_add_info, _add_convert, _add_predict, _add_embed, _add_explain, _add_export_onnx, _add_demo,
+                _add_norm_stats]
 
 
 def build_parser() -> argparse.ArgumentParser:

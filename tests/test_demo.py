@@ -1,0 +1,49 @@
+"""The offline demo in quick mode (tiny data, one epoch) and the `norm-stats` command, through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ast_hf.cli import main
+
+
+@pytest.mark.slow
+def test_demo_quick_writes_model_and_metrics(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quick"]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy on 20 clips of unheard voices" in printed and "   acc" in printed  # the confusion table
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "num_test_clips", "num_classes", "seconds"):
+        assert key in metrics
+    assert metrics["num_classes"] == 10 and metrics["num_test_clips"] == 20
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["pipeline_accuracy"] == pytest.approx(metrics["accuracy"])
+    split = metrics["split"]
+    assert not set(split["test_variants"]) & set(split["train_variants"])  # test voices never heard in training
+    assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "preprocessor_config.json").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["data", "metrics.json", "model"]  # no leftovers
+    assert not list(tmp_path.glob(".demo.*"))  # no staging folder left behind
+    # An existing, non-empty output folder is not overwritten without --force.
+    assert main(["demo", "--out", str(out), "--quick"]) == 1
+    assert "pass --force" in capsys.readouterr().err
+
+
+def test_norm_stats_command(tmp_path):
+    from ast_hf import ASTFeatureExtractor
+    from ast_hf.training import compute_normalization_stats, load_audio_dataset
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / "data" / "train" / label).mkdir(parents=True)
+        for i in range(3):
+            sf.write(tmp_path / "data" / "train" / label / f"{i}.wav",
+                     (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
+    assert main(["norm-stats", str(tmp_path / "data"), "--out", str(tmp_path / "fe"), "--max-length", "64"]) == 0
+    saved = ASTFeatureExtractor.from_pretrained(tmp_path / "fe")
+    fe = ASTFeatureExtractor(max_length=64)
+    mean, std = compute_normalization_stats(load_audio_dataset(tmp_path / "data", split="train"), fe)
+    assert (saved.mean, saved.std, saved.max_length) == pytest.approx((mean, std, 64))
