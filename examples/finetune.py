@@ -141,6 +141,7 @@ def run_one(args, recipe, train, evaluation, labels, output_dir: Path, label_col
             shutil.rmtree(final)
         os.replace(staging, final)
         print(json.dumps(metrics, indent=2))
+    trainer.accelerator.wait_for_everyone()  # no process leaves while another still talks to it
     return metrics
 
 
@@ -196,5 +197,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def _close_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    finally:
+        _close_process_group()
+    sys.exit(code)

@@ -141,17 +141,25 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_example_script_under_torchrun_two_processes(tones, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_example_script_in_two_processes(tones, tmp_path, launcher):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                       intermediate_size=64, layer_norm_eps=1e-6)))
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), str(REPO / "examples" / "finetune.py"), "--recipe", "speechcommands", "--data",
+    if launcher == "torchrun":
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    else:
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                  str(REPO / "examples" / "accelerate" / "cpu_2proc.yaml")]
+    command = [*launch, "--master_port" if launcher == "torchrun" else "--main_process_port", str(_free_port()),
+               str(REPO / "examples" / "finetune.py"), "--recipe", "speechcommands", "--data",
                str(tones), "--config", str(config), "--output-dir", str(out), "--epochs", "2", "--batch-size", "4",
                "--max-length", str(FRAMES), "--lr", "1e-3", "--save-strategy", "no"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    if result.returncode:
+        (tmp_path / "stderr.txt").write_text(result.stderr)
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = json.loads((out / "final" / "metrics.json").read_text())
     assert metrics["world_size"] == 2

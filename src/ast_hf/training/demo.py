@@ -47,10 +47,10 @@ class DemoSettings:
     clip_seconds: float = 1.28
     num_mel_bins: int = 64
     max_length: int = 128
-    hidden_size: int = 192
+    hidden_size: int = 128
     num_hidden_layers: int = 4
-    num_attention_heads: int = 3
-    intermediate_size: int = 768
+    num_attention_heads: int = 4
+    intermediate_size: int = 512
     patch_size: int = 16
     frequency_stride: int = 16
     time_stride: int = 8
