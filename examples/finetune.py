@@ -119,7 +119,7 @@ def run_one(args, recipe, train, evaluation, labels, output_dir: Path, label_col
         weight_averaging_start=start, weight_averaging_end=min(end, int(epochs)) if end else None,
         eval_strategy="epoch" if evaluation is not None else "no", save_strategy=args.save_strategy,
         save_total_limit=2, logging_steps=10, dataloader_num_workers=args.num_workers,
-        bf16=args.bf16, fp16=args.fp16, gradient_checkpointing=args.gradient_checkpointing,
+        bf16=args.bf16, fp16=args.fp16, activation_checkpointing=args.gradient_checkpointing,
         seed=args.seed, report_to="none", ddp_find_unused_parameters=False,
         use_cpu=args.cpu or not torch.cuda.is_available())  # accelerate needs it to run DDP over gloo on CPUs
     trainer = ASTTrainer(model=model, args=training_args, data_collator=collator, train_dataset=train,

@@ -95,9 +95,14 @@ def test_balanced_sampler_is_used(tones, tmp_path):
 
 def test_gradient_checkpointing_and_bf16_switches(tones, tmp_path):
     data = load_audio_dataset(tones)
-    trainer = _trainer(data, tmp_path, epochs=1, max_steps=2, gradient_checkpointing=True, bf16=True)
+    trainer = _trainer(data, tmp_path, epochs=1, max_steps=2, activation_checkpointing=True, bf16=True)
+    calls = []
+    mlp = trainer.model.audio_spectrogram_transformer.encoder.layer[0].intermediate  # a module inside the block
+    mlp.register_forward_hook(lambda module, inputs, output: calls.append(output.dtype))
     trainer.train()
-    assert trainer.model.is_gradient_checkpointing
+    assert trainer.model.is_activation_checkpointing
+    assert len(calls) == 4  # 2 steps x (forward + recomputation in backward): checkpointing is really on
+    assert torch.bfloat16 in calls  # autocast ran the block in bf16
     assert np.isfinite(trainer.state.log_history[-1]["train_loss"])
 
 
