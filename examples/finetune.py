@@ -150,7 +150,6 @@ def _has_checkpoint(folder: Path) -> bool:
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "0")
     args = parse_args(argv)
     from ast_hf.training import get_recipe, load_audio_dataset
 

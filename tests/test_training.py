@@ -173,3 +173,41 @@ def test_example_script_in_two_processes(tones, tmp_path, launcher):
     reloaded = ASTForAudioClassification.from_pretrained(out / "final")
     assert reloaded.config.id2label == {0: "high", 1: "low"}
     assert reloaded.config.problem_type == "multi_label_classification"  # the recipe's BCE
+
+
+def test_example_script_multilabel_recipe_in_process(tmp_path):
+    """The AudioSet recipe offline: comma-separated labels from metadata.csv, BCE, balanced sampling, mixup,
+    warm-up + step decay and weight averaging, all through examples/finetune.py."""
+    import csv
+    import importlib.util
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "tags" / "train"
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(12):
+        names = [["Speech"], ["Music"], ["Speech", "Music"]][i % 3]
+        wave = 0.1 * rng.standard_normal(RATE // 2)
+        if "Music" in names:
+            wave += 0.3 * np.sin(2 * np.pi * 440 * np.arange(RATE // 2) / RATE)
+        sf.write(folder / f"{i}.wav", wave.astype(np.float32), RATE)
+        rows.append({"file_name": f"{i}.wav", "label": ",".join(names)})
+    with open(folder / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file_name", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=64)))
+    spec = importlib.util.spec_from_file_location("finetune", REPO / "examples" / "finetune.py")
+    finetune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(finetune)
+    out = tmp_path / "run"
+    assert finetune.main(["--recipe", "audioset", "--data", str(tmp_path / "tags"), "--config", str(config),
+                          "--output-dir", str(out), "--epochs", "2", "--batch-size", "4", "--max-length", "48",
+                          "--save-strategy", "epoch", "--cpu"]) == 0
+    final = ASTForAudioClassification.from_pretrained(out / "final")
+    assert final.config.num_labels == 527 and final.config.id2label[0] == "Speech"  # the AudioSet label table
+    assert final.config.problem_type == "multi_label_classification"
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and (out / "checkpoint-6" / "weight_average.safetensors").is_file()

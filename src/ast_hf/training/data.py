@@ -124,9 +124,11 @@ def _header(audio) -> int:
     """Sampling rate read from a file's header (no samples decoded); raises CorruptAudioError."""
     import soundfile as sf
 
-    source = audio.get("bytes") or audio.get("path") if isinstance(audio, dict) else audio
     if isinstance(audio, dict) and audio.get("array") is not None:
         return int(audio["sampling_rate"])
+    source = (audio.get("bytes") or audio.get("path")) if isinstance(audio, dict) else audio
+    if source is None:
+        raise CorruptAudioError("neither a file path nor audio bytes")
     try:
         info = sf.info(io.BytesIO(source) if isinstance(source, bytes) else str(source))
         if info.frames == 0:
