@@ -11,7 +11,6 @@ import soundfile as sf
 from ast_hf.cli import main
 
 
-@pytest.mark.slow
 def test_demo_quick_writes_model_and_metrics(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick"]) == 0
