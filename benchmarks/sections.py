@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import tempfile
 
 import numpy as np
@@ -83,15 +82,18 @@ def forward(quick: bool, repeats: int, device: str = "cpu") -> list[dict]:
             ours, theirs = twin_models(config, attn, dtype, device)
             for batch in (1, 8):
                 x = torch.randn(batch, config.max_length, config.num_mel_bins, device=device, dtype=dtype)
+                def call(model, x=x):
+                    out = model(x)
+                    if device == "cuda":  # time the kernels, not their launch
+                        torch.cuda.synchronize()
+                    return out
+
                 with torch.inference_mode():
                     diff = (ours(x).logits.float() - theirs(x).logits.float()).abs().max().item()
-                    t = interleaved({"ours": lambda: ours(x), "theirs": lambda: theirs(x)}, repeats)
-                    if device == "cuda":
-                        torch.cuda.synchronize()
+                    t = interleaved({"ours": lambda: call(ours), "theirs": lambda: call(theirs)}, repeats)
                 rows.append(dict(section="forward", case=f"batch {batch}, {attn}, {str(dtype)[6:]}, {device}",
                                  ours=t["ours"], theirs=t["theirs"], per=batch,
                                  note=f"max |logit diff| {diff:.1e}"))
-            del ours, theirs
     return rows
 
 

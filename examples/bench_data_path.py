@@ -29,7 +29,6 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import datasets
 
     from ast_hf import ASTFeatureExtractor
     from ast_hf.training import ASTAudioCollator, load_audio_dataset

@@ -166,3 +166,10 @@ def test_cuda_input_stays_on_the_gpu():
     cpu = ASTFeatureExtractor()([w.cpu(), w[:SR].cpu()], sampling_rate=SR, return_tensors="pt")["input_values"]
     diff = (out["input_values"].cpu() - cpu).abs()
     assert diff.max() <= MAX_TOL and diff.mean() <= MEAN_TOL
+
+
+def test_explicit_truncation_cuts_without_a_warning(caplog):
+    fe = ASTFeatureExtractor(max_length=100)
+    with caplog.at_level(logging.WARNING):
+        out = fe(np.zeros(3 * SR, np.float32) + 0.01, sampling_rate=SR, return_tensors="pt", truncation=True)
+    assert out["input_values"].shape == (1, 100, 128) and "cut" not in caplog.text

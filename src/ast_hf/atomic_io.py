@@ -1,13 +1,14 @@
-"""Atomic file output: write to a temporary sibling, then `os.replace` it over the target.
+"""Atomic output: write a file or a whole folder as a temporary sibling, then `os.replace` it over the target.
 
-An interruption (Ctrl-C, a crash, a killed job) leaves either the old file or the complete new one, never a
-partial file; the temporary sibling is removed on failure.
+An interruption (Ctrl-C, a crash, a killed job) leaves either the old file/folder or the complete new one,
+never a partial one; the temporary sibling is removed on failure.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,4 +41,61 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-__all__ = ["atomic_path", "write_text_atomic"]
+def check_destination(out_dir: Path, force: bool) -> None:
+    """Refuse an output path that is not a folder, or an existing folder without `force`."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() or out_dir.is_symlink():
+        if not out_dir.is_dir() or out_dir.is_symlink():
+            raise FileExistsError(f"{out_dir} exists and is not a folder; choose another output path")
+        if not force:
+            raise FileExistsError(f"{out_dir} already exists; pass --force (force=True) to replace it")
+
+
+@contextlib.contextmanager
+def atomic_folder(out_dir: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder next to `out_dir` (same file system, so the final move is atomic).
+
+    On success the staging folder replaces `out_dir` (an existing folder, allowed only with `force`, is swapped
+    out and deleted) with ordinary permissions; on an error or Ctrl-C it is removed, together with any parent
+    folders created for it, and `out_dir` is left as it was.
+    """
+    out_dir = Path(out_dir).absolute()
+    check_destination(out_dir, force)
+    created = []  # missing parents, deepest first
+    parent = out_dir.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        yield staging
+        check_destination(out_dir, force)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp (and transformers' shard writer) make things private
+        for file in staging.rglob("*"):
+            if file.is_file():
+                os.chmod(file, 0o666 & ~umask)
+        if not out_dir.exists():
+            os.replace(staging, out_dir)
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+        os.replace(out_dir, old)
+        try:
+            os.replace(staging, out_dir)
+        except BaseException:
+            os.replace(old, out_dir)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+__all__ = ["atomic_path", "write_text_atomic", "atomic_folder", "check_destination"]

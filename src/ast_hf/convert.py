@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import pickle
 import re
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .atomic_io import atomic_folder, check_destination
 from .configuration_ast import ORIGINAL_CLASSIFIER_LAYER_NORM_EPS, ORIGINAL_LAYER_NORM_EPS, ASTConfig
 from .labels import DATASETS, DatasetInfo, dataset_for_name, dataset_for_num_labels, load_label_table
 from .modeling_ast import ASTForAudioClassification, adapt_position_embeddings
@@ -573,7 +571,7 @@ def convert_original_checkpoint(src: str | Path, out_dir: str | Path, *, fstride
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if max_length is not None and max_length < 1:
         raise ValueError(f"max_length must be a positive number of frames, got {max_length}")
-    _check_destination(out_dir, force)
+    check_destination(out_dir, force)  # fail before the long work, not after it
     big = src.is_file() and src.stat().st_size >= SHOW_PROGRESS_BYTES
     progress = tqdm(total=4, desc=f"convert {src.name}", unit="step", disable=not big, leave=False)
     try:
@@ -596,7 +594,7 @@ def convert_original_checkpoint(src: str | Path, out_dir: str | Path, *, fstride
                                         mean=stats.mean, std=stats.std)
         progress.update()
 
-        with _staging_folder(out_dir) as staging:
+        with atomic_folder(out_dir, force=force) as staging:
             progress.set_postfix_str("writing")
             model.save_pretrained(staging)
             extractor.save_pretrained(staging)
@@ -611,75 +609,13 @@ def convert_original_checkpoint(src: str | Path, out_dir: str | Path, *, fstride
                 label_source=plan.label_source, mean=stats.mean, std=stats.std, dtype=dtype, max_abs_diff=diff,
                 repo_id=push_to_hub or out_dir.name, source_tdim=source_tdim))
             (staging / "README.md").write_text(card, encoding="utf-8")
-            _move_into_place(staging, out_dir, force)
-            progress.update()
+        progress.update()
     finally:
         progress.close()
     logger.info("converted %s -> %s (max |logit difference| %.2e)", src, out_dir, diff)
     if push_to_hub:
         _push(out_dir, push_to_hub, src.name)
     return ConversionResult(out_dir, model.config, diff, sha256, plan.notes)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Atomic output
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _check_destination(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() or out_dir.is_symlink():
-        if not out_dir.is_dir() or out_dir.is_symlink():
-            raise FileExistsError(f"{out_dir} exists and is not a folder; choose another output path")
-        if not force:
-            raise FileExistsError(f"{out_dir} already exists; pass --force (force=True) to replace it")
-
-
-class _staging_folder:
-    """A temporary folder next to `out_dir` (same filesystem, so the final move is atomic), removed on failure
-    together with any parent folders created for it."""
-
-    def __init__(self, out_dir: Path):
-        self.out_dir = out_dir.absolute()
-
-    def __enter__(self) -> Path:
-        parent = self.out_dir.parent
-        self.created = []
-        while not parent.exists():
-            self.created.append(parent)
-            parent = parent.parent
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".partial", dir=self.out_dir.parent))
-        return self.path
-
-    def __exit__(self, kind, error, traceback) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-        if kind is not None:
-            for folder in self.created:  # deepest first
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
-
-
-def _move_into_place(staging: Path, out_dir: Path, force: bool) -> None:
-    """`os.replace` the finished staging folder onto `out_dir`; an existing one (force) is swapped out first."""
-    _check_destination(out_dir, force)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp (and transformers' shard writer) make files private
-    for file in staging.iterdir():
-        os.chmod(file, 0o666 & ~umask)
-    if not out_dir.exists():
-        os.replace(staging, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.absolute().parent))
-    os.replace(out_dir, old)
-    try:
-        os.replace(staging, out_dir)
-    except BaseException:
-        os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _push(folder: Path, repo_id: str, source_name: str) -> None:

@@ -153,7 +153,7 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         return_tensors: str | None = None,
         padding: bool | str = "max_length",
         max_length: int | None = None,
-        truncation: bool = True,
+        truncation: bool | None = None,
         return_attention_mask: bool | None = None,
         device: torch.device | str | None = None,
         **kwargs,
@@ -168,7 +168,8 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
             padding: "max_length" (default, pad/cut to `max_length` frames, what the released models expect),
                 or "longest" / True (pad to the longest clip of the batch; for variable-length inputs).
             max_length: frames to pad or cut to (default `self.max_length`).
-            truncation: cut clips longer than the target (with a warning); False keeps every frame.
+            truncation: None (default) cuts clips longer than the target and warns; True cuts them as asked,
+                without a warning (e.g. a training collator); False keeps every frame.
             return_attention_mask: also return `attention_mask` [batch, frames] (1 = real frame).
             device: where to compute (default: the input tensor's device, else CPU). Tensors stay there.
 
@@ -191,11 +192,11 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         longest = int(frames.max())
         limit = self.max_length if max_length is None else max_length
         target = limit if padding == "max_length" else longest
-        if truncation and max_length is not None:
+        if truncation is not False and max_length is not None:
             target = min(target, max_length)
-        if not truncation:
+        if truncation is False:
             target = max(target, longest)
-        if longest > target:
+        if longest > target and truncation is None:
             cut = int((frames > target).sum())
             logger.warning(
                 "%d clip(s) longer than %d frames (%.2f s) were cut to that length; the rest is not seen by the "

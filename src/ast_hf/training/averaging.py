@@ -109,9 +109,9 @@ def average_checkpoints(checkpoints: Sequence[str | Path], out_dir: str | Path |
     if out_dir is not None:
         import shutil
 
-        from ._folders import atomic_folder
+        from ..atomic_io import atomic_folder
 
-        with atomic_folder(out_dir) as staging:
+        with atomic_folder(out_dir, force=True) as staging:
             model.save_pretrained(staging)
             extra = Path(checkpoints[0]) / "preprocessor_config.json"
             if extra.is_file():

@@ -164,8 +164,9 @@ class ASTAudioCollator:
             if targets is not None:
                 targets = mix_targets(targets, partner, lam)
 
+        # Cut to max_length as the authors' loader does (asked for, so no per-batch warning).
         features = fe(waveforms, sampling_rate=fe.sampling_rate, padding="max_length", max_length=self.max_length,
-                      return_tensors="pt", device=self.device)["input_values"]
+                      truncation=True, return_tensors="pt", device=self.device)["input_values"]
         if self.training:
             if self.freqm or self.timem:
                 fill = float(fe.normalize(torch.tensor(0.0))) if fe.do_normalize else 0.0

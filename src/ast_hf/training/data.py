@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np

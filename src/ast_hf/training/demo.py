@@ -199,7 +199,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed
     from ..configuration_ast import ASTConfig
     from ..feature_extraction_ast import ASTFeatureExtractor
     from ..modeling_ast import ASTForAudioClassification
-    from ._folders import atomic_folder
+    from ..atomic_io import atomic_folder
     from .collator import ASTAudioCollator
     from .data import decode_audio, label_names, load_audio_dataset
     from .normalization import compute_normalization_stats
@@ -213,7 +213,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed
     torch.set_num_threads(num_threads)
     torch.manual_seed(settings.seed)
 
-    with atomic_folder(out_dir) as staging:
+    with atomic_folder(out_dir, force=True) as staging:
         split_info = make_demo_data(staging / "data", settings, workers=num_threads)
         data = load_audio_dataset(staging / "data")
         labels = label_names(data["train"])

@@ -12,10 +12,8 @@ mixes masked zeros into the statistics).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import numpy as np
-import torch
 
 from ..feature_extraction_ast import ASTFeatureExtractor
 from .data import decode_audio
