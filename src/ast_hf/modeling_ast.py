@@ -161,19 +161,20 @@ class ASTEmbeddings(nn.Module):
         return self.dropout(tokens), token_mask
 
 
-# oneDNN's fp32 matmul uses AVX-512 wherever the CPU has it, whatever its vendor; measured 1.5-2x the GFLOP/s of
-# the default BLAS path on AMD EPYC (benchmarks/). It has no autograd, so it serves inference only.
+# oneDNN's matmul uses AVX-512 wherever the CPU has it, whatever its vendor; in float32 measured 1.5-2x the GFLOP/s of
+# the default BLAS path on AMD EPYC (benchmarks/); in bfloat16 it fuses the GELU. No autograd: inference only.
 ONEDNN_CPU_LINEAR = os.environ.get("AST_HF_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
+ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tensor:
-    """`layer(x)` (then exact GELU if `gelu`): oneDNN with the GELU fused on CPU float32 inference, else torch."""
+    """`layer(x)` (then exact GELU if `gelu`): oneDNN with the GELU fused in CPU fp32/bf16 inference, else torch."""
     if not isinstance(layer, nn.Linear):  # e.g. an int8 dynamically quantised Linear: it runs its own kernel
         out = layer(x)
         return F.gelu(out) if gelu else out
     # Not while torch.compile traces (inductor only lowers this op for weights it froze as constants), nor in an
     # ONNX export (the op has no ONNX translation).
-    if (ONEDNN_CPU_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+    if (ONEDNN_CPU_LINEAR and x.device.type == "cpu" and x.dtype in ONEDNN_DTYPES and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export()):
         return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none", [],
                                                   "none" if gelu else "")
