@@ -120,9 +120,8 @@ def export_onnx(model: nn.Module, path: str | Path, num_frames: int | None = Non
 def compile_model(model: nn.Module, **kwargs) -> nn.Module:
     """`torch.compile(model, **kwargs)`; the first call per input shape compiles (slow), later calls are fast.
 
-    Inputs of `config.max_length` frames compile to one graph (`fullgraph=True` works). Other lengths work too,
-    with a graph break at the cached position-embedding lookup; for one fixed other length, call
-    `model.resize_max_length(frames)` first to get a single graph.
+    Any input length compiles to one graph (`fullgraph=True` works): while compiling, the position embeddings
+    are adapted inside the graph rather than read from the eager-mode cache.
     """
     return torch.compile(model, **kwargs)
 
