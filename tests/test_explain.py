@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from ast_hf import ASTForAudioClassification, attention_rollout, explain
-from ast_hf.explain import token_to_patch_map
+from ast_hf.explanation import token_to_patch_map
 from ast_hf.plotting import patch_map_to_pixels
 
 from conftest import tiny_config

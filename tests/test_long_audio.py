@@ -203,7 +203,7 @@ def test_pipeline_chunking_matches_the_tagger(trained, recording_file):
         first = model(input_values=x).logits.softmax(-1)[0]
     assert plain[0]["score"] == pytest.approx(first.max().item(), abs=ATOL)
     # register() makes pipeline("audio-classification") build this class; unregister() restores transformers'.
-    from ast_hf.register import is_registered
+    from ast_hf.registration import is_registered
 
     already = is_registered()
     ast_hf.register()

@@ -2,67 +2,84 @@
 
 `import ast_hf` leaves `transformers` untouched; call `ast_hf.register()` to make its Auto classes and
 `pipeline("audio-classification", model=...)` build these classes.
+
+Names are imported on first use (torch and transformers take seconds to import), so `import ast_hf` and
+`ast-hf --help` are instant; `from ast_hf import ASTForAudioClassification` works as usual.
 """
 
-from .audio_io import load_audio
-from .configuration_ast import ASTConfig
-from .convert import ConversionError, convert_original_checkpoint
-from .feature_extraction_ast import ASTFeatureExtractor
-from .labels import dataset_info, load_label_table
-from .modeling_ast import ASTForAudioClassification, ASTModel, ASTPreTrainedModel, adapt_position_embeddings
-from .register import register, unregister
-# Inference beyond the anchors: long recordings, archives, embeddings, explanations, export.
-from .batch_inference import predict_files
-from .embeddings import AudioEmbedding, embed
-from .explain import Explanation, attention_rollout, explain
-from .export import compare_models, compile_model, export_onnx, quantize_dynamic_int8
-from .long_audio import AudioStream, LongAudioTags, TimelineRow, tag_long_audio
-from .model_loading import load_for_inference
-from .pipeline import ASTAudioClassificationPipeline
+from __future__ import annotations
 
-# Fine-tuning (ast_hf.training) imports Trainer and datasets: loaded on first use, so `import ast_hf` stays light.
-_TRAINING_EXPORTS = ("ASTTrainer", "ASTTrainingArguments", "ASTAudioCollator", "ASTEnsemble", "load_audio_dataset",
-                     "compute_normalization_stats", "compute_metrics", "average_checkpoints", "run_demo")
-
-
-def __getattr__(name):
-    if name in _TRAINING_EXPORTS:
-        from . import training
-
-        return getattr(training, name)
-    raise AttributeError(f"module 'ast_hf' has no attribute {name!r}")
-
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = [
-    "ASTConfig",
-    "ASTFeatureExtractor",
-    "ASTModel",
-    "ASTForAudioClassification",
-    "ASTPreTrainedModel",
-    "adapt_position_embeddings",
-    "convert_original_checkpoint",
-    "ConversionError",
-    "load_label_table",
-    "dataset_info",
-    "load_audio",
-    "register",
-    "unregister",
-    "tag_long_audio",
-    "LongAudioTags",
-    "TimelineRow",
-    "AudioStream",
-    "predict_files",
-    "embed",
-    "AudioEmbedding",
-    "explain",
-    "Explanation",
-    "attention_rollout",
-    "export_onnx",
-    "compile_model",
-    "quantize_dynamic_int8",
-    "compare_models",
-    "load_for_inference",
-    "ASTAudioClassificationPipeline",
-    *_TRAINING_EXPORTS,
-]
+
+# public name -> module that defines it
+_EXPORTS = {
+    # the core: config, features, model, registration
+    "ASTConfig": "configuration_ast",
+    "ASTFeatureExtractor": "feature_extraction_ast",
+    "ASTModel": "modeling_ast",
+    "ASTForAudioClassification": "modeling_ast",
+    "ASTPreTrainedModel": "modeling_ast",
+    "adapt_position_embeddings": "modeling_ast",
+    "register": "registration",
+    "unregister": "registration",
+    "load_audio": "audio_io",
+    # the converter and the label tables
+    "convert_original_checkpoint": "convert",
+    "ConversionError": "convert",
+    "load_label_table": "labels",
+    "dataset_info": "labels",
+    # inference beyond the anchors: long recordings, archives, embeddings, explanations, export
+    "tag_long_audio": "long_audio",
+    "LongAudioTags": "long_audio",
+    "TimelineRow": "long_audio",
+    "AudioStream": "long_audio",
+    "predict_files": "batch_inference",
+    "embed": "embeddings",
+    "AudioEmbedding": "embeddings",
+    "explain": "explanation",
+    "Explanation": "explanation",
+    "attention_rollout": "explanation",
+    "export_onnx": "export",
+    "compile_model": "export",
+    "quantize_dynamic_int8": "export",
+    "compare_models": "export",
+    "load_for_inference": "model_loading",
+    "ASTAudioClassificationPipeline": "pipeline",
+    # fine-tuning (imports Trainer and datasets)
+    "ASTTrainer": "training",
+    "ASTTrainingArguments": "training",
+    "ASTAudioCollator": "training",
+    "ASTEnsemble": "training",
+    "load_audio_dataset": "training",
+    "compute_normalization_stats": "training",
+    "compute_metrics": "training",
+    "average_checkpoints": "training",
+    "run_demo": "training",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ast_hf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
+
+
+if TYPE_CHECKING:  # static type checkers and IDEs see the real names
+    from .audio_io import load_audio
+    from .configuration_ast import ASTConfig
+    from .convert import ConversionError, convert_original_checkpoint
+    from .feature_extraction_ast import ASTFeatureExtractor
+    from .modeling_ast import ASTForAudioClassification, ASTModel, ASTPreTrainedModel, adapt_position_embeddings
+    from .registration import register, unregister

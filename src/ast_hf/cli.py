@@ -11,7 +11,7 @@ import sys
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="print versions and the attention backends available")
+    p = sub.add_parser("info", help="print the versions of ast-hf, transformers and torch, and whether CUDA is available")
 
     def run(args) -> int:
         import torch
@@ -179,7 +179,7 @@ def _add_explain(sub) -> None:
 
     def run(args) -> int:
         from .audio_io import load_audio
-        from .explain import explain
+        from .explanation import explain
         from .model_loading import load_for_inference
 
         model, fe = load_for_inference(args.model, args.device)
