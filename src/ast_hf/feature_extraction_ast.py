@@ -79,49 +79,42 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         window, hop, _ = frame_geometry(self.sampling_rate)
         return num_frames(num_samples, window, hop)
 
-    def _as_batch(self, raw_speech, device) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """Any accepted input -> ([batch, samples] float32 right-padded, [batch] lengths, was it batched)."""
-        if isinstance(raw_speech, torch.Tensor):
-            batched = raw_speech.ndim == 2
-            clips = [raw_speech] if raw_speech.ndim <= 1 else raw_speech
-            self._check_ndim(raw_speech, batched)
-            tensors = [raw_speech.reshape(1, -1)[0]] if not batched else None
-        elif isinstance(raw_speech, np.ndarray):
-            batched = raw_speech.ndim == 2
-            self._check_ndim(raw_speech, batched)
-            tensors = None
-            clips = raw_speech if batched else [raw_speech.reshape(-1)]
+    def _as_batch(self, raw_speech, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Any accepted input -> ([batch, samples] float32 right-padded, [batch] lengths)."""
+        if isinstance(raw_speech, (torch.Tensor, np.ndarray)):
+            self._check_ndim(raw_speech, batched=raw_speech.ndim == 2)
+            if isinstance(raw_speech, torch.Tensor) and raw_speech.ndim == 2:  # already a padded batch
+                waveforms = raw_speech.to(device=device if device is not None else raw_speech.device,
+                                          dtype=torch.float32)
+                lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long,
+                                     device=waveforms.device)
+                self._check_values(waveforms, lengths)
+                return waveforms, lengths
+            clips = list(raw_speech) if raw_speech.ndim == 2 else [raw_speech.reshape(-1)]
         elif isinstance(raw_speech, Sequence) and not isinstance(raw_speech, (str, bytes)):
             if len(raw_speech) == 0:
                 raise ValueError("got an empty list: give a waveform (list of floats) or a list of waveforms")
             batched = not np.isscalar(raw_speech[0]) and not (
                 isinstance(raw_speech[0], torch.Tensor) and raw_speech[0].ndim == 0)
             clips = raw_speech if batched else [raw_speech]
-            tensors = None
         else:
             raise ValueError(f"raw_speech must be a numpy array, a torch tensor, a list of floats or a list of "
                              f"clips; got {type(raw_speech).__name__}")
 
-        if isinstance(raw_speech, torch.Tensor) and batched:
-            waveforms = raw_speech.to(device=device if device is not None else raw_speech.device, dtype=torch.float32)
-            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long, device=waveforms.device)
-        else:
-            if tensors is None:
-                tensors = []
-                for i, clip in enumerate(clips):
-                    clip = clip if isinstance(clip, torch.Tensor) else torch.from_numpy(np.require(clip, np.float32, "W"))
-                    if clip.ndim != 1:
-                        raise ValueError(
-                            f"clip {i} has shape {tuple(clip.shape)}; each clip must be mono, 1-D [samples]. Mix "
-                            f"multi-channel audio down first, e.g. `audio.mean(axis=-1)` for (samples, channels)")
-                    tensors.append(clip)
-            target = device if device is not None else tensors[0].device
-            tensors = [t.to(device=target, dtype=torch.float32) for t in tensors]
-            lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long, device=target)
-            waveforms = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True) if len(tensors) > 1 \
-                else tensors[0].unsqueeze(0)
+        tensors = []
+        for i, clip in enumerate(clips):
+            clip = clip if isinstance(clip, torch.Tensor) else torch.from_numpy(np.require(clip, np.float32, "W"))
+            if clip.ndim != 1:
+                raise ValueError(
+                    f"clip {i} has shape {tuple(clip.shape)}; each clip must be mono, 1-D [samples]. Mix "
+                    f"multi-channel audio down first, e.g. `audio.mean(axis=-1)` for (samples, channels)")
+            tensors.append(clip)
+        target = device if device is not None else tensors[0].device
+        tensors = [t.to(device=target, dtype=torch.float32) for t in tensors]
+        lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long, device=target)
+        waveforms = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True)
         self._check_values(waveforms, lengths)
-        return waveforms, lengths, batched
+        return waveforms, lengths
 
     def _check_ndim(self, array, batched: bool) -> None:
         if array.ndim > 2:
@@ -186,7 +179,7 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
                 f"use pipeline('audio-classification'), which resamples")
         if padding not in ("max_length", "longest", True, False, "do_not_pad"):
             raise ValueError(f"padding must be 'max_length', 'longest', True or False, got {padding!r}")
-        waveforms, lengths, batched = self._as_batch(raw_speech, device)
+        waveforms, lengths = self._as_batch(raw_speech, device)
         features, frames = log_mel_filterbank(waveforms, lengths, sampling_rate=self.sampling_rate,
                                               num_mel_bins=self.num_mel_bins)
         longest = int(frames.max())

@@ -395,9 +395,7 @@ class ASTPreTrainedModel(PreTrainedModel):
         adapted = adapt_position_embeddings(param.data, old_grid, new_grid).contiguous()
         embeddings.position_embeddings = nn.Parameter(adapted, requires_grad=param.requires_grad)
         embeddings._adapted.clear()
-        self.config.max_length = max_length
-        if isinstance(self, ASTForAudioClassification):
-            self.audio_spectrogram_transformer.config.max_length = max_length
+        self.config.max_length = max_length  # one config object, shared by the backbone and its embeddings
 
 
 class ASTModel(ASTPreTrainedModel):
@@ -499,8 +497,9 @@ class ASTForAudioClassification(ASTPreTrainedModel):
         problem = self.problem_type_for(labels)
         logits = logits.float()
         if problem == "regression":
-            return F.mse_loss(logits.squeeze(-1) if self.num_labels == 1 else logits,
-                              labels.float().reshape(logits.shape) if self.num_labels != 1 else labels.float().view(-1))
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(-1), labels.float().view(-1))
+            return F.mse_loss(logits, labels.float().reshape(logits.shape))
         if problem == "single_label_classification":
             if labels.is_floating_point() and labels.shape == logits.shape:
                 return F.cross_entropy(logits, labels.float())
