@@ -253,3 +253,60 @@ def test_training_uses_the_differentiable_path(model, monkeypatch):
     with torch.no_grad():
         model.eval()(features(batch=1))
     assert calls  # and inference does take the fast path
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_per_head_attention_matches_sdpa(dtype, atol):
+    """The CPU bf16 attention (one oneDNN matmul pair per clip and head) against torch's fused kernel in float32,
+    with a key mask; float32 inputs check the algorithm exactly, bfloat16 within its rounding (8-bit mantissa)."""
+    from ast_hf.modeling_ast import attention_per_head
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 16, generator=g) for _ in range(3))
+    key_mask = torch.ones(2, 1, 1, 40, dtype=torch.bool)
+    key_mask[1, ..., 25:] = False
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask).transpose(1, 2).reshape(2, 40, 48)
+    got = attention_per_head(q.to(dtype), k.to(dtype), v.to(dtype), key_mask)
+    assert got.dtype == dtype and got.shape == (2, 40, 48)
+    torch.testing.assert_close(got.float(), want, atol=atol, rtol=0)
+
+
+@torch.no_grad()
+def test_bfloat16_cpu_fast_path_is_as_accurate_as_transformers_bfloat16(tmp_path):
+    """bf16 logits against the same model in float32: ast-hf's CPU path (oneDNN linears, per-head attention) may
+    not lose more than 1.5x what transformers' own bf16 sdpa forward loses (+1e-3)."""
+    torch.manual_seed(0)
+    ours = ASTForAudioClassification(tiny_config()).eval()
+    ours.save_pretrained(tmp_path)
+    theirs = transformers.ASTForAudioClassification.from_pretrained(tmp_path, attn_implementation="sdpa").eval()
+    x = features(batch=4)
+    want = ours(x).logits
+    ours_err = (ours.to(torch.bfloat16)(x.bfloat16()).logits.float() - want).abs().max().item()
+    theirs_err = (theirs.to(torch.bfloat16)(x.bfloat16()).logits.float() - want).abs().max().item()
+    assert ours_err <= 1.5 * theirs_err + 1e-3, (ours_err, theirs_err)
+
+
+@torch.no_grad()
+def test_cpu_encoder_runs_clip_groups_with_unchanged_outputs(model, monkeypatch, tmp_path):
+    """CPU inference runs the encoder over a few clips at a time: same logits as transformers' AST on the whole
+    batch, and, with mixed lengths, each clip as it scores alone."""
+    import ast_hf.modeling_ast as modeling
+
+    calls = []
+    encode = modeling.ASTModel._encode
+    monkeypatch.setattr(modeling.ASTModel, "_encode", lambda self, h, *a: calls.append(len(h)) or encode(self, h, *a))
+    frames = 128
+    tokens = model.audio_spectrogram_transformer.embeddings(features(batch=1))[0].shape[1]
+    monkeypatch.setattr(modeling, "CPU_TOKENS_PER_CALL", 2 * tokens)
+    model.save_pretrained(tmp_path)
+    theirs = transformers.ASTForAudioClassification.from_pretrained(tmp_path).eval()
+    x = features(batch=5, frames=frames)
+    torch.testing.assert_close(model(x).logits, theirs(x).logits, atol=ATOL, rtol=0)
+    assert calls == [2, 2, 1]
+    lengths = [128, 70, 100, 128, 40]
+    mask = (torch.arange(frames)[None] < torch.tensor(lengths)[:, None]).long()
+    batched = model(x, attention_mask=mask).logits
+    for i, n in enumerate(lengths):
+        torch.testing.assert_close(batched[i], model(x[i:i + 1, :n]).logits[0], atol=ATOL, rtol=0)

@@ -161,10 +161,22 @@ class ASTEmbeddings(nn.Module):
         return self.dropout(tokens), token_mask
 
 
-# oneDNN's matmul uses AVX-512 wherever the CPU has it, whatever its vendor; in float32 measured 1.5-2x the GFLOP/s of
-# the default BLAS path on AMD EPYC (benchmarks/); in bfloat16 it fuses the GELU. No autograd: inference only.
+# CPU inference fast paths (no autograd), all measured in benchmarks/ and switched off together by AST_HF_ONEDNN=0:
+# - linears through oneDNN, which uses AVX-512 wherever the CPU has it, whatever its vendor (float32: 1.5-2x the
+#   GFLOP/s of the default BLAS path on AMD EPYC), with the GELU fused;
+# - bfloat16 attention as per-head oneDNN matmuls (`attention_per_head`);
+# - the encoder run over a few clips at a time (`CPU_TOKENS_PER_CALL`).
 ONEDNN_CPU_LINEAR = os.environ.get("AST_HF_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
 ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+# Tokens the encoder takes per call on the CPU (two 10.24 s clips): activations of a few clips stay in cache
+# (measured 5-10% faster per clip than a whole batch of 8) and peak memory stops growing with the batch size.
+CPU_TOKENS_PER_CALL = 2560
+
+
+def onednn_cpu_inference(x: torch.Tensor) -> bool:
+    """True where the CPU fast paths apply: CPU fp32/bf16 inference, outside torch.compile and ONNX export."""
+    return (ONEDNN_CPU_LINEAR and x.device.type == "cpu" and x.dtype in ONEDNN_DTYPES and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
 
 
 def linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tensor:
@@ -174,12 +186,42 @@ def linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tenso
         return F.gelu(out) if gelu else out
     # Not while torch.compile traces (inductor only lowers this op for weights it froze as constants), nor in an
     # ONNX export (the op has no ONNX translation).
-    if (ONEDNN_CPU_LINEAR and x.device.type == "cpu" and x.dtype in ONEDNN_DTYPES and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export()):
+    if onednn_cpu_inference(x):
         return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none", [],
                                                   "none" if gelu else "")
     out = F.linear(x, layer.weight, layer.bias)
     return F.gelu(out) if gelu else out
+
+
+def attention_per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(head_dim)) v, one (clip, head) at a time with oneDNN bf16 matmuls (CPU inference).
+
+    torch's fused CPU attention kernel accumulates bf16 products through a slow mixed-precision path on CPUs
+    without AMX (as fast in bf16 as in fp32, benchmarks/); oneDNN's bf16 matmul runs at ~2x that. Scores are
+    rounded to bf16 before a float32 softmax, as in eager bf16 attention; probabilities go back to bf16 for the
+    second matmul, as in the fused kernel. One [tokens, tokens] score matrix is alive at a time.
+
+    Args:
+        q, k, v: [batch, heads, tokens, head_dim], bfloat16.
+        key_mask: [batch, 1, 1, tokens] bool, True where a token may be attended to; None: all.
+
+    Returns:
+        context [batch, tokens, heads * head_dim].
+    """
+    batch, heads, tokens, head_dim = q.shape
+    q = (q * head_dim ** -0.5).contiguous()
+    k = k.contiguous()
+    v_t = v.transpose(2, 3).contiguous()  # [batch, heads, head_dim, tokens]: p @ v = linear(p, v^T)
+    context = torch.empty_like(q)
+    for b in range(batch):
+        for h in range(heads):
+            scores = torch.ops.mkldnn._linear_pointwise(q[b, h], k[b, h], None, "none", [], "")
+            if key_mask is not None:
+                scores.masked_fill_(~key_mask[b, 0], torch.finfo(scores.dtype).min)
+            probs = scores.softmax(dim=-1)  # bf16 in and out, float32 inside
+            context[b, h] = torch.ops.mkldnn._linear_pointwise(probs, v_t[b, h], None, "none", [], "")
+    return context.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
 
 class ASTLinear(nn.Module):
@@ -215,6 +257,9 @@ class ASTSelfAttention(nn.Module):
         v = linear(hidden_states, self.value).view(shape).transpose(1, 2)
         dropout = self.config.attention_probs_dropout_prob if self.training else 0.0
         weights = None
+        if (self.config._attn_implementation == "sdpa" and not output_attentions and q.dtype == torch.bfloat16
+                and onednn_cpu_inference(q)):
+            return attention_per_head(q, k, v, key_mask), None
         if self.config._attn_implementation == "sdpa" and not output_attentions:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
         else:
@@ -422,6 +467,27 @@ class ASTModel(ASTPreTrainedModel):
             patch_grid(self.config.num_mel_bins, input_values.shape[1], self.config.patch_size,
                        self.config.frequency_stride, self.config.time_stride)
 
+    def _encode(self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None,
+                output_attentions: bool = False, output_hidden_states: bool = False) -> tuple:
+        """Encoder layers + final LayerNorm over embeddings [batch, tokens, D] (token_mask [batch, tokens], True =
+        real, or None) -> (sequence output [batch, tokens, D], hidden states or None, attentions or None)."""
+        key_mask = None if token_mask is None else token_mask[:, None, None, :]
+        keep = None if token_mask is None else token_mask.unsqueeze(-1).to(hidden_states.dtype)
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        attentions = () if output_attentions else None
+        for layer in self.encoder.layer:
+            hidden_states, weights = layer(hidden_states, key_mask, output_attentions)
+            if keep is not None:  # padded patches carry nothing forward
+                hidden_states = hidden_states * keep
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                attentions += (weights,)
+        sequence_output = self.layernorm(hidden_states)
+        if keep is not None:
+            sequence_output = sequence_output * keep
+        return sequence_output, all_hidden, attentions
+
     def forward(
         self,
         input_values: torch.Tensor | None = None,
@@ -447,21 +513,19 @@ class ASTModel(ASTPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         frames_per_clip = frames_from_attention_mask(attention_mask, input_values)
         hidden_states, token_mask = self.embeddings(input_values, frames_per_clip)
-        key_mask = None if token_mask is None else token_mask[:, None, None, :]
-        keep = None if token_mask is None else token_mask.unsqueeze(-1).to(hidden_states.dtype)
-        all_hidden = (hidden_states,) if output_hidden_states else None
-        attentions = () if output_attentions else None
-        for layer in self.encoder.layer:
-            hidden_states, weights = layer(hidden_states, key_mask, output_attentions)
-            if keep is not None:  # padded patches carry nothing forward
-                hidden_states = hidden_states * keep
-            if output_hidden_states:
-                all_hidden += (hidden_states,)
-            if output_attentions:
-                attentions += (weights,)
-        sequence_output = self.layernorm(hidden_states)
-        if keep is not None:
-            sequence_output = sequence_output * keep
+        batch, tokens, _ = hidden_states.shape
+        clips_per_call = batch
+        if not (output_attentions or output_hidden_states) and onednn_cpu_inference(hidden_states):
+            clips_per_call = max(1, CPU_TOKENS_PER_CALL // tokens)
+        if clips_per_call >= batch:
+            sequence_output, all_hidden, attentions = self._encode(hidden_states, token_mask, output_attentions,
+                                                                   output_hidden_states)
+        else:
+            sequence_output, all_hidden, attentions = torch.empty_like(hidden_states), None, None
+            for start in range(0, batch, clips_per_call):
+                rows = slice(start, start + clips_per_call)
+                sequence_output[rows] = self._encode(hidden_states[rows],
+                                                     None if token_mask is None else token_mask[rows])[0]
         pooled = (sequence_output[:, 0] + sequence_output[:, 1]) / 2
         out = BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled,
                                          hidden_states=all_hidden, attentions=attentions)
