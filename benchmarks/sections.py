@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -92,6 +93,8 @@ def forward(quick: bool, repeats: int, device: str = "cpu") -> list[dict]:
     for attn in ("sdpa", "eager"):
         for dtype in dtypes:
             ours, theirs = twin_models(config, attn, dtype, device)
+            # Reduced precision: each side's error against transformers' float32 forward of the same weights.
+            reference = None if dtype == torch.float32 else twin_models(config, "sdpa", torch.float32, device)[1]
             for batch in (1, 8):
                 x = torch.randn(batch, config.max_length, config.num_mel_bins, device=device, dtype=dtype)
                 def call(model, x=x):
@@ -101,11 +104,15 @@ def forward(quick: bool, repeats: int, device: str = "cpu") -> list[dict]:
                     return out
 
                 with torch.inference_mode():
-                    diff = (ours(x).logits.float() - theirs(x).logits.float()).abs().max().item()
+                    logits = {"ours": ours(x).logits.float(), "theirs": theirs(x).logits.float()}
+                    note = f"max |logit diff| {(logits['ours'] - logits['theirs']).abs().max().item():.1e}"
+                    if reference is not None:
+                        want = reference(x.float()).logits
+                        errors = {k: (v - want).abs().max().item() for k, v in logits.items()}
+                        note += f"; vs float32: ours {errors['ours']:.1e}, theirs {errors['theirs']:.1e}"
                     t = interleaved({"ours": lambda: call(ours), "theirs": lambda: call(theirs)}, repeats)
                 rows.append(dict(section="forward", case=f"batch {batch}, {attn}, {str(dtype)[6:]}, {device}",
-                                 ours=t["ours"], theirs=t["theirs"], per=batch,
-                                 note=f"max |logit diff| {diff:.1e}"))
+                                 ours=t["ours"], theirs=t["theirs"], per=batch, note=note))
     return rows
 
 
@@ -223,10 +230,29 @@ def end_to_end(quick: bool, repeats: int) -> list[dict]:
                  theirs=t["theirs"], per=16, note="ast-hf predict engine vs transformers.pipeline(batch_size=8)")]
 
 
+def long_audio_memory(path: str, quick: bool) -> dict:
+    """Run in a fresh process (`python -m benchmarks.sections PATH [--quick]`): tag one recording with the
+    defaults, return the process's peak RSS and what the tagging added above the loaded model, in MiB."""
+    import resource
+
+    from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, tag_long_audio
+
+    config = model_config(quick)
+    model = ASTForAudioClassification(config).eval()
+    fe = ASTFeatureExtractor(max_length=config.max_length)
+    added = peak_memory_mib(lambda: tag_long_audio(model, fe, path, progress=False))
+    return dict(peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, added=added)
+
+
 def long_audio(quick: bool, repeats: int) -> list[dict]:
-    """Cost of sliding-window tagging (10.24 s windows, 5 s hop) against recording length: time, and peak memory
-    with the default batch of 8 windows and with one window per call (memory is bounded by the batch, not by
-    the length). transformers' AST has no long-audio path (it sees the first 10.24 s): no other side."""
+    """Cost of sliding-window tagging (10.24 s windows, 5 s hop, defaults) against recording length: time, and
+    peak memory, each length in a fresh process (so that no earlier run's freed memory hides a rise): the whole
+    process's peak RSS and the part the tagging added above the loaded model. transformers' AST has no
+    long-audio path (it sees the first 10.24 s): no other side."""
+    import json
+    import subprocess
+    import sys
+
     from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, tag_long_audio
 
     config = model_config(quick)
@@ -237,19 +263,18 @@ def long_audio(quick: bool, repeats: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as folder:
         for seconds in lengths:
             (path,) = _write_clips(folder, seconds, 1)
-
-            def run(path=path, batch_size=8):
-                return tag_long_audio(model, fe, path, progress=False, batch_size=batch_size)
-
-            timing = interleaved({"ours": run}, max(1, repeats // 2))["ours"]
-            memory = statistics.median(peak_memory_mib(run) for _ in range(2))
-            memory_1 = statistics.median(peak_memory_mib(lambda: run(batch_size=1)) for _ in range(2))
-            windows = len(run().starts)
+            timing = interleaved({"ours": lambda: tag_long_audio(model, fe, path, progress=False)},
+                                 max(1, repeats // 2))["ours"]
+            windows = len(tag_long_audio(model, fe, path, progress=False).starts)
+            child = subprocess.run([sys.executable, "-m", "benchmarks.sections", path] + ["--quick"] * quick,
+                                   check=True, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+            memory = json.loads(child.stdout.strip().splitlines()[-1])
             rows.append(dict(section="long audio", case=f"{seconds:>3d} s recording", ours=timing, theirs=None,
-                             memory=memory, memory_batch_1=memory_1,
-                             note=f"{windows} window(s); peak RSS +{memory:.0f} MiB (8 windows per call), "
-                                  f"+{memory_1:.0f} MiB (1 per call)"))
+                             memory=memory["peak"], memory_added=memory["added"],
+                             note=f"{windows} window(s); process peak RSS {memory['peak']:.0f} MiB, "
+                                  f"+{memory['added']:.0f} MiB above the loaded model"))
     return rows
+
 
 SECTIONS = {
     "features": feature_extraction,
@@ -259,3 +284,10 @@ SECTIONS = {
     "longaudio": long_audio,
     "train": training_step,
 }
+
+
+if __name__ == "__main__":  # the fresh process of `long_audio`
+    import json
+    import sys
+
+    print(json.dumps(long_audio_memory(sys.argv[1], quick="--quick" in sys.argv)))

@@ -243,3 +243,17 @@ def test_bad_input_gives_clear_errors(trained, tmp_path):
         tag_long_audio(model, fe, corrupt, progress=False)
     with pytest.raises(FileNotFoundError):
         tag_long_audio(model, fe, tmp_path / "missing.wav", progress=False)
+
+
+def test_default_windows_per_call_follow_the_cpu_encoder_group():
+    """On a CPU the encoder takes CPU_TOKENS_PER_CALL tokens at a time, so the default batch is what fits in it
+    (two 10.24 s windows of AST base, more of a short-window model); on a GPU 8."""
+    from ast_hf import ASTConfig
+    from ast_hf.long_audio import default_windows_per_call
+    from ast_hf.modeling_ast import CPU_TOKENS_PER_CALL
+
+    base = ASTConfig(max_length=1024)  # 12 x 101 patches + 2 tokens = 1214
+    assert default_windows_per_call(base, torch.device("cpu")) == CPU_TOKENS_PER_CALL // 1214 == 2
+    short = ASTConfig(max_length=128)  # 12 x 12 + 2 = 146 tokens
+    assert default_windows_per_call(short, torch.device("cpu")) == CPU_TOKENS_PER_CALL // 146
+    assert default_windows_per_call(base, torch.device("cuda")) == 8

@@ -81,7 +81,8 @@ def _add_predict(sub) -> None:
     p.add_argument("--hop", type=float, help="step between windows in seconds (default: min(5, window / 2))")
     p.add_argument("--aggregate", choices=["mean", "max"], default="mean", help="clip score over windows")
     p.add_argument("--activation", choices=["auto", "sigmoid", "softmax", "none"], default="auto")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per model call")
+    p.add_argument("--batch-size", type=int,
+                   help="windows per model call (default: one recording 2 on a CPU and 8 on a GPU; batch mode 8)")
     p.add_argument("--num-workers", type=int, default=2, help="batch mode: decoding worker processes")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; batch mode: per rank)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -121,7 +122,7 @@ def _add_predict(sub) -> None:
             output = args.output or "predictions.jsonl"
             summary = predict_files(args.inputs, model, fe, output, window=args.window, hop=args.hop,
                                     aggregate=args.aggregate, top_k=args.top_k, threshold=args.threshold,
-                                    activation=args.activation, batch_size=args.batch_size,
+                                    activation=args.activation, batch_size=args.batch_size or 8,
                                     num_workers=args.num_workers, progress=not args.no_progress, distributed=dist)
         finally:
             dist.close()

@@ -2,8 +2,8 @@
 
 A recording is decoded block by block (soundfile; the `ffmpeg` binary for formats soundfile cannot read),
 resampled to the feature extractor's rate, cut into windows of `window` seconds every `hop` seconds, and the
-windows are featurised and scored in batches. Only one window plus one decoded block is held at a time, so
-memory stays flat however long the recording is.
+windows are featurised and scored in batches. Only one batch of windows plus one decoded block is held at a
+time, so memory stays flat however long the recording is.
 
 Windows start at 0, hop, 2 hop, ...; when the last of them stops short of the end, one more window is aligned
 to the end of the recording, so every sample is seen and every window has the same length. Windows shorter
@@ -282,6 +282,18 @@ def model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
     return param.device, param.dtype if param.dtype.is_floating_point else torch.float32
 
 
+def default_windows_per_call(config, device: torch.device) -> int:
+    """Windows scored per model call by default. On a CPU the encoder takes `CPU_TOKENS_PER_CALL` tokens at a
+    time whatever the batch (two 10.24 s windows), so larger calls would only hold more memory, and the peak
+    stays that of two windows however long the recording; on a GPU batching pays: 8."""
+    from .modeling_ast import CPU_TOKENS_PER_CALL
+
+    if torch.device(device).type != "cpu" or not hasattr(config, "patch_grid"):  # a GPU, or transformers' AST
+        return 8
+    f, t = config.patch_grid()
+    return max(1, CPU_TOKENS_PER_CALL // (2 + f * t))
+
+
 def resolve_activation(config, activation: str = "auto") -> str:
     """"auto" -> the pipeline's rule: sigmoid for multi-label models (AudioSet), none for regression, else softmax."""
     if activation not in ("auto", "sigmoid", "softmax", "none"):
@@ -441,7 +453,7 @@ def tag_long_audio(
     window: float | None = None,
     hop: float | None = None,
     aggregate: str = "mean",
-    batch_size: int = 8,
+    batch_size: int | None = None,
     activation: str = "auto",
     progress: bool = True,
     allow_shorter: bool | None = None,
@@ -456,7 +468,8 @@ def tag_long_audio(
             shorter recording is then scored whole. An explicit window longer than the recording is an error.
         hop: step between window starts in seconds (default min(5 s, window / 2)); must be positive.
         aggregate: clip-level scores as the "mean" or "max" over windows.
-        batch_size: windows per model call.
+        batch_size: windows per model call; None: `default_windows_per_call` (2 windows of 10.24 s on a CPU,
+            8 on a GPU).
         activation: "auto" (sigmoid for multi-label models, softmax for single-label), "sigmoid", "softmax", "none".
         progress: show a tqdm progress bar over windows.
         allow_shorter: score a recording shorter than the window whole instead of raising (default: only when
@@ -466,9 +479,11 @@ def tag_long_audio(
         `LongAudioTags` with the per-window timeline and the clip-level scores.
     """
     aggregate_scores(np.zeros((1, 1)), aggregate)  # validate early
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     config = model.config
+    device, dtype = model_device_dtype(model)
+    batch_size = batch_size or default_windows_per_call(config, device)
     activation = resolve_activation(config, activation)
     rate = feature_extractor.sampling_rate
     win, step, default_window = window_samples(window, hop, rate, config.max_length)
@@ -480,7 +495,6 @@ def tag_long_audio(
 
     from tqdm.auto import tqdm
 
-    device, dtype = model_device_dtype(model)
     sketch = _SpectrogramSketch()
     covered_frames = 0
     starts, lengths, scores = [], [], []
@@ -516,4 +530,4 @@ def tag_long_audio(
 
 
 __all__ = ["AudioStream", "LongAudioTags", "TimelineRow", "tag_long_audio", "iter_windows", "window_starts",
-           "window_samples", "featurize", "aggregate_scores", "resolve_activation"]
+           "window_samples", "featurize", "aggregate_scores", "resolve_activation", "default_windows_per_call"]
