@@ -104,6 +104,7 @@ def log_mel_filterbank(
     high_freq: float = 0.0,
     preemphasis: float = 0.97,
     frames_per_chunk: int = FRAMES_PER_CHUNK,
+    output_frames: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-mel filterbank of a batch of mono waveforms.
 
@@ -112,10 +113,12 @@ def log_mel_filterbank(
         lengths: [batch] number of real samples per clip (default: all samples).
         sampling_rate: Hz. num_mel_bins: mel bins. low_freq / high_freq: mel range in Hz (`high_freq <= 0`
             is relative to Nyquist). preemphasis: pre-emphasis coefficient.
+        output_frames: frames of the output (default: those of the longest clip); frames past it are not
+            computed, frames past a clip's end are 0.
 
     Returns:
         (features [batch, frames, num_mel_bins] float32 on the input's device, with frames past a clip's end
-        set to 0; frames_per_clip [batch] int64).
+        set to 0; frames_per_clip [batch] int64, not capped by `output_frames`).
     """
     if waveforms.ndim != 2:
         raise ValueError(f"expected waveforms of shape [batch, samples], got {tuple(waveforms.shape)}")
@@ -128,12 +131,20 @@ def log_mel_filterbank(
     lengths = torch.as_tensor(lengths, device=device, dtype=torch.long)
     frames_per_clip = num_frames(lengths, window_size, hop)
     max_frames = num_frames(total, window_size, hop)
-    features = torch.zeros(batch, max_frames, num_mel_bins, dtype=torch.float32, device=device)
+    output_frames = max_frames if output_frames is None else output_frames
+    features = torch.empty(batch, output_frames, num_mel_bins, dtype=torch.float32, device=device)
+    features[:, max_frames:] = 0.0  # the rest is written below
+    max_frames = min(max_frames, output_frames)
     if max_frames == 0:
         return features, frames_per_clip
 
     frames = waveforms.unfold(1, window_size, hop)  # [batch, frames, window] view, no copy
     mel = mel_matrix(num_mel_bins, n_fft, sampling_rate, low_freq, high_freq, device)
+    # On a CPU, oneDNN's matmul (AVX-512 on any vendor) takes the mel projection in 60% of the default BLAS time.
+    onednn = device.type == "cpu" and torch.backends.mkldnn.is_available() and not waveforms.requires_grad
+    if onednn:
+        mel_t = _cached_on(mel.t().contiguous(), ("mel_t", num_mel_bins, n_fft, sampling_rate, float(low_freq),
+                                                   float(high_freq)), device)
     window = _cached_on(_window_cpu(window_size), ("window", window_size), device)
     step = max(1, frames_per_chunk // batch)  # frames of every clip per chunk
     for start in range(0, max_frames, step):
@@ -142,15 +153,17 @@ def log_mel_filterbank(
         chunk = chunk - chunk.mean(dim=1, keepdim=True)
         # Pre-emphasis with the first sample weighed against itself (Kaldi) and the window, written into a
         # zero-padded buffer for the FFT.
-        padded = chunk.new_zeros(chunk.shape[0], n_fft)
+        padded = chunk.new_empty(chunk.shape[0], n_fft)
+        padded[:, window_size:] = 0.0
         torch.sub(chunk[:, 1:], chunk[:, :-1], alpha=preemphasis, out=padded[:, 1:window_size])
         padded[:, 0] = chunk[:, 0] * (1.0 - preemphasis)
         padded[:, :window_size] *= window
         spectrum = torch.fft.rfft(padded, dim=1)
         power = spectrum.real.square().add_(spectrum.imag.square())
-        energies = torch.clamp_min_(power @ mel, FLOAT32_EPS)
+        energies = torch.ops.mkldnn._linear_pointwise(power, mel_t, None, "none", [], "") if onednn else power @ mel
+        energies = torch.clamp_min_(energies, FLOAT32_EPS)
         features[:, start:stop] = torch.log_(energies).view(batch, stop - start, num_mel_bins)
     # Frames past each clip's end were computed from padding: zero them.
-    valid = torch.arange(max_frames, device=device).unsqueeze(0) < frames_per_clip.unsqueeze(1)
-    features.mul_(valid.unsqueeze(-1))
+    past_end = torch.arange(output_frames, device=device).unsqueeze(0) >= frames_per_clip.unsqueeze(1)
+    features.masked_fill_(past_end.unsqueeze(-1), 0.0)
     return features, frames_per_clip
