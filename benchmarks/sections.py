@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-
-import statistics
 
 from .harness import interleaved, peak_memory_mib
 
@@ -116,20 +115,53 @@ def forward(quick: bool, repeats: int, device: str = "cpu") -> list[dict]:
     return rows
 
 
-def forward_memory(quick: bool, batch: int = 8) -> list[dict]:
-    """Peak resident memory added by one batch-8 fp32 sdpa forward (median of 3, alternating sides)."""
-    config = model_config(quick)
-    ours, theirs = twin_models(config, "sdpa", torch.float32, "cpu")
+def _in_fresh_process(*args: str) -> dict:
+    """Run `python -m benchmarks.sections ARGS` (see the bottom of this file); its last stdout line is JSON."""
+    import json
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-m", "benchmarks.sections", *args], check=True, capture_output=True,
+                           text=True, cwd=Path(__file__).parents[1])
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def _peak_rss_mib() -> float:
+    """The process's peak resident set (VmHWM: unlike ru_maxrss, not inherited from the parent across exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def forward_memory_child(side: str, quick: bool, batch: int = 8) -> dict:
+    """In a fresh process: build one side's model (random weights), return the RSS rise of its first batch-8 fp32
+    sdpa forward (no warm-up, so no earlier run's freed memory hides part of it)."""
+    import transformers
+
+    from ast_hf import ASTForAudioClassification
+
+    config = model_config(quick, attn_implementation="sdpa")
+    if side == "theirs":
+        model = transformers.ASTForAudioClassification(transformers.ASTConfig(**{
+            k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                            "intermediate_size", "max_length", "num_labels", "layer_norm_eps")}),
+        ).eval()
+        model.config._attn_implementation = "sdpa"
+    else:
+        model = ASTForAudioClassification(config).eval()
     x = torch.randn(batch, config.max_length, config.num_mel_bins)
-    peaks = {"ours": [], "theirs": []}
     with torch.inference_mode():
-        ours(x[:1]), theirs(x[:1])  # warm-up
-        for _ in range(3):
-            for name, model in (("ours", ours), ("theirs", theirs)):
-                peaks[name].append(peak_memory_mib(lambda: model(x)))
+        return dict(added=peak_memory_mib(lambda: model(x)))
+
+
+def forward_memory(quick: bool, batch: int = 8) -> list[dict]:
+    """Peak resident memory added by one batch-8 fp32 sdpa forward, each side in 3 fresh processes (median)."""
+    peaks = {"ours": [], "theirs": []}
+    for _ in range(3):
+        for side in peaks:
+            peaks[side].append(_in_fresh_process("forward-memory", side, *["--quick"] * quick)["added"])
     med = {k: statistics.median(v) for k, v in peaks.items()}
-    return [dict(section="forward memory", case=f"batch {batch}, sdpa, float32: peak RSS added by the call",
-                 ours=med["ours"], theirs=med["theirs"], unit="MiB")]
+    return [dict(section="forward memory", case=f"batch {batch}, sdpa, float32: peak RSS added by the call (fresh "
+                                               f"process)", ours=med["ours"], theirs=med["theirs"], unit="MiB")]
 
 
 def training_step(quick: bool, repeats: int) -> list[dict]:
@@ -231,17 +263,15 @@ def end_to_end(quick: bool, repeats: int) -> list[dict]:
 
 
 def long_audio_memory(path: str, quick: bool) -> dict:
-    """Run in a fresh process (`python -m benchmarks.sections PATH [--quick]`): tag one recording with the
-    defaults, return the process's peak RSS and what the tagging added above the loaded model, in MiB."""
-    import resource
-
+    """In a fresh process: tag one recording with the defaults, return the process's peak RSS and what the
+    tagging added above the loaded model, in MiB."""
     from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, tag_long_audio
 
     config = model_config(quick)
     model = ASTForAudioClassification(config).eval()
     fe = ASTFeatureExtractor(max_length=config.max_length)
     added = peak_memory_mib(lambda: tag_long_audio(model, fe, path, progress=False))
-    return dict(peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, added=added)
+    return dict(peak=_peak_rss_mib(), added=added)
 
 
 def long_audio(quick: bool, repeats: int) -> list[dict]:
@@ -249,10 +279,6 @@ def long_audio(quick: bool, repeats: int) -> list[dict]:
     peak memory, each length in a fresh process (so that no earlier run's freed memory hides a rise): the whole
     process's peak RSS and the part the tagging added above the loaded model. transformers' AST has no
     long-audio path (it sees the first 10.24 s): no other side."""
-    import json
-    import subprocess
-    import sys
-
     from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, tag_long_audio
 
     config = model_config(quick)
@@ -266,9 +292,7 @@ def long_audio(quick: bool, repeats: int) -> list[dict]:
             timing = interleaved({"ours": lambda: tag_long_audio(model, fe, path, progress=False)},
                                  max(1, repeats // 2))["ours"]
             windows = len(tag_long_audio(model, fe, path, progress=False).starts)
-            child = subprocess.run([sys.executable, "-m", "benchmarks.sections", path] + ["--quick"] * quick,
-                                   check=True, capture_output=True, text=True, cwd=Path(__file__).parents[1])
-            memory = json.loads(child.stdout.strip().splitlines()[-1])
+            memory = _in_fresh_process("long-audio", path, *["--quick"] * quick)
             rows.append(dict(section="long audio", case=f"{seconds:>3d} s recording", ours=timing, theirs=None,
                              memory=memory["peak"], memory_added=memory["added"],
                              note=f"{windows} window(s); process peak RSS {memory['peak']:.0f} MiB, "
@@ -286,8 +310,14 @@ SECTIONS = {
 }
 
 
-if __name__ == "__main__":  # the fresh process of `long_audio`
+if __name__ == "__main__":  # the fresh processes of `long_audio` and `forward_memory`
     import json
     import sys
 
-    print(json.dumps(long_audio_memory(sys.argv[1], quick="--quick" in sys.argv)))
+    job, quick = sys.argv[1], "--quick" in sys.argv
+    if job == "long-audio":
+        print(json.dumps(long_audio_memory(sys.argv[2], quick)))
+    elif job == "forward-memory":
+        print(json.dumps(forward_memory_child(sys.argv[2], quick)))
+    else:
+        raise SystemExit(f"unknown job {job!r}")
