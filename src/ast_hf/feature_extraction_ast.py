@@ -65,13 +65,10 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         self.return_attention_mask = return_attention_mask
 
     # ----------------------------------------------------------------------------------------------------------
-    def normalize(self, features: torch.Tensor) -> torch.Tensor:
-        """(fbank - mean) / (2 * std): the AST input convention (mean 0, std 0.5 on the training data)."""
-        return (features - self.mean) / (2 * self.std)
-
-    def _normalize_(self, features: torch.Tensor) -> torch.Tensor:
-        """`normalize` in place, on the extractor's own output buffer."""
-        return features.sub_(self.mean).div_(2 * self.std)
+    def normalize(self, features: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """(fbank - mean) / (2 * std): the AST input convention (mean 0, std 0.5 on the training data).
+        `in_place` overwrites `features` (the extractor's own output buffer) instead of copying it."""
+        return (features if in_place else features.clone()).sub_(self.mean).div_(2 * self.std)
 
     @property
     def min_samples(self) -> int:
@@ -192,18 +189,17 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
             target = min(target, max_length)
         if truncation is False:
             target = max(target, longest)
-        if longest > target and truncation is None:
-            cut = sum(self.frames_for(int(n)) > target for n in lengths)
-            logger.warning(
-                "%d clip(s) longer than %d frames (%.2f s) were cut to that length; the rest is not seen by the "
-                "model. Use ast_hf.tag_long_audio (sliding windows) or padding='longest' for variable-length input.",
-                cut, target, target / 100)
         # Written straight at the target length: padding frames are 0, frames past it never computed.
         features, frames = log_mel_filterbank(waveforms, lengths, sampling_rate=self.sampling_rate,
                                               num_mel_bins=self.num_mel_bins, output_frames=target)
+        if longest > target and truncation is None:
+            logger.warning(
+                "%d clip(s) longer than %d frames (%.2f s) were cut to that length; the rest is not seen by the "
+                "model. Use ast_hf.tag_long_audio (sliding windows) or padding='longest' for variable-length input.",
+                int((frames > target).sum()), target, target / 100)
         frames = frames.clamp(max=target)
         if self.do_normalize:
-            features = self._normalize_(features)
+            features = self.normalize(features, in_place=True)
         data = {"input_values": features}
         if return_attention_mask if return_attention_mask is not None else self.return_attention_mask:
             data["attention_mask"] = (torch.arange(target, device=features.device)[None, :]

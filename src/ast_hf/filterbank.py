@@ -132,11 +132,11 @@ def log_mel_filterbank(
     frames_per_clip = num_frames(lengths, window_size, hop)
     max_frames = num_frames(total, window_size, hop)
     output_frames = max_frames if output_frames is None else output_frames
+    # Frames [0, computed) are written chunk by chunk; every frame past a clip's end is zeroed at the end.
     features = torch.empty(batch, output_frames, num_mel_bins, dtype=torch.float32, device=device)
-    features[:, max_frames:] = 0.0  # the rest is written below
-    max_frames = min(max_frames, output_frames)
-    if max_frames == 0:
-        return features, frames_per_clip
+    computed = min(max_frames, output_frames)
+    if computed == 0:
+        return features.zero_(), frames_per_clip
 
     frames = waveforms.unfold(1, window_size, hop)  # [batch, frames, window] view, no copy
     mel = mel_matrix(num_mel_bins, n_fft, sampling_rate, low_freq, high_freq, device)
@@ -147,8 +147,8 @@ def log_mel_filterbank(
                                                    float(high_freq)), device)
     window = _cached_on(_window_cpu(window_size), ("window", window_size), device)
     step = max(1, frames_per_chunk // batch)  # frames of every clip per chunk
-    for start in range(0, max_frames, step):
-        stop = min(start + step, max_frames)
+    for start in range(0, computed, step):
+        stop = min(start + step, computed)
         chunk = frames[:, start:stop].reshape(-1, window_size)
         chunk = chunk - chunk.mean(dim=1, keepdim=True)
         # Pre-emphasis with the first sample weighed against itself (Kaldi) and the window, written into a
