@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .harness import Timing, load
+from .harness import Timing, load, paired_ratio
 from .sections import SECTIONS, gemm_efficiency
 
 
@@ -29,6 +29,8 @@ def ratio(row) -> float:
     ours, theirs = row["ours"], row["theirs"]
     if theirs is None:  # no counterpart in transformers
         return float("nan")
+    if isinstance(ours, Timing) and isinstance(theirs, Timing):  # interleaved timings: per-pair ratios
+        return paired_ratio(theirs, ours)
     ours = ours.median if isinstance(ours, Timing) else ours
     theirs = theirs.median if isinstance(theirs, Timing) else theirs
     if row.get("ratio_name") == "of GEMM":
@@ -48,8 +50,10 @@ def markdown(rows: list[dict], header: str) -> str:
         lines.append(f"| {row['section']} | {row['case']}{label} | {_cell(row['ours'], row, per_item)} | "
                      f"{theirs} | {'—' if r != r else f'{r:.2f}x'} | {row.get('note', '')} |")
     lines.append("")
-    lines.append("Times are medians (min-max) over interleaved repeats after warm-up; ratio = transformers / ast-hf "
-                 "(time, memory; above 1 is better for ast-hf), or ast-hf / GEMM for efficiency rows.")
+    lines.append("Times are medians (min-max) over interleaved repeats after warm-up (the order flips every repeat). "
+                 "ratio = transformers / ast-hf (time, memory; above 1 is better for ast-hf), or ast-hf / GEMM for "
+                 "efficiency rows; for timings it is the median of the per-repeat ratios (each pair ran back to "
+                 "back), so it can differ from the ratio of the medians shown.")
     return "\n".join(lines) + "\n"
 
 
@@ -117,7 +121,9 @@ def main(argv=None) -> int:
     tmp.write_text(table)
     os.replace(tmp, args.out / "results.md")
     chart(rows, args.out / "results.png", header[:150])
-    raw = [{k: (v.seconds if isinstance(v, Timing) else v) for k, v in r.items()} | {"ratio": ratio(r)} for r in rows]
+    raw = [{k: (v.seconds if isinstance(v, Timing) else v) for k, v in r.items()} | {"ratio": ratio(r)}
+           | ({"ratio_of_medians": r["theirs"].median / r["ours"].median} if isinstance(r["ours"], Timing)
+              and isinstance(r["theirs"], Timing) else {}) for r in rows]
     (args.out / "results.json").write_text(json.dumps(raw, indent=1))
     print(table)
     return 0

@@ -29,17 +29,29 @@ class Timing:
 
 
 def interleaved(candidates: dict, repeats: int, warmup: int = 1) -> dict[str, Timing]:
-    """Time each zero-argument callable `repeats` times, alternating between them, after `warmup` calls each."""
+    """Time each zero-argument callable `repeats` times, alternating between them, after `warmup` calls each.
+
+    The order flips every repeat (ours, theirs / theirs, ours / ...): whichever runs second inherits the
+    allocator state the first left (measured: the later one of a pair took up to 2x the page faults), so a
+    fixed order would favour one side."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     timings = {name: Timing(name) for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
+    order = list(candidates.items())
+    for i in range(repeats):
+        for name, fn in (order if i % 2 == 0 else order[::-1]):
             start = time.perf_counter()
             fn()
             timings[name].seconds.append(time.perf_counter() - start)
     return timings
+
+
+def paired_ratio(slow: Timing, fast: Timing) -> float:
+    """Median over repeats of slow[i] / fast[i]: each pair ran back to back, so a stretch of machine load
+    (this VM has ones that slow everything ~1.5x for seconds) hits both members of a pair instead of
+    shifting one side's median."""
+    return statistics.median(s / f for s, f in zip(slow.seconds, fast.seconds, strict=True))
 
 
 def load() -> str:

@@ -19,3 +19,15 @@ def test_quick_benchmark_writes_its_table_and_chart(tmp_path):
     assert "load average" in table
     assert (out / "results.png").stat().st_size > 10_000
     assert (out / "results.json").is_file()
+
+
+def test_interleaved_flips_order_and_ratio_pairs_repeats():
+    from benchmarks.harness import Timing, interleaved, paired_ratio
+
+    calls = []
+    interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=0)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    # a stretch of load slows both members of the second pair: the paired ratio ignores it, medians would not
+    ours, theirs = Timing("ours", [1.0, 1.5, 1.5]), Timing("theirs", [1.3, 1.95, 1.2])
+    assert paired_ratio(theirs, ours) == 1.3
+    assert theirs.median / ours.median < 1
