@@ -53,9 +53,14 @@ def test_matches_original_data_loader(fixtures_dir, caplog):
 
 @pytest.mark.parametrize("name", list(signals()))
 @pytest.mark.parametrize("num_mel_bins", [128, 64])
-def test_matches_torchaudio_kaldi(name, num_mel_bins):
+@pytest.mark.parametrize("use_onednn", [True, False], ids=["onednn", "AST_HF_ONEDNN=0"])
+def test_matches_torchaudio_kaldi(name, num_mel_bins, use_onednn, monkeypatch):
     """Against Kaldi fbank computed in float64 (the exact answer): our float32 error is no larger than
-    torchaudio's own float32 error (near-empty mel cells of a sweep lose digits to rounding in both)."""
+    torchaudio's own float32 error (near-empty mel cells of a sweep lose digits to rounding in both); with the
+    oneDNN mel matmul and with the plain torch one."""
+    from ast_hf import onednn
+
+    monkeypatch.setattr(onednn, "ENABLED", use_onednn and torch.backends.mkldnn.is_available())
     wave = signals()[name]
     exact = kaldi_reference(wave.double(), num_mel_bins)
     theirs = kaldi_reference(wave, num_mel_bins)

@@ -226,14 +226,14 @@ def test_audioset_checkpoint_without_problem_type_becomes_multi_label(tmp_path):
 @torch.no_grad()
 def test_onednn_cpu_linear_matches_the_torch_path(model, monkeypatch):
     """The CPU inference fast path (oneDNN matmul, GELU fused) against plain F.linear + F.gelu."""
-    import ast_hf.modeling_ast as modeling
+    from ast_hf import onednn
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN")
     x = features()
-    monkeypatch.setattr(modeling, "ONEDNN_CPU_LINEAR", True)
+    monkeypatch.setattr(onednn, "ENABLED", True)
     fast = model(x, output_hidden_states=True)
-    monkeypatch.setattr(modeling, "ONEDNN_CPU_LINEAR", False)
+    monkeypatch.setattr(onednn, "ENABLED", False)
     plain = model(x, output_hidden_states=True)
     torch.testing.assert_close(fast.logits, plain.logits, atol=1e-5, rtol=0)
     for a, b in zip(fast.hidden_states, plain.hidden_states):
@@ -241,11 +241,11 @@ def test_onednn_cpu_linear_matches_the_torch_path(model, monkeypatch):
 
 
 def test_training_uses_the_differentiable_path(model, monkeypatch):
-    import ast_hf.modeling_ast as modeling
+    from ast_hf import onednn
 
     calls = []
     real = torch.ops.mkldnn._linear_pointwise
-    monkeypatch.setattr(modeling, "ONEDNN_CPU_LINEAR", True)
+    monkeypatch.setattr(onednn, "ENABLED", True)
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(1) or real(*a), raising=False)
     model.train()
     model(features(batch=2), labels=torch.tensor([0, 1])).loss.backward()

@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from . import onednn
+
 FLOAT32_EPS = torch.finfo(torch.float32).eps
 # Frames per chunk: 2048 frames x 257 complex bins ~ 4 MB, measured the sweet spot on a 2-core AVX-512 CPU.
 FRAMES_PER_CHUNK = 2048
@@ -141,8 +143,8 @@ def log_mel_filterbank(
     frames = waveforms.unfold(1, window_size, hop)  # [batch, frames, window] view, no copy
     mel = mel_matrix(num_mel_bins, n_fft, sampling_rate, low_freq, high_freq, device)
     # On a CPU, oneDNN's matmul (AVX-512 on any vendor) takes the mel projection in 60% of the default BLAS time.
-    onednn = device.type == "cpu" and torch.backends.mkldnn.is_available() and not waveforms.requires_grad
-    if onednn:
+    use_onednn = onednn.ENABLED and device.type == "cpu" and not waveforms.requires_grad
+    if use_onednn:
         mel_t = _cached_on(mel.t().contiguous(), ("mel_t", num_mel_bins, n_fft, sampling_rate, float(low_freq),
                                                    float(high_freq)), device)
     window = _cached_on(_window_cpu(window_size), ("window", window_size), device)
@@ -160,7 +162,7 @@ def log_mel_filterbank(
         padded[:, :window_size] *= window
         spectrum = torch.fft.rfft(padded, dim=1)
         power = spectrum.real.square().add_(spectrum.imag.square())
-        energies = torch.ops.mkldnn._linear_pointwise(power, mel_t, None, "none", [], "") if onednn else power @ mel
+        energies = onednn.linear(power, mel_t) if use_onednn else power @ mel
         energies = torch.clamp_min_(energies, FLOAT32_EPS)
         features[:, start:stop] = torch.log_(energies).view(batch, stop - start, num_mel_bins)
     # Frames past each clip's end were computed from padding: zero them.

@@ -16,8 +16,6 @@ and `from_pretrained(..., max_length=N)` that adapts rather than re-initialises 
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +25,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
+from . import onednn
 from .configuration_ast import ASTConfig, patch_grid
 
 # --------------------------------------------------------------------------------------------------------------
@@ -161,12 +160,11 @@ class ASTEmbeddings(nn.Module):
         return self.dropout(tokens), token_mask
 
 
-# CPU inference fast paths (no autograd), all measured in benchmarks/ and switched off together by AST_HF_ONEDNN=0:
-# - linears through oneDNN, which uses AVX-512 wherever the CPU has it, whatever its vendor (float32: 1.5-2x the
-#   GFLOP/s of the default BLAS path on AMD EPYC), with the GELU fused;
+# CPU inference fast paths (no autograd), all measured in benchmarks/ and switched off together with the
+# filterbank's by AST_HF_ONEDNN=0 (`onednn.ENABLED`):
+# - linears through oneDNN with the GELU fused (`onednn.linear`);
 # - bfloat16 attention as per-head oneDNN matmuls (`attention_per_head`);
 # - the encoder run over a few clips at a time (`CPU_TOKENS_PER_CALL`).
-ONEDNN_CPU_LINEAR = os.environ.get("AST_HF_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
 ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 # Tokens the encoder takes per call on the CPU (two 10.24 s clips): activations of a few clips stay in cache
 # (measured 5-10% faster per clip than a whole batch of 8) and peak memory stops growing with the batch size.
@@ -175,7 +173,7 @@ CPU_TOKENS_PER_CALL = 2560
 
 def onednn_cpu_inference(x: torch.Tensor) -> bool:
     """True where the CPU fast paths apply: CPU fp32/bf16 inference, outside torch.compile and ONNX export."""
-    return (ONEDNN_CPU_LINEAR and x.device.type == "cpu" and x.dtype in ONEDNN_DTYPES and not torch.is_grad_enabled()
+    return (onednn.ENABLED and x.device.type == "cpu" and x.dtype in ONEDNN_DTYPES and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
 
 
@@ -187,8 +185,7 @@ def linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tenso
     # Not while torch.compile traces (inductor only lowers this op for weights it froze as constants), nor in an
     # ONNX export (the op has no ONNX translation).
     if onednn_cpu_inference(x):
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none", [],
-                                                  "none" if gelu else "")
+        return onednn.linear(x, layer.weight, layer.bias, gelu)
     out = F.linear(x, layer.weight, layer.bias)
     return F.gelu(out) if gelu else out
 
@@ -216,11 +213,11 @@ def attention_per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     context = torch.empty_like(q)
     for b in range(batch):
         for h in range(heads):
-            scores = torch.ops.mkldnn._linear_pointwise(q[b, h], k[b, h], None, "none", [], "")
+            scores = onednn.linear(q[b, h], k[b, h])
             if key_mask is not None:
                 scores.masked_fill_(~key_mask[b, 0], torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)  # bf16 in and out, float32 inside
-            context[b, h] = torch.ops.mkldnn._linear_pointwise(probs, v_t[b, h], None, "none", [], "")
+            context[b, h] = onednn.linear(probs, v_t[b, h])
     return context.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
 
