@@ -127,6 +127,22 @@ def test_ffmpeg_fallback_streams_formats_soundfile_cannot_read(tmp_path):
     np.testing.assert_array_equal(np.concatenate(list(stream)), load_audio(m4a))
 
 
+def test_undecodable_files_fail_alike_whole_and_streamed(tmp_path, monkeypatch):
+    """Whole-file and streamed decoding share ffmpeg's fallback: same error naming the file and ffmpeg's reason,
+    and a clear one when the ffmpeg binary is missing."""
+    bad = tmp_path / "bad.m4a"
+    bad.write_bytes(b"\x00\x01not audio" * 64)
+    with pytest.raises(ValueError, match=r"cannot decode .*bad\.m4a: \S") as whole:
+        load_audio(bad)
+    with pytest.raises(ValueError) as streamed:
+        list(AudioStream(bad))
+    assert str(streamed.value) == str(whole.value) and "ffmpeg failed" not in str(whole.value)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    for decode in (load_audio, lambda path: list(AudioStream(path))):
+        with pytest.raises(ValueError, match="ffmpeg binary is not installed"):
+            decode(bad)
+
+
 @pytest.mark.parametrize("total,window,hop", [(100, 30, 10), (100, 30, 40), (95, 30, 30), (30, 30, 7), (31, 30, 5)])
 @pytest.mark.parametrize("block", [1, 7, 29, 1000])
 def test_streamed_windows_cover_the_recording_as_window_starts_says(total, window, hop, block):

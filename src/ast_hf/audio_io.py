@@ -26,16 +26,29 @@ def resample(waveform: np.ndarray | torch.Tensor, orig_rate: int, target_rate: i
     return AF.resample(torch.from_numpy(array), orig_rate, target_rate).numpy()
 
 
-def _decode_with_ffmpeg(path: Path, sampling_rate: int) -> np.ndarray:
+def ffmpeg_command(path: Path, sampling_rate: int) -> list[str]:
+    """The `ffmpeg` command that writes `path` to stdout as mono float32 (f32le) at `sampling_rate` Hz.
+
+    Raises:
+        ValueError: the `ffmpeg` binary is not installed.
+    """
     if shutil.which("ffmpeg") is None:
         raise ValueError(f"cannot decode {path}: soundfile does not read this format and the ffmpeg binary is "
                          f"not installed (apt-get install ffmpeg)")
-    command = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-ac", "1", "-ar", str(sampling_rate),
-               "-f", "f32le", "-"]
-    result = subprocess.run(command, capture_output=True, check=False)
+    return ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-ac", "1", "-ar", str(sampling_rate),
+            "-f", "f32le", "-"]
+
+
+def ffmpeg_error(path: Path, stderr: bytes) -> ValueError:
+    """The error for a failed `ffmpeg` decode, carrying ffmpeg's last line of stderr as the reason."""
+    reason = stderr.decode(errors="replace").strip().splitlines()
+    return ValueError(f"cannot decode {path}: {reason[-1] if reason else 'ffmpeg failed'}")
+
+
+def _decode_with_ffmpeg(path: Path, sampling_rate: int) -> np.ndarray:
+    result = subprocess.run(ffmpeg_command(path, sampling_rate), capture_output=True, check=False)
     if result.returncode != 0:
-        reason = result.stderr.decode(errors="replace").strip().splitlines()
-        raise ValueError(f"cannot decode {path}: {reason[-1] if reason else 'ffmpeg failed'}")
+        raise ffmpeg_error(path, result.stderr)
     return np.frombuffer(result.stdout, dtype=np.float32).copy()
 
 

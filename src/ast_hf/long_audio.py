@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import math
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from .atomic_io import atomic_path
+from .audio_io import ffmpeg_command, ffmpeg_error, resample
 
 DEFAULT_HOP_SECONDS = 5.0
 BLOCK_SECONDS = 30.0
@@ -126,11 +126,7 @@ class AudioStream:
             yield out
 
     def _ffmpeg_blocks(self) -> Iterator[np.ndarray]:
-        if shutil.which("ffmpeg") is None:
-            raise ValueError(f"cannot decode {self.path}: soundfile does not read this format and the ffmpeg binary "
-                             f"is not installed (apt-get install ffmpeg)")
-        command = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(self.path), "-ac", "1", "-ar",
-                   str(self.sampling_rate), "-f", "f32le", "-"]
+        command = ffmpeg_command(self.path, self.sampling_rate)
         block_bytes = 4 * max(1, int(self.block_seconds * self.sampling_rate))
         with tempfile.TemporaryFile() as errors:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
@@ -143,8 +139,7 @@ class AudioStream:
                     yield np.frombuffer(data[:usable], dtype=np.float32).copy()
                 if process.wait() != 0:
                     errors.seek(0)
-                    reason = errors.read().decode(errors="replace").strip().splitlines()
-                    raise ValueError(f"cannot decode {self.path}: {reason[-1] if reason else 'ffmpeg failed'}")
+                    raise ffmpeg_error(self.path, errors.read())
             finally:
                 if process.poll() is None:
                     process.kill()
@@ -157,8 +152,6 @@ def audio_blocks(audio, sampling_rate: int | None, target_rate: int) -> tuple[It
     if isinstance(audio, (str, Path)):
         stream = AudioStream(audio, target_rate)
         return stream, stream.duration, str(audio)
-    from .audio_io import resample
-
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().numpy()
     waveform = np.asarray(audio, dtype=np.float32)
