@@ -16,12 +16,6 @@ SR = 16000
 MAX_TOL, MEAN_TOL = 3e-3, 2e-5
 
 
-def kaldi_reference(wave: torch.Tensor, num_mel_bins: int = 128) -> torch.Tensor:
-    """The authors' recipe (src/dataloader.py): torchaudio's Kaldi fbank with these settings."""
-    return kaldi.fbank(wave[None], htk_compat=True, sample_frequency=SR, use_energy=False, window_type="hanning",
-                       num_mel_bins=num_mel_bins, dither=0.0, frame_shift=10)
-
-
 def signals(seed=0):
     g = torch.Generator().manual_seed(seed)
     t = torch.arange(3 * SR) / SR
@@ -51,26 +45,54 @@ def test_matches_original_data_loader(fixtures_dir, caplog):
         assert (fbank[i, :n_ref] - ref["fbank"][i][:n_ref]).abs().max() <= MAX_TOL * 2 * fe.std
 
 
-@pytest.mark.parametrize("name", list(signals()))
-@pytest.mark.parametrize("num_mel_bins", [128, 64])
-@pytest.mark.parametrize("use_onednn", [True, False], ids=["onednn", "AST_HF_ONEDNN=0"])
-def test_matches_torchaudio_kaldi(name, num_mel_bins, use_onednn, monkeypatch):
+def assert_as_close_to_exact_kaldi_as_torchaudio(wave: torch.Tensor, ours: torch.Tensor, num_mel_bins: int,
+                                                 sample_frequency: int = SR) -> None:
     """Against Kaldi fbank computed in float64 (the exact answer): our float32 error is no larger than
-    torchaudio's own float32 error (near-empty mel cells of a sweep lose digits to rounding in both); with the
-    oneDNN mel matmul and with the plain torch one."""
-    from ast_hf import onednn
-
-    monkeypatch.setattr(onednn, "ENABLED", use_onednn and torch.backends.mkldnn.is_available())
-    wave = signals()[name]
-    exact = kaldi_reference(wave.double(), num_mel_bins)
-    theirs = kaldi_reference(wave, num_mel_bins)
-    fe = ASTFeatureExtractor(num_mel_bins=num_mel_bins, do_normalize=False)
-    ours = fe(wave, sampling_rate=SR, return_tensors="pt", padding="longest")["input_values"][0]
+    torchaudio's own float32 error (near-empty mel cells of a sweep lose digits to rounding in both)."""
+    settings = dict(htk_compat=True, sample_frequency=sample_frequency, use_energy=False, window_type="hanning",
+                    num_mel_bins=num_mel_bins, dither=0.0, frame_shift=10)
+    exact, theirs = kaldi.fbank(wave.double()[None], **settings), kaldi.fbank(wave[None], **settings)
     assert ours.shape == exact.shape and ours.dtype == torch.float32
     ours_err, their_err = (ours.double() - exact).abs(), (theirs.double() - exact).abs()
     assert ours_err.max() <= 1.5 * their_err.max() + 1e-3, (ours_err.max(), their_err.max())
     assert ours_err.mean() <= 1.5 * their_err.mean() + 1e-5, (ours_err.mean(), their_err.mean())
     assert (ours - theirs).abs().max() <= 5e-2
+
+
+@pytest.mark.parametrize("name", list(signals()))
+@pytest.mark.parametrize("num_mel_bins", [128, 64])
+@pytest.mark.parametrize("banded_mel", [True, False], ids=["banded mel (CPU default)", "dense mel (GPU default)"])
+def test_matches_torchaudio_kaldi(name, num_mel_bins, banded_mel):
+    from ast_hf.filterbank import log_mel_filterbank
+
+    wave = signals()[name]
+    ours, frames = log_mel_filterbank(wave[None], num_mel_bins=num_mel_bins, banded_mel=banded_mel)
+    assert_as_close_to_exact_kaldi_as_torchaudio(wave, ours[0], num_mel_bins)
+    assert frames.tolist() == [ours.shape[1]]
+    # and the feature extractor (normalisation off) is that filterbank
+    fe = ASTFeatureExtractor(num_mel_bins=num_mel_bins, do_normalize=False)
+    torch.testing.assert_close(fe(wave, sampling_rate=SR, return_tensors="pt", padding="longest")["input_values"],
+                               ours, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100])
+@pytest.mark.parametrize("banded_mel", [True, False], ids=["banded", "dense"])
+def test_other_sampling_rates_match_torchaudio_kaldi(rate, banded_mel):
+    """Frame geometry (window, hop, FFT size, the block size of the frame means) follows the rate."""
+    from ast_hf.filterbank import log_mel_filterbank
+
+    g = torch.Generator().manual_seed(rate)
+    t = torch.arange(int(1.3 * rate)) / rate
+    wave = 0.3 * torch.sin(2 * torch.pi * 330 * t) + 0.05 * torch.randn(len(t), generator=g) + 0.1
+    ours, _ = log_mel_filterbank(wave[None], sampling_rate=rate, num_mel_bins=64, banded_mel=banded_mel)
+    assert_as_close_to_exact_kaldi_as_torchaudio(wave, ours[0], 64, sample_frequency=rate)
+
+
+def test_filterbank_refuses_waveforms_that_require_grad():
+    from ast_hf.filterbank import log_mel_filterbank
+
+    with pytest.raises(ValueError, match="not differentiable"):
+        log_mel_filterbank(torch.zeros(1, 16000, requires_grad=True))
 
 
 def test_batch_equals_clips_alone():

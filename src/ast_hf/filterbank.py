@@ -11,6 +11,11 @@ It reproduces `torchaudio.compliance.kaldi.fbank` with the settings the AST auth
 
 All clips of a batch go through the same tensor operations; the work is cut into chunks of frames so
 that the intermediate spectra stay in cache (one giant FFT over the whole batch measured slower on CPU).
+The linear steps before the FFT are reordered so that each frame is touched twice instead of five times:
+pre-emphasis runs once on the waveform (per chunk), frame means come from block sums of the waveform, and
+the window product writes straight into a reused zero-padded FFT buffer, the mean term following as one
+rank-1 update. On a CPU the mel projection multiplies only the band of FFT bins each group of 16 filters
+covers (13% of the dense product for 128 bins at 16 kHz); elsewhere it is one dense matmul.
 """
 
 from __future__ import annotations
@@ -20,11 +25,11 @@ import math
 
 import torch
 
-from . import onednn
-
 FLOAT32_EPS = torch.finfo(torch.float32).eps
 # Frames per chunk: 2048 frames x 257 complex bins ~ 4 MB, measured the sweet spot on a 2-core AVX-512 CPU.
 FRAMES_PER_CHUNK = 2048
+# Mel filters per band of the banded (CPU) mel projection: 16 measured fastest (8 and 32 were slower).
+FILTERS_PER_BAND = 16
 
 
 def frame_geometry(sampling_rate: int, frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0) -> tuple[int, int, int]:
@@ -96,6 +101,41 @@ def mel_matrix(num_mel_bins: int, n_fft: int, sampling_rate: int, low_freq: floa
                       torch.device(device))
 
 
+@functools.lru_cache(maxsize=32)
+def _mel_bands_cpu(num_mel_bins: int, n_fft: int, sampling_rate: int, low_freq: float, high_freq: float
+                   ) -> tuple[tuple[int, int, int, int, torch.Tensor], ...]:
+    """The mel matrix cut into bands: (first filter, end filter, first FFT bin, end FFT bin, weights
+    [end bin - first bin, end filter - first filter]) for each group of FILTERS_PER_BAND filters, the bins
+    being those where any filter of the group has weight (an empty range for a group of empty filters)."""
+    weights = _mel_matrix_cpu(num_mel_bins, n_fft, sampling_rate, low_freq, high_freq)
+    bands = []
+    for first in range(0, num_mel_bins, FILTERS_PER_BAND):
+        end = min(first + FILTERS_PER_BAND, num_mel_bins)
+        bins = weights[:, first:end].gt(0).any(dim=1).nonzero().flatten()
+        lo, hi = (int(bins[0]), int(bins[-1]) + 1) if len(bins) else (0, 0)
+        bands.append((first, end, lo, hi, weights[lo:hi, first:end].contiguous()))
+    return tuple(bands)
+
+
+def _project_to_mel_bands(power: torch.Tensor, bands, out: torch.Tensor) -> torch.Tensor:
+    """out[:, filters] = power[:, bins] @ weights for each band; power [frames, n_fft/2 + 1] -> out [frames, mel]."""
+    for first, end, lo, hi, weights in bands:
+        if hi > lo:
+            torch.mm(power[:, lo:hi], weights, out=out[:, first:end])
+        else:
+            out[:, first:end] = 0.0
+    return out
+
+
+def _frame_means(waveforms: torch.Tensor, num: int, window: int, hop: int) -> torch.Tensor:
+    """Mean of each of the first `num` frames, [batch, num], from sums over blocks of gcd(window, hop) samples
+    (one read of the waveform instead of one of every overlapping frame)."""
+    block = math.gcd(window, hop)
+    end = (num - 1) * hop + window
+    sums = waveforms[:, :end].reshape(waveforms.shape[0], end // block, block).sum(dim=2)
+    return sums.unfold(1, window // block, hop // block).sum(dim=2) / window
+
+
 def log_mel_filterbank(
     waveforms: torch.Tensor,
     lengths: torch.Tensor | None = None,
@@ -107,8 +147,9 @@ def log_mel_filterbank(
     preemphasis: float = 0.97,
     frames_per_chunk: int = FRAMES_PER_CHUNK,
     output_frames: int | None = None,
+    banded_mel: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-mel filterbank of a batch of mono waveforms.
+    """Log-mel filterbank of a batch of mono waveforms (not differentiable).
 
     Args:
         waveforms: [batch, samples] float tensor (any device), clips right-padded to a common length.
@@ -117,6 +158,8 @@ def log_mel_filterbank(
             is relative to Nyquist). preemphasis: pre-emphasis coefficient.
         output_frames: frames of the output (default: those of the longest clip); frames past it are not
             computed, frames past a clip's end are 0.
+        banded_mel: multiply only each filter group's band of FFT bins (default: on a CPU) instead of the
+            dense mel matrix (default elsewhere: one matmul beats many small ones on a GPU).
 
     Returns:
         (features [batch, frames, num_mel_bins] float32 on the input's device, with frames past a clip's end
@@ -124,6 +167,8 @@ def log_mel_filterbank(
     """
     if waveforms.ndim != 2:
         raise ValueError(f"expected waveforms of shape [batch, samples], got {tuple(waveforms.shape)}")
+    if waveforms.requires_grad:
+        raise ValueError("log_mel_filterbank is not differentiable: pass waveforms.detach()")
     device = waveforms.device
     waveforms = waveforms.to(torch.float32)
     batch, total = waveforms.shape
@@ -140,32 +185,46 @@ def log_mel_filterbank(
     if computed == 0:
         return features.zero_(), frames_per_clip
 
-    frames = waveforms.unfold(1, window_size, hop)  # [batch, frames, window] view, no copy
-    mel = mel_matrix(num_mel_bins, n_fft, sampling_rate, low_freq, high_freq, device)
-    # On a CPU, oneDNN's matmul (AVX-512 on any vendor) takes the mel projection in 60% of the default BLAS time.
-    use_onednn = onednn.ENABLED and device.type == "cpu" and not waveforms.requires_grad
-    if use_onednn:
-        mel_t = _cached_on(mel.t().contiguous(), ("mel_t", num_mel_bins, n_fft, sampling_rate, float(low_freq),
-                                                   float(high_freq)), device)
+    mel_key = (num_mel_bins, n_fft, sampling_rate, float(low_freq), float(high_freq))
+    if banded_mel is None:
+        banded_mel = device.type == "cpu"
+    if banded_mel:
+        bands = [(first, end, lo, hi, _cached_on(weights, ("mel band", first) + mel_key, device))
+                 for first, end, lo, hi, weights in _mel_bands_cpu(*mel_key)]
+    else:
+        mel = mel_matrix(*mel_key[:3], low_freq, high_freq, device)
     window = _cached_on(_window_cpu(window_size), ("window", window_size), device)
+    # Each frame is (x - mean) pre-emphasised, then windowed: (x[i] - p x[i-1] - (1 - p) mean) w[i] for i >= 1,
+    # and (1 - p) (x[0] - mean) w[0] for its first sample (Kaldi weighs it against itself).
+    dc_terms = _frame_means(waveforms, computed, window_size, hop) * (1.0 - preemphasis)  # [batch, computed]
+    first_samples = waveforms[:, : (computed - 1) * hop + 1 : hop]  # [batch, computed] view
     step = max(1, frames_per_chunk // batch)  # frames of every clip per chunk
+    buffer = waveforms.new_zeros(batch * min(step, computed), n_fft)  # the zero padding is written once
     for start in range(0, computed, step):
         stop = min(start + step, computed)
-        chunk = frames[:, start:stop].reshape(-1, window_size)
-        chunk = chunk - chunk.mean(dim=1, keepdim=True)
-        # Pre-emphasis with the first sample weighed against itself (Kaldi) and the window, written into a
-        # zero-padded buffer for the FFT.
-        padded = chunk.new_empty(chunk.shape[0], n_fft)
-        padded[:, window_size:] = 0.0
-        torch.sub(chunk[:, 1:], chunk[:, :-1], alpha=preemphasis, out=padded[:, 1:window_size])
-        padded[:, 0] = chunk[:, 0] * (1.0 - preemphasis)
-        padded[:, :window_size] *= window
+        count = stop - start
+        padded = buffer[: batch * count]
+        segment = waveforms[:, start * hop: (stop - 1) * hop + window_size]
+        emphasised = torch.sub(segment[:, 1:], segment[:, :-1], alpha=preemphasis)  # sample i of a frame: i - 1
+        torch.mul(emphasised.unfold(1, window_size - 1, hop), window[1:],
+                  out=padded.view(batch, count, n_fft)[:, :, 1:window_size])
+        dc = dc_terms[:, start:stop].reshape(-1)
+        padded[:, 1:window_size].addr_(dc, window[1:], alpha=-1.0)
+        padded[:, 0] = (first_samples[:, start:stop].reshape(-1) * (1.0 - preemphasis) - dc) * window[0]
         spectrum = torch.fft.rfft(padded, dim=1)
         power = spectrum.real.square().add_(spectrum.imag.square())
-        energies = onednn.linear(power, mel_t) if use_onednn else power @ mel
-        energies = torch.clamp_min_(energies, FLOAT32_EPS)
-        features[:, start:stop] = torch.log_(energies).view(batch, stop - start, num_mel_bins)
-    # Frames past each clip's end were computed from padding: zero them.
-    past_end = torch.arange(output_frames, device=device).unsqueeze(0) >= frames_per_clip.unsqueeze(1)
-    features.masked_fill_(past_end.unsqueeze(-1), 0.0)
+        if banded_mel:
+            energies = _project_to_mel_bands(power, bands, power.new_empty(power.shape[0], num_mel_bins))
+        else:
+            energies = power @ mel
+        # In place on the contiguous energies, then one copy (log through out= into the strided slice was 3x slower).
+        features[:, start:stop] = torch.clamp_min_(energies, FLOAT32_EPS).log_().view(batch, count, num_mel_bins)
+    # Frames past each clip's end were computed from padding (or not at all): zero them.
+    if device.type == "cpu":  # only the frames concerned (lengths are on the host: no device sync)
+        features[:, computed:] = 0.0
+        for clip in (frames_per_clip < computed).nonzero().flatten().tolist():
+            features[clip, int(frames_per_clip[clip]):computed] = 0.0
+    else:  # one kernel, no host round trip
+        past_end = torch.arange(output_frames, device=device).unsqueeze(0) >= frames_per_clip.unsqueeze(1)
+        features.masked_fill_(past_end.unsqueeze(-1), 0.0)
     return features, frames_per_clip

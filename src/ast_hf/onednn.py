@@ -2,7 +2,7 @@
 
 oneDNN uses AVX-512 wherever the CPU has it, whatever its vendor: float32 matmuls at 1.1-1.5x the GFLOP/s of
 torch's default BLAS path on AMD EPYC, bfloat16 at ~2x (benchmarks/). `AST_HF_ONEDNN=0` in the environment (read at
-import) sends the model and the filterbank back to plain torch ops.
+import) sends the model back to plain torch ops.
 """
 
 from __future__ import annotations
