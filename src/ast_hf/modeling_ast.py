@@ -160,20 +160,19 @@ class ASTEmbeddings(nn.Module):
         return self.dropout(tokens), token_mask
 
 
-# CPU inference fast paths (no autograd), all measured in benchmarks/ and switched off together with the
-# filterbank's by AST_HF_ONEDNN=0 (`onednn.ENABLED`):
+# CPU inference fast paths (no autograd), all measured in benchmarks/, for the dtypes oneDNN runs on this CPU
+# (`onednn.DTYPES`: float32, and bfloat16 where the CPU has bf16 support) and switched off by AST_HF_ONEDNN=0:
 # - linears through oneDNN with the GELU fused (`onednn.linear`);
 # - bfloat16 attention as per-head oneDNN matmuls (`attention_per_head`);
 # - the encoder run over a few clips at a time (`CPU_TOKENS_PER_CALL`).
-ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 # Tokens the encoder takes per call on the CPU (two 10.24 s clips): activations of a few clips stay in cache
 # (measured 5-10% faster per clip than a whole batch of 8) and peak memory stops growing with the batch size.
 CPU_TOKENS_PER_CALL = 2560
 
 
 def onednn_cpu_inference(x: torch.Tensor) -> bool:
-    """True where the CPU fast paths apply: CPU fp32/bf16 inference, outside torch.compile and ONNX export."""
-    return (onednn.ENABLED and x.device.type == "cpu" and x.dtype in ONEDNN_DTYPES and not torch.is_grad_enabled()
+    """True where the CPU fast paths apply: CPU inference in a dtype of `onednn.DTYPES`, outside torch.compile and ONNX export."""
+    return (x.device.type == "cpu" and x.dtype in onednn.DTYPES and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
 
 

@@ -12,13 +12,17 @@ import os
 import torch
 
 ENABLED = os.environ.get("AST_HF_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
+# The dtypes oneDNN runs here. bfloat16 needs AVX-512 (BW/VL/DQ) or AVX2-VNNI-2: on a CPU with plain AVX2 oneDNN
+# cannot build a bf16 matmul at all, so bf16 models stay on torch's ops there.
+DTYPES = ((torch.float32,) + ((torch.bfloat16,) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else ())
+          if ENABLED else ())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            gelu: bool = False) -> torch.Tensor:
     """x @ weight^T (+ bias), then exact GELU if `gelu`, as one oneDNN call; not differentiable.
 
-    x [..., in_features], weight [out_features, in_features] -> [..., out_features]; float32 or bfloat16 on CPU.
+    x [..., in_features], weight [out_features, in_features] -> [..., out_features]; a dtype in `DTYPES`, on CPU.
     """
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [],
                                               "none" if gelu else "")
