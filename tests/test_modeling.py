@@ -147,6 +147,21 @@ def test_half_precision_loading_and_inference(model, tmp_path, dtype):
     torch.testing.assert_close(logits.float(), model(x).logits, atol=5e-2, rtol=5e-2)
 
 
+@torch.no_grad()
+def test_bfloat16_on_a_cpu_without_bf16_units_warns_and_float32_never_does(model):
+    import warnings
+
+    from ast_hf import onednn
+
+    x = features()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model(x)
+        model.to(torch.bfloat16)(x.bfloat16())
+    slow = [w for w in caught if "without bf16 units" in str(w.message)]
+    assert len(slow) == (0 if onednn.BF16_UNITS else 1), [str(w.message) for w in caught]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @torch.no_grad()
 def test_cuda_fp16_sdpa_matches_fp32(model, tmp_path):

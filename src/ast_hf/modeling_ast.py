@@ -16,6 +16,8 @@ and `from_pretrained(..., max_length=N)` that adapts rather than re-initialises 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -461,6 +463,11 @@ class ASTModel(ASTPreTrainedModel):
         if input_values.shape[1] < self.config.patch_size:
             patch_grid(self.config.num_mel_bins, input_values.shape[1], self.config.patch_size,
                        self.config.frequency_stride, self.config.time_stride)
+        if input_values.dtype == torch.bfloat16 and input_values.device.type == "cpu" and not onednn.BF16_UNITS:
+            # shown once per process under Python's default warning filter (one source line)
+            warnings.warn("bfloat16 on a CPU without bf16 units: its matmuls run without hardware support, several "
+                          "times slower than float32 here; load the model with dtype=torch.float32 for speed",
+                          stacklevel=2)
 
     def _encode(self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None,
                 output_attentions: bool = False, output_hidden_states: bool = False) -> tuple:

@@ -14,8 +14,8 @@ import torch
 ENABLED = os.environ.get("AST_HF_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
 # The dtypes oneDNN runs here. bfloat16 needs AVX-512 (BW/VL/DQ) or AVX2-VNNI-2: on a CPU with plain AVX2 oneDNN
 # cannot build a bf16 matmul at all, so bf16 models stay on torch's ops there.
-DTYPES = ((torch.float32,) + ((torch.bfloat16,) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else ())
-          if ENABLED else ())
+BF16_UNITS = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+DTYPES = ((torch.float32,) + ((torch.bfloat16,) if BF16_UNITS else ())) if ENABLED else ()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
