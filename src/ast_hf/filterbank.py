@@ -32,7 +32,8 @@ FRAMES_PER_CHUNK = 2048
 FILTERS_PER_BAND = 16
 
 
-def frame_geometry(sampling_rate: int, frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0) -> tuple[int, int, int]:
+def frame_geometry(sampling_rate: int, frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0
+                   ) -> tuple[int, int, int]:
     """(window size, hop, FFT size) in samples for the given rate."""
     window = int(sampling_rate * frame_length_ms * 0.001)
     hop = int(sampling_rate * frame_shift_ms * 0.001)
@@ -47,16 +48,21 @@ def num_frames(num_samples, window: int, hop: int):
 
 
 def _mel(freq):
-    return 1127.0 * math.log(1.0 + freq / 700.0) if not isinstance(freq, torch.Tensor) else 1127.0 * torch.log1p(freq / 700.0)
+    """Kaldi's mel scale of a frequency in Hz (a float or a tensor)."""
+    if isinstance(freq, torch.Tensor):
+        return 1127.0 * torch.log1p(freq / 700.0)
+    return 1127.0 * math.log(1.0 + freq / 700.0)
 
 
 @functools.lru_cache(maxsize=32)
-def _mel_matrix_cpu(num_mel_bins: int, n_fft: int, sampling_rate: int, low_freq: float, high_freq: float) -> torch.Tensor:
+def _mel_matrix_cpu(num_mel_bins: int, n_fft: int, sampling_rate: int, low_freq: float, high_freq: float
+                    ) -> torch.Tensor:
     nyquist = 0.5 * sampling_rate
     if high_freq <= 0.0:
         high_freq += nyquist
     if not 0.0 <= low_freq < high_freq <= nyquist:
-        raise ValueError(f"mel range must satisfy 0 <= low_freq < high_freq <= {nyquist} Hz, got {low_freq}, {high_freq}")
+        raise ValueError(f"mel range must satisfy 0 <= low_freq < high_freq <= {nyquist} Hz, got {low_freq}, "
+                         f"{high_freq}")
     num_fft_bins = n_fft // 2
     fft_bin_width = sampling_rate / n_fft
     mel_low, mel_high = _mel(low_freq), _mel(high_freq)

@@ -173,7 +173,8 @@ CPU_TOKENS_PER_CALL = 2560
 
 
 def onednn_cpu_inference(x: torch.Tensor) -> bool:
-    """True where the CPU fast paths apply: CPU inference in a dtype of `onednn.DTYPES`, outside torch.compile and ONNX export."""
+    """True where the CPU fast paths apply: CPU inference in a dtype of `onednn.DTYPES`, outside torch.compile
+    and ONNX export."""
     return (x.device.type == "cpu" and x.dtype in onednn.DTYPES and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
 
