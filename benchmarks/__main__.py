@@ -110,11 +110,13 @@ def main(argv=None) -> int:
             rows += fn(args.quick, repeats)
     import transformers
 
+    from ast_hf import onednn
+
     cpu = platform.processor() or platform.machine()
     # The widest SIMD torch found (AVX512 or AVX2 on x86) and whether oneDNN has bf16 units: both move the ratios.
-    bf16_units = "yes" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
-    simd = f"{torch.backends.cpu.get_cpu_capability()}, bf16 units {bf16_units}"
-    header = (f"Measured {datetime.date.today()} on {cpu} ({simd}), {os.cpu_count()} CPUs, torch {torch.__version__} "
+    simd = f"{torch.backends.cpu.get_cpu_capability()}, bf16 units {'yes' if onednn.BF16_UNITS else 'no'}"
+    header = (f"Measured {datetime.date.today()} on {cpu} ({simd}), {os.cpu_count()} CPUs, "
+              f"torch {torch.__version__} "
               f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
               f"{'quick' if args.quick else 'full'} mode, {repeats} repeats; {load_before} at the start, "
               f"{load()} at the end.")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from ast_hf import ASTConfig, ASTForAudioClassification, ASTModel
+from ast_hf import ASTConfig, ASTForAudioClassification, ASTModel, onednn
 
 from conftest import tiny_config
 
@@ -151,8 +151,6 @@ def test_half_precision_loading_and_inference(model, tmp_path, dtype):
 def test_bfloat16_on_a_cpu_without_bf16_units_warns_and_float32_never_does(model):
     import warnings
 
-    from ast_hf import onednn
-
     x = features()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -278,7 +276,7 @@ def test_per_head_attention_matches_sdpa(dtype, atol):
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN")
-    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if dtype == torch.bfloat16 and not onednn.BF16_UNITS:
         pytest.skip("this CPU has no bf16 support for oneDNN (needs AVX-512 BW/VL/DQ or AVX2-VNNI-2)")
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 40, 16, generator=g) for _ in range(3))
