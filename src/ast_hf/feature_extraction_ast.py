@@ -57,6 +57,7 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
                          **kwargs)
         if std <= 0:
             raise ValueError(f"std must be positive, got {std}")
+        _check_max_length(max_length)
         self.num_mel_bins = num_mel_bins
         self.max_length = max_length
         self.do_normalize = do_normalize
@@ -84,6 +85,8 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         """Any accepted input -> ([batch, samples] float32 right-padded, [batch] lengths)."""
         if isinstance(raw_speech, (torch.Tensor, np.ndarray)):
             self._check_ndim(raw_speech, batched=raw_speech.ndim == 2)
+            if raw_speech.ndim == 2 and raw_speech.shape[0] == 0:
+                raise ValueError(f"got an empty batch of shape {tuple(raw_speech.shape)}: give at least one clip")
             if isinstance(raw_speech, torch.Tensor) and raw_speech.ndim == 2:  # already a padded batch
                 waveforms = raw_speech.to(device=device if device is not None else raw_speech.device,
                                           dtype=torch.float32)
@@ -171,6 +174,9 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         Returns:
             `BatchFeature` with `input_values` [batch, frames, num_mel_bins] float32 (and `attention_mask`).
         """
+        sampling_rate = check_sampling_rate(sampling_rate)
+        if max_length is not None:
+            _check_max_length(max_length)
         if sampling_rate is None:
             logger.warning("pass sampling_rate=%d to ASTFeatureExtractor: without it a wrong rate goes unnoticed",
                            self.sampling_rate)
@@ -214,4 +220,22 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         return BatchFeature({k: list(v) for k, v in arrays.items()})
 
 
-__all__ = ["ASTFeatureExtractor", "AUDIOSET_MEAN", "AUDIOSET_STD"]
+def check_sampling_rate(sampling_rate) -> int | None:
+    """`sampling_rate` as an int number of Hz (None passes through); a clear ValueError for anything else."""
+    if sampling_rate is None:
+        return None
+    is_integral = isinstance(sampling_rate, (int, np.integer)) or (
+        isinstance(sampling_rate, (float, np.floating)) and float(sampling_rate).is_integer())
+    if isinstance(sampling_rate, bool) or not is_integral or sampling_rate <= 0:
+        raise ValueError(f"sampling_rate must be a positive whole number of Hz (an int, e.g. 16000), got "
+                         f"{sampling_rate!r} ({type(sampling_rate).__name__})")
+    return int(sampling_rate)
+
+
+def _check_max_length(max_length) -> None:
+    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length <= 0:
+        raise ValueError(f"max_length must be a positive number of frames (10 ms each, e.g. 1024 for 10.24 s), "
+                         f"got {max_length!r}")
+
+
+__all__ = ["ASTFeatureExtractor", "AUDIOSET_MEAN", "AUDIOSET_STD", "check_sampling_rate"]

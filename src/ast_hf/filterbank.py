@@ -9,6 +9,15 @@ It reproduces `torchaudio.compliance.kaldi.fbank` with the settings the AST auth
 * triangular mel filters on the Kaldi mel scale 1127 ln(1 + f / 700) between 20 Hz and Nyquist,
 * natural log with a floor of float32 eps.
 
+Precision. Everything between the waveform and the log runs in float64, and the result is rounded to float32
+once. In float32 the FFT's rounding error is a fixed fraction of a frame's total energy, so mel cells far below
+the frame's loudest (the empty bands of a sweep, any band of a signal riding on a large DC offset or at int16
+scale) lose digits, and how many depends on the host's FFT and matmul kernels: a float32 filterbank is off from
+the exact Kaldi answer by as much as torchaudio's own float32 fbank, more or less by host. In float64 the only
+error left is the output's own float32 rounding (half a unit in the last place), on every host, at about the
+cost of the float32 path on a CPU (the FFT and the band products are memory-bound at these sizes; see
+benchmarks/). Apple's MPS has no float64: there the work stays in float32.
+
 All clips of a batch go through the same tensor operations; the work is cut into chunks of frames so
 that the intermediate spectra stay in cache (one giant FFT over the whole batch measured slower on CPU).
 The linear steps before the FFT are reordered so that each frame is touched twice instead of five times:
@@ -25,9 +34,10 @@ import math
 
 import torch
 
-FLOAT32_EPS = torch.finfo(torch.float32).eps
-# Frames per chunk: 2048 frames x 257 complex bins ~ 4 MB, measured the sweet spot on a 2-core AVX-512 CPU.
-FRAMES_PER_CHUNK = 2048
+FLOAT32_EPS = torch.finfo(torch.float32).eps  # Kaldi's (and torchaudio's) log floor, in every precision
+# Frames per chunk: the float64 FFT buffer and spectrum of 1024 frames (~8 MB together) beat smaller and larger
+# chunks on the CPUs measured (benchmarks/).
+FRAMES_PER_CHUNK = 1024
 # Mel filters per band of the banded (CPU) mel projection: 16 measured fastest (8 and 32 were slower).
 FILTERS_PER_BAND = 16
 
@@ -50,7 +60,8 @@ def num_frames(num_samples, window: int, hop: int):
 def _mel(freq):
     """Kaldi's mel scale of a frequency in Hz (a float or a tensor)."""
     if isinstance(freq, torch.Tensor):
-        return 1127.0 * torch.log1p(freq / 700.0)
+        # log(1 + x), not log1p: the same float32 weights as torchaudio's (and so the authors') mel banks
+        return 1127.0 * (1.0 + freq / 700.0).log()
     return 1127.0 * math.log(1.0 + freq / 700.0)
 
 
@@ -77,57 +88,61 @@ def _mel_matrix_cpu(num_mel_bins: int, n_fft: int, sampling_rate: int, low_freq:
     weights = torch.clamp(torch.minimum(up, down), min=0.0)  # [mel bins, n_fft/2]
     # Kaldi has no weight on the Nyquist bin: one zero column makes it [mel bins, n_fft/2 + 1].
     weights = torch.nn.functional.pad(weights, (0, 1))
-    return weights.t().contiguous()  # [n_fft/2 + 1, mel bins], ready for `power @ weights`
+    # Computed in float32 as torchaudio does (its float64 fbank casts these same float32 weights), held in float64.
+    return weights.t().to(torch.float64).contiguous()  # [n_fft/2 + 1, mel bins], ready for `power @ weights`
+
+
+def _paired(weights: torch.Tensor) -> torch.Tensor:
+    """[bins, filters] -> [2 * bins, filters], each bin's row twice: `squares @ paired` = `power @ weights` for the
+    interleaved squared (real, imaginary) parts of a spectrum, so |X|^2 needs no strided pass of its own."""
+    return weights.repeat_interleave(2, dim=0)
 
 
 @functools.lru_cache(maxsize=32)
 def _window_cpu(window_size: int) -> torch.Tensor:
-    return torch.hann_window(window_size, periodic=False, dtype=torch.float64).to(torch.float32)
+    return torch.hann_window(window_size, periodic=False, dtype=torch.float64)
 
 
 _DEVICE_CACHE: dict[tuple, torch.Tensor] = {}
 
 
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """The dtype the filterbank computes in on `device`: float64, or float32 where the device has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _cached_on(tensor: torch.Tensor, key: tuple, device: torch.device) -> torch.Tensor:
+    """`tensor` (float64, on the CPU) moved to `device` in its compute dtype, cached."""
     full_key = key + (str(device),)
     cached = _DEVICE_CACHE.get(full_key)
     if cached is None:
-        cached = _DEVICE_CACHE[full_key] = tensor.to(device)
+        cached = _DEVICE_CACHE[full_key] = tensor.to(device, compute_dtype(device))
     return cached
-
-
-def mel_matrix(num_mel_bins: int, n_fft: int, sampling_rate: int, low_freq: float = 20.0, high_freq: float = 0.0,
-               device: torch.device | str = "cpu") -> torch.Tensor:
-    """Kaldi triangular mel weights, [n_fft // 2 + 1, num_mel_bins] float32, cached per device.
-
-    `high_freq <= 0` counts from Nyquist, as in Kaldi.
-    """
-    key = ("mel", num_mel_bins, n_fft, sampling_rate, float(low_freq), float(high_freq))
-    return _cached_on(_mel_matrix_cpu(num_mel_bins, n_fft, sampling_rate, float(low_freq), float(high_freq)), key,
-                      torch.device(device))
 
 
 @functools.lru_cache(maxsize=32)
 def _mel_bands_cpu(num_mel_bins: int, n_fft: int, sampling_rate: int, low_freq: float, high_freq: float
                    ) -> tuple[tuple[int, int, int, int, torch.Tensor], ...]:
-    """The mel matrix cut into bands: (first filter, end filter, first FFT bin, end FFT bin, weights
-    [end bin - first bin, end filter - first filter]) for each group of FILTERS_PER_BAND filters, the bins
-    being those where any filter of the group has weight (an empty range for a group of empty filters)."""
+    """The mel matrix cut into bands: (first filter, end filter, first FFT bin, end FFT bin, paired weights
+    [2 * (end bin - first bin), end filter - first filter], see `_paired`) for each group of FILTERS_PER_BAND
+    filters, the bins being those where any filter of the group has weight (an empty range for a group of empty
+    filters)."""
     weights = _mel_matrix_cpu(num_mel_bins, n_fft, sampling_rate, low_freq, high_freq)
     bands = []
     for first in range(0, num_mel_bins, FILTERS_PER_BAND):
         end = min(first + FILTERS_PER_BAND, num_mel_bins)
         bins = weights[:, first:end].gt(0).any(dim=1).nonzero().flatten()
         lo, hi = (int(bins[0]), int(bins[-1]) + 1) if len(bins) else (0, 0)
-        bands.append((first, end, lo, hi, weights[lo:hi, first:end].contiguous()))
+        bands.append((first, end, lo, hi, _paired(weights[lo:hi, first:end]).contiguous()))
     return tuple(bands)
 
 
-def _project_to_mel_bands(power: torch.Tensor, bands, out: torch.Tensor) -> torch.Tensor:
-    """out[:, filters] = power[:, bins] @ weights for each band; power [frames, n_fft/2 + 1] -> out [frames, mel]."""
+def _project_to_mel_bands(squares: torch.Tensor, bands, out: torch.Tensor) -> torch.Tensor:
+    """out[:, filters] = squares[:, 2 bins] @ paired weights for each band; squares [frames, 2 (n_fft/2 + 1)]
+    (interleaved squared real and imaginary parts) -> out [frames, mel]."""
     for first, end, lo, hi, weights in bands:
         if hi > lo:
-            torch.mm(power[:, lo:hi], weights, out=out[:, first:end])
+            torch.mm(squares[:, 2 * lo:2 * hi], weights, out=out[:, first:end])
         else:
             out[:, first:end] = 0.0
     return out
@@ -175,8 +190,9 @@ def log_mel_filterbank(
         raise ValueError(f"expected waveforms of shape [batch, samples], got {tuple(waveforms.shape)}")
     if waveforms.requires_grad:
         raise ValueError("log_mel_filterbank is not differentiable: pass waveforms.detach()")
-    device = waveforms.device
-    waveforms = waveforms.to(torch.float32)
+    device, dtype = waveforms.device, compute_dtype(waveforms.device)
+    if waveforms.dtype not in (torch.float32, torch.float64):
+        waveforms = waveforms.to(torch.float32)
     batch, total = waveforms.shape
     window_size, hop, n_fft = frame_geometry(sampling_rate)
     if lengths is None:
@@ -198,31 +214,33 @@ def log_mel_filterbank(
         bands = [(first, end, lo, hi, _cached_on(weights, ("mel band", first) + mel_key, device))
                  for first, end, lo, hi, weights in _mel_bands_cpu(*mel_key)]
     else:
-        mel = mel_matrix(*mel_key[:3], low_freq, high_freq, device)
+        mel = _cached_on(_paired(_mel_matrix_cpu(*mel_key)), ("paired mel",) + mel_key, device)
     window = _cached_on(_window_cpu(window_size), ("window", window_size), device)
     # Each frame is (x - mean) pre-emphasised, then windowed: (x[i] - p x[i-1] - (1 - p) mean) w[i] for i >= 1,
     # and (1 - p) (x[0] - mean) w[0] for its first sample (Kaldi weighs it against itself).
-    dc_terms = _frame_means(waveforms, computed, window_size, hop) * (1.0 - preemphasis)  # [batch, computed]
-    first_samples = waveforms[:, : (computed - 1) * hop + 1 : hop]  # [batch, computed] view
     step = max(1, frames_per_chunk // batch)  # frames of every clip per chunk
-    buffer = waveforms.new_zeros(batch * min(step, computed), n_fft)  # the zero padding is written once
+    rows = batch * min(step, computed)
+    buffer = torch.zeros(rows, n_fft, dtype=dtype, device=device)  # the zero padding is written once
+    energies_buffer = torch.empty(rows, num_mel_bins, dtype=dtype, device=device)
     for start in range(0, computed, step):
         stop = min(start + step, computed)
         count = stop - start
         padded = buffer[: batch * count]
-        segment = waveforms[:, start * hop: (stop - 1) * hop + window_size]
+        # Only this chunk's samples are widened to the compute dtype (a whole float64 copy was a pass more).
+        segment = waveforms[:, start * hop: (stop - 1) * hop + window_size].to(dtype)
+        dc = (_frame_means(segment, count, window_size, hop) * (1.0 - preemphasis)).reshape(-1)
         emphasised = torch.sub(segment[:, 1:], segment[:, :-1], alpha=preemphasis)  # sample i of a frame: i - 1
         torch.mul(emphasised.unfold(1, window_size - 1, hop), window[1:],
                   out=padded.view(batch, count, n_fft)[:, :, 1:window_size])
-        dc = dc_terms[:, start:stop].reshape(-1)
         padded[:, 1:window_size].addr_(dc, window[1:], alpha=-1.0)
-        padded[:, 0] = (first_samples[:, start:stop].reshape(-1) * (1.0 - preemphasis) - dc) * window[0]
-        spectrum = torch.fft.rfft(padded, dim=1)
-        power = spectrum.real.square().add_(spectrum.imag.square())
+        padded[:, 0] = (segment[:, : (count - 1) * hop + 1: hop].reshape(-1) * (1.0 - preemphasis) - dc) * window[0]
+        spectrum = torch.fft.rfft(padded, dim=1)  # [frames, n_fft/2 + 1] complex
+        # |X|^2 = re^2 + im^2: the interleaved (re, im) pairs squared in place, the pair sum done by the mel product.
+        squares = torch.view_as_real(spectrum).view(batch * count, -1).square_()
         if banded_mel:
-            energies = _project_to_mel_bands(power, bands, power.new_empty(power.shape[0], num_mel_bins))
+            energies = _project_to_mel_bands(squares, bands, energies_buffer[: batch * count])
         else:
-            energies = power @ mel
+            energies = torch.mm(squares, mel, out=energies_buffer[: batch * count])
         # In place on the contiguous energies, then one copy (log through out= into the strided slice was 3x slower).
         features[:, start:stop] = torch.clamp_min_(energies, FLOAT32_EPS).log_().view(batch, count, num_mel_bins)
     # Frames past each clip's end were computed from padding (or not at all): zero them.
