@@ -116,7 +116,11 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         target = device if device is not None else tensors[0].device
         tensors = [t.to(device=target, dtype=torch.float32) for t in tensors]
         lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long, device=target)
-        waveforms = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True)
+        # Right-padded: each clip copied once, only the tails zeroed (pad_sequence zero-fills the whole batch first).
+        waveforms = torch.empty(len(tensors), max(t.shape[0] for t in tensors), dtype=torch.float32, device=target)
+        for row, clip in zip(waveforms, tensors):
+            row[: clip.shape[0]] = clip
+            row[clip.shape[0]:] = 0.0
         self._check_values(waveforms, lengths)
         return waveforms, lengths
 

@@ -220,7 +220,8 @@ def log_mel_filterbank(
     # and (1 - p) (x[0] - mean) w[0] for its first sample (Kaldi weighs it against itself).
     step = max(1, frames_per_chunk // batch)  # frames of every clip per chunk
     rows = batch * min(step, computed)
-    buffer = torch.zeros(rows, n_fft, dtype=dtype, device=device)  # the zero padding is written once
+    buffer = torch.empty(rows, n_fft, dtype=dtype, device=device)
+    buffer[:, window_size:] = 0.0  # the FFT's zero padding, written once; every chunk overwrites the rest
     energies_buffer = torch.empty(rows, num_mel_bins, dtype=dtype, device=device)
     for start in range(0, computed, step):
         stop = min(start + step, computed)
