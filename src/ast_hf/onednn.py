@@ -12,9 +12,24 @@ import os
 import torch
 
 ENABLED = os.environ.get("AST_HF_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
-# The dtypes oneDNN runs here. bfloat16 needs AVX-512 (BW/VL/DQ) or AVX2-VNNI-2: on a CPU with plain AVX2 oneDNN
-# cannot build a bf16 matmul at all, so bf16 models stay on torch's ops there.
-BF16_UNITS = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _builds_bf16_matmul() -> bool:
+    """Whether oneDNN builds a bfloat16 matmul here. It needs AVX-512 (BW/VL/DQ) or AVX2-VNNI-2 *and* no cap below
+    them (`ONEDNN_MAX_CPU_ISA=AVX2`): torch's CPU-flag check sees only the CPU, so a capped run crashed in the first
+    bf16 matmul ("could not create a primitive descriptor"). One 1x1 product answers for both."""
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return False
+    one = torch.ones(1, 1, dtype=torch.bfloat16)
+    try:
+        torch.ops.mkldnn._linear_pointwise(one, one, None, "none", [], "")
+    except RuntimeError:
+        return False
+    return True
+
+
+# The dtypes oneDNN runs here; bf16 models stay on torch's ops where oneDNN cannot build bf16 matmuls.
+BF16_UNITS = _builds_bf16_matmul()
 DTYPES = ((torch.float32,) + ((torch.bfloat16,) if BF16_UNITS else ())) if ENABLED else ()
 
 
