@@ -33,7 +33,7 @@ import torch
 BLOCK_SECONDS = 30.0
 # libsndfile's frame count is an estimate for these (MP3 without a Xing header, from the bitrate; Ogg from the last
 # page), off by a few ms on intact files: only a larger shortfall counts as truncation there.
-ESTIMATED_LENGTH_FORMATS = {"MPEG", "OGG"}
+ESTIMATED_LENGTH_FORMATS = {"MP3", "OGG"}  # soundfile's format names
 ESTIMATE_TOLERANCE = 0.02  # of the declared length
 HEADER_BYTES = 1 << 16  # RIFF chunks before "data" (fmt, LIST, ...) fit in this
 
