@@ -104,3 +104,28 @@ def test_explain_a_clip_and_draw_it(tmp_path):
     assert png.stat().st_size > 10_000 and open(png, "rb").read(4) == b"\x89PNG"
     with pytest.raises(ValueError, match="head_fusion"):
         explain(model, fe, clip, sampling_rate=RATE, head_fusion="median")
+
+
+def test_a_segment_is_explained_and_drawn_in_seconds_of_the_recording(tmp_path):
+    """`explain(start=S, duration=D)` explains exactly that segment, and the plot's time axes run from S (as
+    `ast-hf explain --start S` shows them), not from 0."""
+    from ast_hf.plotting import explanation_figure
+
+    model, fe = trained_tiny_model()
+    wave, _ = recording()
+    segment = explain(model, fe, wave, sampling_rate=RATE, start=3.5, duration=1.0)
+    cut = explain(model, fe, wave[int(3.5 * RATE):int(4.5 * RATE)], sampling_rate=RATE)
+    np.testing.assert_array_equal(segment.features, cut.features)
+    np.testing.assert_allclose(segment.rollout, cut.rollout, atol=1e-12)
+    assert segment.start == 3.5 and cut.start == 0.0
+    fig = explanation_figure(segment)
+    images = [ax for ax in fig.axes if ax.images]
+    assert len(images) == 2 + model.config.num_hidden_layers
+    for ax in images:
+        assert ax.get_xlim() == pytest.approx((3.5, 3.5 + 1.28)), ax.get_title()
+        for image in ax.images:
+            assert image.get_extent()[:2] == pytest.approx([3.5, 3.5 + 1.28])
+    with pytest.raises(ValueError, match=r"start 20 s is outside the recording \(0 to 12.00 s\)"):
+        explain(model, fe, wave, sampling_rate=RATE, start=20)
+    with pytest.raises(ValueError, match="duration must be positive"):
+        explain(model, fe, wave, sampling_rate=RATE, start=1.0, duration=0)

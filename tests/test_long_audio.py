@@ -11,7 +11,8 @@ import soundfile as sf
 import torch
 
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, load_audio
-from ast_hf.long_audio import AudioStream, iter_windows, tag_long_audio, window_starts
+from ast_hf.audio_io import AudioStream
+from ast_hf.long_audio import iter_windows, tag_long_audio, window_starts
 
 from conftest import tiny_config
 from inference_helpers import RATE, recording, trained_tiny_model

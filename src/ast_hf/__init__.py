@@ -35,7 +35,7 @@ _EXPORTS = {
     "tag_long_audio": "long_audio",
     "LongAudioTags": "long_audio",
     "TimelineRow": "long_audio",
-    "AudioStream": "long_audio",
+    "AudioStream": "audio_io",
     "predict_files": "batch_inference",
     "embed": "embeddings",
     "AudioEmbedding": "embeddings",

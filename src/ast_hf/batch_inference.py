@@ -33,8 +33,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .atomic_io import atomic_path
-from .long_audio import (AudioStream, aggregate_scores, apply_activation, featurize, iter_windows, label_names,
-                         model_device_dtype, resolve_activation, window_samples)
+from .audio_io import AudioStream
+from .inference import apply_activation, featurize, label_names, resolve_activation, run_model, select_top
+from .long_audio import aggregate_scores, iter_windows, window_samples
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".au",
                     ".wma", ".webm", ".mp4", ".mkv", ".caf", ".w64"}
@@ -279,14 +280,9 @@ class BatchSummary:
 
 def _record(path: str, note: dict, scores: np.ndarray, labels: list[str], aggregate: str, top_k: int | None,
             threshold: float | None) -> dict:
-    clip = aggregate_scores(scores, aggregate)
-    order = np.argsort(-clip, kind="stable")
-    if top_k:
-        order = order[:top_k]
-    if threshold is not None:
-        order = [i for i in order if clip[i] >= threshold]
+    top = select_top(aggregate_scores(scores, aggregate), labels, top_k, threshold)
     return {"path": path, "duration": round(note["duration"], 4), "windows": note["windows"],
-            "labels": [labels[i] for i in order], "scores": [round(float(clip[i]), 6) for i in order]}
+            "labels": [label for label, _ in top], "scores": [round(score, 6) for _, score in top]}
 
 
 def predict_files(
@@ -343,8 +339,7 @@ def predict_files(
     summary = BatchSummary(output=output, skipped=len(mine) - len(todo))
 
     device = dist.device()
-    model.to(device).eval()
-    _, dtype = model_device_dtype(model)
+    model.to(device)
     dataset = WindowBatches(paths, todo, feature_extractor, win, step, allow_shorter, config.max_length, batch_size)
     workers = min(num_workers, len(todo))
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
@@ -360,11 +355,8 @@ def predict_files(
         with open(part, "a", encoding="utf-8") as sink:
             for item in (loader if todo else []):
                 if item["input_values"] is not None:
-                    mask = item["attention_mask"]
-                    with torch.inference_mode():
-                        logits = model(input_values=item["input_values"].to(device, dtype),
-                                       attention_mask=None if mask is None else mask.to(device)).logits
-                    scores = apply_activation(logits, activation).cpu().numpy()
+                    logits = run_model(model, item["input_values"], item["attention_mask"]).logits
+                    scores = apply_activation(logits, activation)
                     for owner, row in zip(item["owners"].tolist(), scores):
                         pending.setdefault(owner, []).append(row)
                 for note in item["notes"]:

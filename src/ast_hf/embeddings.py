@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .long_audio import audio_blocks, batched, featurize, iter_windows, model_device_dtype, window_samples
+from .audio_io import audio_blocks
+from .inference import featurize, run_model
+from .long_audio import batched, iter_windows, window_samples
 
 
 @dataclass
@@ -57,28 +59,20 @@ def embed(model, feature_extractor, audio: str | Path | np.ndarray | torch.Tenso
     rate = feature_extractor.sampling_rate
     win, step, allow_shorter = window_samples(window, hop, rate, config.max_length)
     blocks, _, name = audio_blocks(audio, sampling_rate, rate)
-    device, dtype = model_device_dtype(net)
     from tqdm.auto import tqdm
 
     pooled, patches, starts, lengths = [], [], [], []
-    was_training = net.training
-    net.eval()
-    try:
-        windows = iter_windows(blocks, win, step, allow_shorter, rate, name)
-        for batch in tqdm(batched(windows, batch_size), unit="batch", desc="embedding", disable=not progress):
-            values, mask = featurize(feature_extractor, [clip for _, clip in batch], config.max_length)
-            with torch.inference_mode():
-                out = net(input_values=values.to(device, dtype),
-                          attention_mask=None if mask is None else mask.to(device))
-            pooled.append(out.pooler_output.float().cpu().numpy())
-            if return_patches:
-                f, t = config.patch_grid(values.shape[1])
-                tokens = out.last_hidden_state[:, 2:].float().cpu().numpy()
-                patches.append(tokens.reshape(len(batch), f, t, -1))
-            starts += [start for start, _ in batch]
-            lengths += [len(clip) for _, clip in batch]
-    finally:
-        net.train(was_training)
+    windows = iter_windows(blocks, win, step, allow_shorter, rate, name)
+    for batch in tqdm(batched(windows, batch_size), unit="batch", desc="embedding", disable=not progress):
+        values, mask = featurize(feature_extractor, [clip for _, clip in batch], config.max_length)
+        out = run_model(net, values, mask)
+        pooled.append(out.pooler_output.float().cpu().numpy())
+        if return_patches:
+            f, t = config.patch_grid(values.shape[1])
+            tokens = out.last_hidden_state[:, 2:].float().cpu().numpy()
+            patches.append(tokens.reshape(len(batch), f, t, -1))
+        starts += [start for start, _ in batch]
+        lengths += [len(clip) for _, clip in batch]
     window_embeddings = np.concatenate(pooled)
     starts_s = np.asarray(starts, dtype=np.float64) / rate
     return AudioEmbedding(embedding=window_embeddings.mean(axis=0), window_embeddings=window_embeddings,

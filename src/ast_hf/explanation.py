@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .long_audio import apply_activation, audio_blocks, featurize, label_names, model_device_dtype, resolve_activation
+from .audio_io import audio_blocks
+from .inference import apply_activation, featurize, label_names, resolve_activation, run_model, select_top
 
 NUM_PREFIX_TOKENS = 2  # cls and distillation
 
@@ -83,6 +84,8 @@ class Explanation:
         grid_config: (patch size, frequency stride, time stride), to map patches back onto mel bins and frames.
         top: the model's best (label, score) pairs for the clip (empty for a backbone without a head).
         real_frames: frames of the clip itself; the rest of `features` is padding to the model's `max_length`.
+        start: seconds from the start of the recording to the clip's first sample (the plots' time axis starts
+            there).
     """
 
     rollout: np.ndarray
@@ -93,6 +96,7 @@ class Explanation:
     grid_config: tuple[int, int, int]
     top: list[tuple[str, float]]
     real_frames: int = 0
+    start: float = 0.0
 
     def plot(self, path: str | Path, title: str | None = None) -> Path:
         """PNG: the rollout over the spectrogram, the spectrogram, and the per-layer maps."""
@@ -102,45 +106,47 @@ class Explanation:
 
 
 def explain(model, feature_extractor, audio, sampling_rate: int | None = None, head_fusion: str = "mean",
-            activation: str = "auto", top_k: int = 5) -> Explanation:
+            activation: str = "auto", top_k: int = 5, start: float = 0.0, duration: float | None = None
+            ) -> Explanation:
     """Attention rollout and per-layer maps of one clip.
 
     Args:
         model: `ASTForAudioClassification` or `ASTModel`.
         feature_extractor: the model's `ASTFeatureExtractor`.
-        audio: a file path or a mono waveform [samples] with `sampling_rate` (Hz). The whole clip is used
-            (padded to the model's `max_length` frames when shorter); cut long recordings first.
+        audio: a file path or a mono waveform [samples] with `sampling_rate` (Hz). The clip is padded to the
+            model's `max_length` frames when shorter; cut long recordings with `start` / `duration`.
         head_fusion: "mean" or "max" over heads.
+        start, duration: the segment to explain, in seconds from the start of `audio` (default: all of it); the
+            explanation's time axis counts from `start`.
     """
     config = model.config
     rate = feature_extractor.sampling_rate
     blocks, _, _ = audio_blocks(audio, sampling_rate, rate)
-    waveform = np.concatenate(list(blocks)) if not isinstance(blocks, list) else blocks[0]
+    waveform = np.concatenate(list(blocks))
     if waveform.size == 0:
         raise ValueError("the recording holds no audio samples (zero-length recording)")
+    total = len(waveform) / rate
+    if not 0 <= start < total:
+        raise ValueError(f"start {start} s is outside the recording (0 to {total:.2f} s)")
+    if duration is not None and not duration > 0:
+        raise ValueError(f"duration must be positive seconds, got {duration}")
+    first = round(start * rate)
+    waveform = waveform[first:] if duration is None else waveform[first:first + round(duration * rate)]
     values, _ = featurize(feature_extractor, [waveform], config.max_length)
-    device, dtype = model_device_dtype(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            out = model(input_values=values.to(device, dtype), output_attentions=True)
-    finally:
-        model.train(was_training)
+    out = run_model(model, values, output_attentions=True)
     grid = config.patch_grid(values.shape[1])
     matrix = attention_rollout(out.attentions, head_fusion)
     layer_maps = torch.stack([token_to_patch_map(fuse_heads(a.double(), head_fusion), grid)[0]
                               for a in out.attentions])
     top = []
     if getattr(out, "logits", None) is not None:
-        scores = apply_activation(out.logits, resolve_activation(config, activation))[0].cpu().numpy()
-        labels = label_names(config)
-        top = [(labels[i], float(scores[i])) for i in np.argsort(-scores)[:top_k]]
+        scores = apply_activation(out.logits, resolve_activation(config, activation))[0]
+        top = select_top(scores, label_names(config), top_k)
     return Explanation(rollout=token_to_patch_map(matrix, grid)[0].cpu().numpy(),
                        layer_maps=layer_maps.cpu().numpy(), rollout_matrix=matrix[0].cpu().numpy(),
                        features=values[0].numpy(), grid=grid,
                        grid_config=(config.patch_size, config.frequency_stride, config.time_stride), top=top,
-                       real_frames=feature_extractor.frames_for(len(waveform)))
+                       real_frames=feature_extractor.frames_for(len(waveform)), start=float(start))
 
 
 __all__ = ["Explanation", "explain", "attention_rollout", "token_to_patch_map", "fuse_heads"]

@@ -1,7 +1,7 @@
 """Tagging recordings of any length with sliding windows.
 
-A recording is decoded block by block (soundfile; the `ffmpeg` binary for formats soundfile cannot read),
-resampled to the feature extractor's rate, cut into windows of `window` seconds every `hop` seconds, and the
+A recording is decoded block by block by `audio_io` (the one decoder), resampled to the feature extractor's
+rate, cut into windows of `window` seconds every `hop` seconds, and the
 windows are featurised and scored in batches. Only one batch of windows plus one decoded block is held at a
 time, so memory stays flat however long the recording is.
 
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import csv
 import math
-import subprocess
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,144 +24,12 @@ import numpy as np
 import torch
 
 from .atomic_io import atomic_path
-from .audio_io import ffmpeg_command, ffmpeg_error, resample
+from .audio_io import audio_blocks
+from .inference import (apply_activation, featurize, label_names, model_device_dtype, resolve_activation, run_model,
+                        select_top)
 
 DEFAULT_HOP_SECONDS = 5.0
-BLOCK_SECONDS = 30.0
 FRAME_SHIFT_SECONDS = 0.01  # one feature frame every 10 ms
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Decoding in blocks
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _resample_stream(blocks: Iterable[np.ndarray], orig: int, new: int) -> Iterator[np.ndarray]:
-    """Resample a stream of mono blocks with torchaudio's sinc resampler, block by block.
-
-    Each block is resampled with `margin` samples of real context on both sides, cut at whole resampler periods,
-    so the output equals resampling the whole recording at once (up to float rounding).
-    """
-    if orig == new:
-        yield from blocks
-        return
-    import torchaudio.functional as AF
-
-    g = math.gcd(orig, new)
-    step_in, step_out = orig // g, new // g
-    # torchaudio's kernel reaches ceil(6 * orig / (0.99 * new)) input samples each way: keep more than that.
-    need = 16 * math.ceil(orig / new) + 64
-    margin = math.ceil(need / step_in) * step_in
-    history = np.zeros(0, np.float32)  # up to `margin` samples before `pending`
-    pending = np.zeros(0, np.float32)  # not yet emitted; starts on a whole period
-
-    def run(chunk: np.ndarray) -> np.ndarray:
-        return AF.resample(torch.from_numpy(chunk), orig, new).numpy()
-
-    for block in blocks:
-        pending = np.concatenate([pending, block])
-        ready = (len(pending) - margin) // step_in * step_in
-        if ready <= 0:
-            continue
-        skip = len(history) // step_in * step_out
-        out = run(np.concatenate([history, pending[:ready + margin]]))
-        yield out[skip:skip + ready // step_in * step_out]
-        history = np.concatenate([history, pending[:ready]])[-margin:]
-        pending = pending[ready:]
-    if len(pending):
-        skip = len(history) // step_in * step_out
-        yield run(np.concatenate([history, pending]))[skip:]
-
-
-class AudioStream:
-    """A recording decoded block by block as mono float32 [samples] at `sampling_rate` Hz.
-
-    Iterating yields consecutive blocks of about `block_seconds`. `duration` (seconds) is known up front for
-    files soundfile reads, and None for the ffmpeg fallback.
-
-    Raises:
-        FileNotFoundError: no such file. ValueError (while iterating): the file cannot be decoded.
-    """
-
-    def __init__(self, path: str | Path, sampling_rate: int = 16000, block_seconds: float = BLOCK_SECONDS):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"no such audio file: {self.path}")
-        self.sampling_rate = sampling_rate
-        self.block_seconds = block_seconds
-        import soundfile as sf
-
-        try:
-            info = sf.info(str(self.path))
-            self._native_rate = int(info.samplerate)
-            self.duration: float | None = info.frames / info.samplerate if info.frames > 0 else None
-            self._use_soundfile = True
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
-            self._use_soundfile = False
-            self.duration = None
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return self._soundfile_blocks() if self._use_soundfile else self._ffmpeg_blocks()
-
-    def _soundfile_blocks(self) -> Iterator[np.ndarray]:
-        import soundfile as sf
-
-        def native() -> Iterator[np.ndarray]:
-            block = max(1, int(self.block_seconds * self._native_rate))
-            try:
-                with sf.SoundFile(str(self.path)) as f:
-                    while True:
-                        data = f.read(block, dtype="float32", always_2d=True)
-                        if not len(data):
-                            return
-                        yield data.mean(axis=1, dtype=np.float32)
-            except (sf.LibsndfileError, RuntimeError) as error:
-                raise ValueError(f"cannot decode {self.path}: {error}") from error
-
-        for out in _resample_stream(native(), self._native_rate, self.sampling_rate):
-            if not np.isfinite(out).all():
-                raise ValueError(f"{self.path} contains NaN or infinite samples")
-            yield out
-
-    def _ffmpeg_blocks(self) -> Iterator[np.ndarray]:
-        command = ffmpeg_command(self.path, self.sampling_rate)
-        block_bytes = 4 * max(1, int(self.block_seconds * self.sampling_rate))
-        with tempfile.TemporaryFile() as errors:
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors)
-            try:
-                while True:
-                    data = process.stdout.read(block_bytes)
-                    if not data:
-                        break
-                    usable = len(data) // 4 * 4
-                    yield np.frombuffer(data[:usable], dtype=np.float32).copy()
-                if process.wait() != 0:
-                    errors.seek(0)
-                    raise ffmpeg_error(self.path, errors.read())
-            finally:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
-                process.stdout.close()
-
-
-def audio_blocks(audio, sampling_rate: int | None, target_rate: int) -> tuple[Iterable[np.ndarray], float | None, str]:
-    """(blocks at `target_rate`, duration in seconds or None, a name for messages) for a path or a waveform."""
-    if isinstance(audio, (str, Path)):
-        stream = AudioStream(audio, target_rate)
-        return stream, stream.duration, str(audio)
-    if isinstance(audio, torch.Tensor):
-        audio = audio.detach().cpu().numpy()
-    waveform = np.asarray(audio, dtype=np.float32)
-    if waveform.ndim != 1:
-        raise ValueError(f"waveform has shape {waveform.shape}; give one mono clip [samples] (mix channels down with "
-                         f".mean(axis=-1))")
-    if sampling_rate is None:
-        raise ValueError("pass sampling_rate= (Hz) with a waveform; it is resampled to the model's rate if needed")
-    waveform = resample(waveform, sampling_rate, target_rate)
-    if not np.isfinite(waveform).all():
-        raise ValueError("the waveform contains NaN or infinite samples")
-    return [waveform], len(waveform) / target_rate, "the waveform"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -253,28 +119,6 @@ def batched(iterable: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def featurize(feature_extractor, clips: list[np.ndarray], min_frames: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Features of mono clips at the extractor's rate: ([n, frames, mel bins], [n, frames] mask or None).
-
-    Every clip is padded to at least `min_frames` frames (the model's `max_length`, as in training); when clips
-    are longer and of different lengths, the batch is padded to the longest and the mask marks each clip's own
-    frames (None when all are equal).
-    """
-    out = feature_extractor(clips, sampling_rate=feature_extractor.sampling_rate, return_tensors="pt",
-                            padding="max_length", max_length=min_frames, truncation=False)
-    values = out["input_values"]
-    frames = torch.tensor([max(min_frames, feature_extractor.frames_for(len(c))) for c in clips])
-    if bool((frames == values.shape[1]).all()):
-        return values, None
-    mask = (torch.arange(values.shape[1])[None, :] < frames[:, None]).to(torch.long)
-    return values, mask
-
-
-def model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
-    param = next(model.parameters())
-    return param.device, param.dtype if param.dtype.is_floating_point else torch.float32
-
-
 def default_windows_per_call(config, device: torch.device) -> int:
     """Windows scored per model call by default. On a CPU the encoder takes `CPU_TOKENS_PER_CALL` tokens at a
     time whatever the batch (two 10.24 s windows), so larger calls would only hold more memory, and the peak
@@ -285,30 +129,6 @@ def default_windows_per_call(config, device: torch.device) -> int:
         return 8
     f, t = config.patch_grid()
     return max(1, CPU_TOKENS_PER_CALL // (2 + f * t))
-
-
-def resolve_activation(config, activation: str = "auto") -> str:
-    """"auto" -> the pipeline's rule: sigmoid for multi-label models (AudioSet), none for regression, else softmax."""
-    if activation not in ("auto", "sigmoid", "softmax", "none"):
-        raise ValueError(f"activation must be 'auto', 'sigmoid', 'softmax' or 'none', got {activation!r}")
-    if activation != "auto":
-        return activation
-    problem = getattr(config, "problem_type", None)
-    return {"multi_label_classification": "sigmoid", "regression": "none"}.get(problem, "softmax")
-
-
-def apply_activation(logits: torch.Tensor, activation: str) -> torch.Tensor:
-    logits = logits.float()
-    if activation == "sigmoid":
-        return logits.sigmoid()
-    if activation == "softmax":
-        return logits.softmax(dim=-1)
-    return logits
-
-
-def label_names(config) -> list[str]:
-    id2label = getattr(config, "id2label", None) or {}
-    return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(config.num_labels)]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -390,13 +210,13 @@ class LongAudioTags:
 
     def top(self, k: int | None = 5, threshold: float | None = None) -> list[tuple[str, float]]:
         """Clip-level (label, score), best first: the `k` best (None or 0: all), those >= `threshold` only."""
-        return _select(self.clip_scores, self.labels, k, threshold)
+        return select_top(self.clip_scores, self.labels, k, threshold)
 
     def timeline(self, top_k: int | None = 3, threshold: float | None = None) -> list[TimelineRow]:
         """Per-window rows: each window's `top_k` labels (None or 0: all), those >= `threshold` only."""
         rows = []
         for w, (start, end) in enumerate(zip(self.starts, self.ends)):
-            for rank, (label, score) in enumerate(_select(self.scores[w], self.labels, top_k, threshold), 1):
+            for rank, (label, score) in enumerate(select_top(self.scores[w], self.labels, top_k, threshold), 1):
                 rows.append(TimelineRow(w, float(start), float(end), rank, label, score))
         return rows
 
@@ -415,13 +235,6 @@ class LongAudioTags:
         from .plotting import plot_timeline
 
         return plot_timeline(self, path, top_k=top_k, title=title)
-
-
-def _select(scores: np.ndarray, labels: list[str], k: int | None, threshold: float | None) -> list[tuple[str, float]]:
-    order = np.argsort(-scores, kind="stable")
-    if k:
-        order = order[:k]
-    return [(labels[i], float(scores[i])) for i in order if threshold is None or scores[i] >= threshold]
 
 
 def aggregate_scores(scores: np.ndarray, aggregate: str) -> np.ndarray:
@@ -475,8 +288,7 @@ def tag_long_audio(
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     config = model.config
-    device, dtype = model_device_dtype(model)
-    batch_size = batch_size or default_windows_per_call(config, device)
+    batch_size = batch_size or default_windows_per_call(config, model_device_dtype(model)[0])
     activation = resolve_activation(config, activation)
     rate = feature_extractor.sampling_rate
     win, step, default_window = window_samples(window, hop, rate, config.max_length)
@@ -491,17 +303,12 @@ def tag_long_audio(
     sketch = _SpectrogramSketch()
     covered_frames = 0
     starts, lengths, scores = [], [], []
-    was_training = model.training
-    model.eval()
     bar = tqdm(total=total_windows, unit="window", desc="tagging", disable=not progress, leave=False)
     try:
         for batch in batched(iter_windows(blocks, win, step, allow_shorter, rate, name), batch_size):
             clips = [clip for _, clip in batch]
             values, mask = featurize(feature_extractor, clips, config.max_length)
-            with torch.inference_mode():
-                logits = model(input_values=values.to(device, dtype),
-                               attention_mask=None if mask is None else mask.to(device)).logits
-            scores.append(apply_activation(logits, activation).cpu().numpy())
+            scores.append(apply_activation(run_model(model, values, mask).logits, activation))
             for (start, clip), feats in zip(batch, values.numpy()):
                 first = round(start / rate / FRAME_SHIFT_SECONDS)
                 real = feature_extractor.frames_for(len(clip))
@@ -512,7 +319,6 @@ def tag_long_audio(
             bar.update(len(batch))
     finally:
         bar.close()
-        model.train(was_training)
     starts_s = np.asarray(starts, dtype=np.float64) / rate
     ends_s = starts_s + np.asarray(lengths, dtype=np.float64) / rate
     all_scores = np.concatenate(scores, axis=0)
@@ -522,5 +328,5 @@ def tag_long_audio(
                          spectrogram_hop=sketch.pool * FRAME_SHIFT_SECONDS)
 
 
-__all__ = ["AudioStream", "LongAudioTags", "TimelineRow", "tag_long_audio", "iter_windows", "window_starts",
-           "window_samples", "featurize", "aggregate_scores", "resolve_activation", "default_windows_per_call"]
+__all__ = ["LongAudioTags", "TimelineRow", "tag_long_audio", "iter_windows", "window_starts", "window_samples",
+           "batched", "aggregate_scores", "default_windows_per_call"]

@@ -1,10 +1,12 @@
 """`ASTAudioClassificationPipeline`: `transformers`' audio-classification pipeline plus sliding windows.
 
-Without `chunk_length_s` / `stride_length_s` it is `transformers.AudioClassificationPipeline` unchanged (the
+Without `chunk_length_s` / `stride_length_s` it scores as `transformers.AudioClassificationPipeline` does (the
 model sees the first `max_length` frames). With either, the recording is tagged with sliding windows by
 `ast_hf.tag_long_audio`: `chunk_length_s` is the window length and `stride_length_s` the step between window
 starts (the meaning "stride" has in the AST itself, `time_stride`; not the ASR pipeline's overlap), both in
-seconds. A file path is decoded in blocks, so memory stays flat for recordings of any length.
+seconds. A file path is then decoded in blocks, so memory stays flat for recordings of any length. Either way
+every input (path, URL, bytes, torchcodec decoder, waveform dict) is decoded by `ast_hf.audio_io`, so a file
+gives the pipeline the samples it gives `load_audio`, `tag_long_audio` and training.
 
 `ast_hf.register()` makes `pipeline("audio-classification", ...)` build this class; it also works directly:
 `ASTAudioClassificationPipeline(model=model, feature_extractor=fe)`.
@@ -18,6 +20,7 @@ import numpy as np
 from transformers import AudioClassificationPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .audio_io import check_sampling_rate, decoder_samples, load_audio, resample
 from .long_audio import tag_long_audio
 
 TASK = "audio-classification"
@@ -55,33 +58,14 @@ class ASTAudioClassificationPipeline(AudioClassificationPipeline):
         return preprocess, forward, postprocess
 
     def preprocess(self, inputs, chunk_length_s=None, stride_length_s=None):
-        if chunk_length_s is None and stride_length_s is None:
-            return super().preprocess(inputs)
-        if not hasattr(self.model.config, "max_length") or not hasattr(self.feature_extractor, "frames_for"):
+        chunked = chunk_length_s is not None or stride_length_s is not None
+        if chunked and not (hasattr(self.model.config, "max_length") and hasattr(self.feature_extractor, "frames_for")):
             raise ValueError("chunk_length_s / stride_length_s need an AST model and ast_hf.ASTFeatureExtractor; "
                              f"got {type(self.model).__name__} / {type(self.feature_extractor).__name__}")
         rate = self.feature_extractor.sampling_rate
-        source, source_rate = inputs, rate
-        if isinstance(inputs, str) and inputs.startswith(("http://", "https://")):
-            from huggingface_hub.utils import httpx
-
-            source = httpx.get(inputs, follow_redirects=True).content
-        if isinstance(source, bytes):
-            from transformers.pipelines.audio_classification import ffmpeg_read
-
-            source = ffmpeg_read(source, rate)
-        if (torchcodec := sys.modules.get("torchcodec")) and isinstance(source, torchcodec.decoders.AudioDecoder):
-            samples = source.get_all_samples()
-            source = {"array": samples.data.mean(dim=0), "sampling_rate": samples.sample_rate}
-        if isinstance(source, dict):
-            if "sampling_rate" not in source or not ("raw" in source or "array" in source):
-                raise ValueError('a dict input needs "sampling_rate" and a "raw" or "array" waveform')
-            source_rate = source["sampling_rate"]
-            source = source["raw"] if source.get("raw") is not None else source["array"]
-        if not isinstance(source, str):
-            source = np.asarray(source.detach().cpu() if hasattr(source, "detach") else source, dtype=np.float32)
-            if source.ndim != 1:
-                raise ValueError(f"expected one mono waveform [samples], got shape {source.shape}")
+        source, source_rate = decoded_input(inputs, rate, stream_paths=chunked)
+        if not chunked:
+            return super().preprocess({"raw": resample(source, source_rate, rate), "sampling_rate": rate})
         return {"long_audio": source, "sampling_rate": source_rate, "window": chunk_length_s,
                 "hop": stride_length_s}
 
@@ -104,6 +88,32 @@ class ASTAudioClassificationPipeline(AudioClassificationPipeline):
         timeline = [{"start": row.start, "end": row.end, "label": row.label, "score": row.score}
                     for row in tags.timeline(top_k)]
         return {"labels": labels, "timeline": timeline}
+
+
+def decoded_input(inputs, rate: int, stream_paths: bool = False) -> tuple[str | np.ndarray, int]:
+    """A pipeline input -> (mono float32 waveform [samples] or, with `stream_paths`, a file path to stream, and its
+    rate in Hz), decoded by `audio_io` whatever the form: a path or URL, encoded bytes, a torchcodec
+    `AudioDecoder`, a `{"raw" or "array", "sampling_rate"}` dict, or a waveform at the extractor's `rate`."""
+    source, source_rate = inputs, rate
+    if isinstance(source, str) and source.startswith(("http://", "https://")):
+        from huggingface_hub.utils import httpx
+
+        source = httpx.get(source, follow_redirects=True).content
+    if isinstance(source, str):
+        return (source, rate) if stream_paths else (load_audio(source, rate), rate)
+    if isinstance(source, (bytes, bytearray)):
+        return load_audio(source, rate), rate
+    if (torchcodec := sys.modules.get("torchcodec")) and isinstance(source, torchcodec.decoders.AudioDecoder):
+        return decoder_samples(source)
+    if isinstance(source, dict):
+        if "sampling_rate" not in source or not ("raw" in source or "array" in source):
+            raise ValueError('a dict input needs "sampling_rate" and a "raw" or "array" waveform')
+        source_rate = check_sampling_rate(source["sampling_rate"])
+        source = source["raw"] if source.get("raw") is not None else source["array"]
+    source = np.asarray(source.detach().cpu() if hasattr(source, "detach") else source, dtype=np.float32)
+    if source.ndim != 1:
+        raise ValueError(f"expected one mono waveform [samples], got shape {source.shape}")
+    return source, source_rate
 
 
 def register_pipeline() -> dict:

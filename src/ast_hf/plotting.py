@@ -32,11 +32,11 @@ def _short(name: str, limit: int = 28) -> str:
 
 
 def draw_spectrogram(fig, ax, spectrogram: np.ndarray, seconds_per_column: float, cmap: str = "magma",
-                     colorbar: bool = True):
-    """Draw a [mel bins, columns] log-mel with time in seconds (x) and mel bins (y)."""
+                     colorbar: bool = True, start: float = 0.0):
+    """Draw a [mel bins, columns] log-mel with time in seconds from `start` (x) and mel bins (y)."""
     mel_bins, columns = spectrogram.shape
     image = ax.imshow(spectrogram, origin="lower", aspect="auto", cmap=cmap, interpolation="nearest",
-                      extent=(0.0, columns * seconds_per_column, 0, mel_bins))
+                      extent=(start, start + columns * seconds_per_column, 0, mel_bins))
     ax.set_ylabel("mel bin")
     ax.set_xlabel("time (s)")
     if colorbar:
@@ -88,12 +88,19 @@ def patch_map_to_pixels(grid_map: np.ndarray, num_mel_bins: int, num_frames: int
 
 
 def plot_explanation(explanation, path: str | Path, title: str | None = None, max_layers: int = 12) -> Path:
+    """Write `explanation_figure` as a PNG."""
+    return _save(explanation_figure(explanation, title, max_layers), path)
+
+
+def explanation_figure(explanation, title: str | None = None, max_layers: int = 12):
     """The attention rollout over the spectrogram (top), the spectrogram alone, and the per-layer cls/distillation
-    attention maps on the patch grid (bottom rows), all with time in seconds and mel bins."""
+    attention maps on the patch grid (bottom rows), all with mel bins and time in seconds of the recording: from
+    `explanation.start`, where the explained segment begins."""
     cfg = explanation.grid_config
     spec = explanation.features.T  # [mel bins, frames]
     mel_bins, frames = spec.shape
-    seconds = frames * 0.01
+    start = explanation.start
+    end = start + frames * 0.01
     heat = patch_map_to_pixels(explanation.rollout, mel_bins, frames, *cfg)
     layers = explanation.layer_maps[: max_layers]
     per_row = min(len(layers), 6)
@@ -105,17 +112,17 @@ def plot_explanation(explanation, path: str | Path, title: str | None = None, ma
     grid = fig.add_gridspec(2 + layer_rows, per_row, height_ratios=[2.2, 1.6] + [1.0] * layer_rows)
     ax_roll = fig.add_subplot(grid[0, :])
     ax_spec = fig.add_subplot(grid[1, :], sharex=ax_roll)
-    draw_spectrogram(fig, ax_roll, spec, 0.01, cmap="gray", colorbar=False)
+    draw_spectrogram(fig, ax_roll, spec, 0.01, cmap="gray", colorbar=False, start=start)
     overlay = ax_roll.imshow(heat, origin="lower", aspect="auto", cmap="inferno", alpha=0.6,
-                             extent=(0.0, seconds, 0, mel_bins), interpolation="nearest")
+                             extent=(start, end, 0, mel_bins), interpolation="nearest")
     fig.colorbar(overlay, ax=ax_roll, label="rollout attention\n(share of patches)", pad=0.01, fraction=0.04)
     top = ", ".join(f"{label} {score:.2f}" for label, score in explanation.top[:3])
     ax_roll.set_title(title or f"attention rollout from the cls/distillation tokens   |   top: {top}")
-    draw_spectrogram(fig, ax_spec, spec, 0.01)
-    ax_spec.set_xlim(0.0, seconds)
+    draw_spectrogram(fig, ax_spec, spec, 0.01, start=start)
+    ax_spec.set_xlim(start, end)
     ax_roll.set_xlabel("")
-    real = getattr(explanation, "real_frames", frames) * 0.01
-    if real < seconds:  # the clip was padded to the model's input length
+    real = start + explanation.real_frames * 0.01
+    if real < end:  # the clip was padded to the model's input length
         for ax in (ax_roll, ax_spec):
             ax.axvline(real, color="cyan", linestyle="--", linewidth=1.2)
         ax_spec.text(real, mel_bins * 0.95, "  padding", color="cyan", va="top", fontsize=9)
@@ -124,7 +131,7 @@ def plot_explanation(explanation, path: str | Path, title: str | None = None, ma
     layer_axes, image = [], None
     for index, pixels in enumerate(pixel_maps):
         ax = fig.add_subplot(grid[2 + index // per_row, index % per_row])
-        image = ax.imshow(pixels, origin="lower", aspect="auto", cmap="inferno", extent=(0.0, seconds, 0, mel_bins),
+        image = ax.imshow(pixels, origin="lower", aspect="auto", cmap="inferno", extent=(start, end, 0, mel_bins),
                           interpolation="nearest", vmin=0.0, vmax=vmax)
         ax.set_title(f"layer {index + 1}: cls/dist attention", fontsize=9)
         ax.tick_params(labelsize=7)
@@ -135,7 +142,7 @@ def plot_explanation(explanation, path: str | Path, title: str | None = None, ma
         layer_axes.append(ax)
     if image is not None:
         fig.colorbar(image, ax=layer_axes, label="share of patches", pad=0.01, fraction=0.04)
-    return _save(fig, path)
+    return fig
 
 
-__all__ = ["plot_timeline", "plot_explanation", "patch_map_to_pixels", "draw_spectrogram"]
+__all__ = ["plot_timeline", "plot_explanation", "explanation_figure", "patch_map_to_pixels", "draw_spectrogram"]

@@ -1,11 +1,12 @@
 """Training data: `datasets` audio columns and local `audiofolder`s, decoded to 16 kHz mono, checked up front.
 
 Decoding. `datasets` 5 decodes audio with `torchcodec` (an `AudioDecoder` per example). ast-hf casts the audio
-column to `Audio(decode=False)` instead and decodes in the collator, one batch at a time: soundfile
-(libsndfile: WAV, FLAC, OGG, MP3) first, `torchcodec` (FFmpeg) for anything else, so a bad file is reported by
-name or skipped on request instead of failing deep inside a data worker. Columns that are already decoded
-(`AudioDecoder` objects, `{"array", "sampling_rate"}` dicts) are accepted too. Every clip is mixed down to
-mono and resampled to the feature extractor's rate (16 kHz) with torchaudio's band-limited resampler.
+column to `Audio(decode=False)` instead and decodes in the collator, one batch at a time, with `ast_hf.audio_io`,
+the decoder inference uses too (soundfile first, the `ffmpeg` binary for anything else), so a clip gives training
+the samples it gives `predict`, and a bad file is reported by name or skipped on request instead of failing deep
+inside a data worker. Columns that are already decoded (`AudioDecoder` objects, `{"array", "sampling_rate"}`
+dicts) are accepted too. Every clip is mixed down to mono and resampled to the feature extractor's rate (16 kHz)
+with torchaudio's band-limited resampler.
 
 Checks. `verify_audio` reads every file's header (no samples) before training: files that cannot be opened
 raise one `ValueError` naming them, or are dropped with a warning listing them when `skip_corrupt=True`;
@@ -15,13 +16,12 @@ empty, unlike anything the model was trained on). An empty split raises a `Value
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from ..audio_io import resample
+from ..audio_io import check_sampling_rate, decoder_samples, load_audio, probe, resample
 
 logger = logging.getLogger(__name__)
 
@@ -44,28 +44,26 @@ def audio_name(audio, index: int | None = None) -> str:
     return str(path) if path else f"example {index}" if index is not None else "an in-memory clip"
 
 
-def _decode_source(source) -> tuple[np.ndarray, int]:
-    """Path or raw bytes -> ([samples, channels] float32, rate): soundfile first, then torchcodec (FFmpeg)."""
-    import soundfile as sf
+def _encoded(audio) -> str | Path | bytes | None:
+    """The file path or encoded bytes behind an audio value, None for decoded values (arrays, decoders)."""
+    if isinstance(audio, dict) and audio.get("array") is None:
+        return audio.get("bytes") or audio.get("path")
+    return audio if isinstance(audio, (str, Path)) else None
 
-    try:
-        data, rate = sf.read(io.BytesIO(source) if isinstance(source, bytes) else str(source), dtype="float32",
-                             always_2d=True)
-        return data, int(rate)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as first_error:
-        try:
-            from torchcodec.decoders import AudioDecoder
 
-            samples = AudioDecoder(source).get_all_samples()
-            return samples.data.numpy().T, int(samples.sample_rate)
-        except Exception as error:  # torchcodec raises RuntimeError/ValueError with FFmpeg's reason
-            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-            raise CorruptAudioError(f"{reason} (soundfile: {first_error})") from None
+def _refuse_upsampling(name: str, rate: int, sampling_rate: int, allow_upsampling: bool) -> None:
+    if rate < sampling_rate and not allow_upsampling:
+        raise ValueError(f"{name} is sampled at {rate} Hz, below the model's {sampling_rate} Hz: upsampling leaves "
+                         f"the mel bins above {rate // 2} Hz empty. Pass allow_upsampling=True (--allow-upsampling) "
+                         f"to accept it anyway")
 
 
 def decode_audio(audio, sampling_rate: int = TARGET_RATE, allow_upsampling: bool = False,
                  index: int | None = None) -> np.ndarray:
     """One audio value of a data set -> mono float32 waveform [samples] at `sampling_rate` Hz.
+
+    Files and bytes are decoded by `ast_hf.audio_io.load_audio` (the decoder every entry point uses), after their
+    header's rate is checked; decoded values are mixed down and resampled the same way.
 
     Args:
         audio: `{"path", "bytes"}` (an `Audio(decode=False)` column), `{"array", "sampling_rate"}`, a torchcodec
@@ -74,44 +72,42 @@ def decode_audio(audio, sampling_rate: int = TARGET_RATE, allow_upsampling: bool
         index: the example's position, used in error messages when the clip has no path.
 
     Raises:
-        CorruptAudioError: the clip cannot be decoded or holds no samples (the message names it).
+        CorruptAudioError: the clip is missing, cannot be decoded or holds no samples (the message names it).
         ValueError: the clip is sampled below `sampling_rate` and `allow_upsampling` is False.
     """
     name = audio_name(audio, index)
+    source = _encoded(audio)
     try:
-        if isinstance(audio, dict) and audio.get("array") is not None:
-            data = np.asarray(audio["array"], dtype=np.float32)
-            rate = audio.get("sampling_rate")
-            if rate is None:
+        if source is not None:
+            rate = probe(source, name).sampling_rate
+        elif isinstance(audio, dict) and audio.get("array") is not None:
+            if audio.get("sampling_rate") is None:
                 raise ValueError(f"{name} has an array but no sampling_rate; give {{'array', 'sampling_rate'}}")
-            data = data.reshape(-1, 1) if data.ndim == 1 else data.T if data.shape[0] < data.shape[-1] else data
-        elif isinstance(audio, dict) and (audio.get("bytes") or audio.get("path")):
-            data, rate = _decode_source(audio["bytes"] or audio["path"])
-        elif isinstance(audio, (str, Path)):
-            if not Path(audio).is_file():
-                raise FileNotFoundError(f"no such audio file: {audio}")
-            data, rate = _decode_source(audio)
+            rate = check_sampling_rate(audio["sampling_rate"])
+            data = np.asarray(audio["array"], dtype=np.float32)
+            # [samples], [samples, channels] or [channels, samples] (channels are the short side)
+            waveform = data if data.ndim == 1 else (data.T if data.shape[0] < data.shape[-1] else data).mean(axis=1)
         elif hasattr(audio, "get_all_samples"):
-            samples = audio.get_all_samples()
-            data, rate = samples.data.numpy().T, int(samples.sample_rate)
+            waveform, rate = decoder_samples(audio)
         else:
             raise ValueError(f"{name}: unsupported audio value of type {type(audio).__name__}; expected a path, "
                              f"{{'path', 'bytes'}}, {{'array', 'sampling_rate'}} or a torchcodec AudioDecoder")
-    except CorruptAudioError as error:
-        raise CorruptAudioError(f"cannot decode {name}: {error}") from None
+    except (ValueError, FileNotFoundError) as error:
+        raise CorruptAudioError(str(error)) from None
     except RuntimeError as error:  # torchcodec decoding errors of decoded columns
         raise CorruptAudioError(f"cannot decode {name}: {error}") from None
-    if data.size == 0:
-        raise CorruptAudioError(f"{name} holds no audio samples (zero-length recording)")
-    rate = int(rate)
-    if rate < sampling_rate and not allow_upsampling:
-        raise ValueError(f"{name} is sampled at {rate} Hz, below the model's {sampling_rate} Hz: upsampling leaves "
-                         f"the mel bins above {rate // 2} Hz empty. Pass allow_upsampling=True (--allow-upsampling) "
-                         f"to accept it anyway")
-    waveform = resample(data.mean(axis=1), rate, sampling_rate)
-    if not np.isfinite(waveform).all():
-        raise CorruptAudioError(f"{name} contains NaN or infinite samples")
-    return waveform
+    _refuse_upsampling(name, rate, sampling_rate, allow_upsampling)
+    try:
+        if source is not None:
+            return load_audio(source, sampling_rate, name)
+        if waveform.size == 0:
+            raise ValueError(f"{name} holds no audio samples (zero-length recording)")
+        waveform = resample(waveform, rate, sampling_rate)
+        if not np.isfinite(waveform).all():
+            raise ValueError(f"{name} contains NaN or infinite samples")
+        return waveform
+    except ValueError as error:
+        raise CorruptAudioError(str(error)) from None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -121,28 +117,18 @@ def decode_audio(audio, sampling_rate: int = TARGET_RATE, allow_upsampling: bool
 
 def _header(audio) -> int:
     """Sampling rate read from a file's header (no samples decoded); raises CorruptAudioError."""
-    import soundfile as sf
-
     if isinstance(audio, dict) and audio.get("array") is not None:
         return int(audio["sampling_rate"])
-    source = (audio.get("bytes") or audio.get("path")) if isinstance(audio, dict) else audio
+    source = _encoded(audio)
     if source is None:
         raise CorruptAudioError("neither a file path nor audio bytes")
     try:
-        info = sf.info(io.BytesIO(source) if isinstance(source, bytes) else str(source))
-        if info.frames == 0:
-            raise CorruptAudioError("no audio samples (zero-length recording)")
-        return int(info.samplerate)
-    except CorruptAudioError:
-        raise
-    except Exception as first_error:
-        try:
-            from torchcodec.decoders import AudioDecoder
-
-            return int(AudioDecoder(source).metadata.sample_rate)
-        except Exception as error:
-            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-            raise CorruptAudioError(f"{reason} (soundfile: {first_error})") from None
+        info = probe(source)
+    except (ValueError, FileNotFoundError) as error:
+        raise CorruptAudioError(str(error)) from None
+    if info.frames == 0:
+        raise CorruptAudioError("no audio samples (zero-length recording)")
+    return info.sampling_rate
 
 
 def verify_audio(dataset, audio_column: str = "audio", skip_corrupt: bool = False,
