@@ -223,7 +223,7 @@ def test_wrong_sampling_rate_is_refused():
 
 @pytest.mark.parametrize("rate", ["16000", 16000.5, -16000, 0, True])
 def test_sampling_rate_that_is_not_a_whole_number_of_hz_is_refused(rate):
-    with pytest.raises(ValueError, match="sampling_rate must be a positive whole number of Hz"):
+    with pytest.raises(ValueError, match="sampling_rate must be a.*int number of Hz"):
         ASTFeatureExtractor()(np.zeros(SR, np.float32), sampling_rate=rate)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
 
+from .audio_io import check_sampling_rate
 from .filterbank import frame_geometry, log_mel_filterbank, num_frames
 from .labels import DATASETS
 
@@ -178,7 +179,7 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         Returns:
             `BatchFeature` with `input_values` [batch, frames, num_mel_bins] float32 (and `attention_mask`).
         """
-        sampling_rate = check_sampling_rate(sampling_rate)
+        sampling_rate = None if sampling_rate is None else check_sampling_rate(sampling_rate)
         if max_length is not None:
             _check_max_length(max_length)
         if sampling_rate is None:
@@ -224,22 +225,10 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         return BatchFeature({k: list(v) for k, v in arrays.items()})
 
 
-def check_sampling_rate(sampling_rate) -> int | None:
-    """`sampling_rate` as an int number of Hz (None passes through); a clear ValueError for anything else."""
-    if sampling_rate is None:
-        return None
-    is_integral = isinstance(sampling_rate, (int, np.integer)) or (
-        isinstance(sampling_rate, (float, np.floating)) and float(sampling_rate).is_integer())
-    if isinstance(sampling_rate, bool) or not is_integral or sampling_rate <= 0:
-        raise ValueError(f"sampling_rate must be a positive whole number of Hz (an int, e.g. 16000), got "
-                         f"{sampling_rate!r} ({type(sampling_rate).__name__})")
-    return int(sampling_rate)
-
-
 def _check_max_length(max_length) -> None:
     if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length <= 0:
         raise ValueError(f"max_length must be a positive number of frames (10 ms each, e.g. 1024 for 10.24 s), "
                          f"got {max_length!r}")
 
 
-__all__ = ["ASTFeatureExtractor", "AUDIOSET_MEAN", "AUDIOSET_STD", "check_sampling_rate"]
+__all__ = ["ASTFeatureExtractor", "AUDIOSET_MEAN", "AUDIOSET_STD"]
