@@ -20,6 +20,8 @@ from ast_hf import ASTForAudioClassification, ConversionError, convert_original_
 from ast_hf.cli import main
 from ast_hf.convert import load_original_state_dict, original_forward, parse_released_name, solve_geometry
 
+pytestmark = pytest.mark.numeric
+
 TOL = 1e-4  # the bar for converted logits
 FIXTURE = "tiny224_f10t10_T128_c35"
 

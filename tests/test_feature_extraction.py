@@ -11,6 +11,8 @@ from torchaudio.compliance import kaldi
 
 from ast_hf import ASTFeatureExtractor
 
+pytestmark = pytest.mark.numeric
+
 SR = 16000
 # Normalised units: float32 rounding in near-empty mel cells is the only allowed difference.
 MAX_TOL, MEAN_TOL = 3e-3, 2e-5

@@ -9,6 +9,8 @@ import torch
 
 from ast_hf import ASTConfig, ASTForAudioClassification, adapt_position_embeddings
 
+pytestmark = pytest.mark.numeric
+
 SOURCE_GRID = (12, 101)  # 128 mel bins x 1024 frames, strides 10/10
 CASES = {512: (12, 50), 1500: (12, 149)}
 
