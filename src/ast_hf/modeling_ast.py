@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, SequenceClassifierOutput
 
 from . import onednn
 from .configuration_ast import ASTConfig, patch_grid
@@ -162,67 +162,6 @@ class ASTEmbeddings(nn.Module):
         return self.dropout(tokens), token_mask
 
 
-# CPU inference fast paths (no autograd), all measured in benchmarks/, for the dtypes oneDNN runs on this CPU
-# (`onednn.DTYPES`: float32, and bfloat16 where the CPU has bf16 support) and switched off by AST_HF_ONEDNN=0:
-# - linears through oneDNN with the GELU fused (`onednn.linear`);
-# - bfloat16 attention as per-head oneDNN matmuls (`attention_per_head`);
-# - the encoder run over a few clips at a time (`CPU_TOKENS_PER_CALL`).
-# Tokens the encoder takes per call on the CPU (two 10.24 s clips): activations of a few clips stay in cache
-# (measured 5-10% faster per clip than a whole batch of 8) and peak memory stops growing with the batch size.
-CPU_TOKENS_PER_CALL = 2560
-
-
-def onednn_cpu_inference(x: torch.Tensor) -> bool:
-    """True where the CPU fast paths apply: CPU inference in a dtype of `onednn.DTYPES`, outside torch.compile
-    and ONNX export."""
-    return (x.device.type == "cpu" and x.dtype in onednn.DTYPES and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
-
-
-def linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tensor:
-    """`layer(x)` (then exact GELU if `gelu`): oneDNN with the GELU fused in CPU fp32/bf16 inference, else torch."""
-    if not isinstance(layer, nn.Linear):  # e.g. an int8 dynamically quantised Linear: it runs its own kernel
-        out = layer(x)
-        return F.gelu(out) if gelu else out
-    # Not while torch.compile traces (inductor only lowers this op for weights it froze as constants), nor in an
-    # ONNX export (the op has no ONNX translation).
-    if onednn_cpu_inference(x):
-        return onednn.linear(x, layer.weight, layer.bias, gelu)
-    out = F.linear(x, layer.weight, layer.bias)
-    return F.gelu(out) if gelu else out
-
-
-def attention_per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(head_dim)) v, one (clip, head) at a time with oneDNN bf16 matmuls (CPU inference).
-
-    torch's fused CPU attention kernel accumulates bf16 products through a slow mixed-precision path on CPUs
-    without AMX (as fast in bf16 as in fp32, benchmarks/); oneDNN's bf16 matmul runs at ~2x that. Scores are
-    rounded to bf16 before a float32 softmax, as in eager bf16 attention; probabilities go back to bf16 for the
-    second matmul, as in the fused kernel. One [tokens, tokens] score matrix is alive at a time.
-
-    Args:
-        q, k, v: [batch, heads, tokens, head_dim], bfloat16.
-        key_mask: [batch, 1, 1, tokens] bool, True where a token may be attended to; None: all.
-
-    Returns:
-        context [batch, tokens, heads * head_dim].
-    """
-    batch, heads, tokens, head_dim = q.shape
-    q = (q * head_dim ** -0.5).contiguous()
-    k = k.contiguous()
-    v_t = v.transpose(2, 3).contiguous()  # [batch, heads, head_dim, tokens]: p @ v = linear(p, v^T)
-    context = torch.empty_like(q)
-    for b in range(batch):
-        for h in range(heads):
-            scores = onednn.linear(q[b, h], k[b, h])
-            if key_mask is not None:
-                scores.masked_fill_(~key_mask[b, 0], torch.finfo(scores.dtype).min)
-            probs = scores.softmax(dim=-1)  # bf16 in and out, float32 inside
-            context[b, h] = onednn.linear(probs, v_t[b, h])
-    return context.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
-
-
 class ASTLinear(nn.Module):
     """A Linear layer kept under a `.dense` name, the on-disk layout of `transformers`' AST."""
 
@@ -231,7 +170,7 @@ class ASTLinear(nn.Module):
         self.dense = nn.Linear(in_features, out_features)
 
     def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-        return linear(x, self.dense, gelu)
+        return onednn.linear_layer(x, self.dense, gelu)
 
 
 class ASTSelfAttention(nn.Module):
@@ -251,13 +190,13 @@ class ASTSelfAttention(nn.Module):
         """key_mask: [batch, 1, 1, tokens] bool, True where a token may be attended to."""
         batch, tokens, dim = hidden_states.shape
         shape = (batch, tokens, self.num_heads, self.head_dim)
-        q = linear(hidden_states, self.query).view(shape).transpose(1, 2)
-        k = linear(hidden_states, self.key).view(shape).transpose(1, 2)
-        v = linear(hidden_states, self.value).view(shape).transpose(1, 2)
+        q = onednn.linear_layer(hidden_states, self.query).view(shape).transpose(1, 2)
+        k = onednn.linear_layer(hidden_states, self.key).view(shape).transpose(1, 2)
+        v = onednn.linear_layer(hidden_states, self.value).view(shape).transpose(1, 2)
         dropout = self.config.attention_probs_dropout_prob if self.training else 0.0
         weights = None
-        if not output_attentions and dropout == 0.0 and q.dtype == torch.bfloat16 and onednn_cpu_inference(q):
-            return attention_per_head(q, k, v, key_mask), None  # eager's arithmetic, faster than both backends
+        if not output_attentions and dropout == 0.0 and q.dtype == torch.bfloat16 and onednn.cpu_inference(q):
+            return onednn.attention_per_head(q, k, v, key_mask), None  # eager's arithmetic, faster than both backends
         if self.config._attn_implementation == "sdpa" and not output_attentions:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
         else:
@@ -306,9 +245,50 @@ class ASTLayer(GradientCheckpointingLayer):
 
 
 class ASTEncoder(nn.Module):
+    """The stack of `ASTLayer`s over embeddings [batch, tokens, D]; padded tokens are zeroed after every layer."""
+
     def __init__(self, config: ASTConfig):
         super().__init__()
         self.layer = nn.ModuleList(ASTLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None = None,
+                output_attentions: bool = False, output_hidden_states: bool = False) -> BaseModelOutput:
+        """
+        Args:
+            hidden_states: [batch, tokens, D] embeddings.
+            token_mask: [batch, tokens] bool, True = real token; None: all real.
+
+        Returns:
+            `BaseModelOutput`: `last_hidden_state` [batch, tokens, D] (before the final LayerNorm), `hidden_states`
+            (the input and each layer's output) and `attentions` ([batch, heads, tokens, tokens] per layer) when
+            asked for. In CPU inference without either, the layers run over `onednn.clips_per_call` clips at a time.
+        """
+        batch = hidden_states.shape[0]
+        per_call = batch if output_attentions or output_hidden_states else onednn.clips_per_call(hidden_states)
+        if per_call >= batch:
+            return self._run_layers(hidden_states, token_mask, output_attentions, output_hidden_states)
+        last = torch.empty_like(hidden_states)
+        for start in range(0, batch, per_call):
+            rows = slice(start, start + per_call)
+            last[rows] = self._run_layers(hidden_states[rows],
+                                          None if token_mask is None else token_mask[rows]).last_hidden_state
+        return BaseModelOutput(last_hidden_state=last)
+
+    def _run_layers(self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None,
+                    output_attentions: bool = False, output_hidden_states: bool = False) -> BaseModelOutput:
+        key_mask = None if token_mask is None else token_mask[:, None, None, :]
+        keep = None if token_mask is None else token_mask.unsqueeze(-1).to(hidden_states.dtype)
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        attentions = () if output_attentions else None
+        for layer in self.layer:
+            hidden_states, weights = layer(hidden_states, key_mask, output_attentions)
+            if keep is not None:  # padded patches carry nothing forward
+                hidden_states = hidden_states * keep
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                attentions += (weights,)
+        return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden, attentions=attentions)
 
 
 class ASTMLPHead(nn.Module):
@@ -470,27 +450,6 @@ class ASTModel(ASTPreTrainedModel):
                           "times slower than float32 here; load the model with dtype=torch.float32 for speed",
                           stacklevel=2)
 
-    def _encode(self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None,
-                output_attentions: bool = False, output_hidden_states: bool = False) -> tuple:
-        """Encoder layers + final LayerNorm over embeddings [batch, tokens, D] (token_mask [batch, tokens], True =
-        real, or None) -> (sequence output [batch, tokens, D], hidden states or None, attentions or None)."""
-        key_mask = None if token_mask is None else token_mask[:, None, None, :]
-        keep = None if token_mask is None else token_mask.unsqueeze(-1).to(hidden_states.dtype)
-        all_hidden = (hidden_states,) if output_hidden_states else None
-        attentions = () if output_attentions else None
-        for layer in self.encoder.layer:
-            hidden_states, weights = layer(hidden_states, key_mask, output_attentions)
-            if keep is not None:  # padded patches carry nothing forward
-                hidden_states = hidden_states * keep
-            if output_hidden_states:
-                all_hidden += (hidden_states,)
-            if output_attentions:
-                attentions += (weights,)
-        sequence_output = self.layernorm(hidden_states)
-        if keep is not None:
-            sequence_output = sequence_output * keep
-        return sequence_output, all_hidden, attentions
-
     def forward(
         self,
         input_values: torch.Tensor | None = None,
@@ -516,22 +475,13 @@ class ASTModel(ASTPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         frames_per_clip = frames_from_attention_mask(attention_mask, input_values)
         hidden_states, token_mask = self.embeddings(input_values, frames_per_clip)
-        batch, tokens, _ = hidden_states.shape
-        clips_per_call = batch
-        if not (output_attentions or output_hidden_states) and onednn_cpu_inference(hidden_states):
-            clips_per_call = max(1, CPU_TOKENS_PER_CALL // tokens)
-        if clips_per_call >= batch:
-            sequence_output, all_hidden, attentions = self._encode(hidden_states, token_mask, output_attentions,
-                                                                   output_hidden_states)
-        else:
-            sequence_output, all_hidden, attentions = torch.empty_like(hidden_states), None, None
-            for start in range(0, batch, clips_per_call):
-                rows = slice(start, start + clips_per_call)
-                sequence_output[rows] = self._encode(hidden_states[rows],
-                                                     None if token_mask is None else token_mask[rows])[0]
+        encoded = self.encoder(hidden_states, token_mask, output_attentions, output_hidden_states)
+        sequence_output = self.layernorm(encoded.last_hidden_state)
+        if token_mask is not None:
+            sequence_output = sequence_output * token_mask.unsqueeze(-1).to(sequence_output.dtype)
         pooled = (sequence_output[:, 0] + sequence_output[:, 1]) / 2
         out = BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled,
-                                         hidden_states=all_hidden, attentions=attentions)
+                                         hidden_states=encoded.hidden_states, attentions=encoded.attentions)
         return out if return_dict else out.to_tuple()
 
 
