@@ -14,6 +14,8 @@ from transformers import PreTrainedConfig
 # The authors' LayerNorm epsilons (timm's ViT blocks and `nn.LayerNorm` in `mlp_head`).
 ORIGINAL_LAYER_NORM_EPS = 1e-6
 ORIGINAL_CLASSIFIER_LAYER_NORM_EPS = 1e-5
+# Tokens before the patches in every token sequence (and position embedding table): cls, then distillation.
+NUM_PREFIX_TOKENS = 2
 
 
 def patch_grid(num_mel_bins: int, num_frames: int, patch_size: int, frequency_stride: int, time_stride: int) -> tuple[int, int]:

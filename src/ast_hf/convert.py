@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .atomic_io import atomic_folder, check_destination
-from .configuration_ast import ORIGINAL_CLASSIFIER_LAYER_NORM_EPS, ORIGINAL_LAYER_NORM_EPS, ASTConfig
+from .configuration_ast import (NUM_PREFIX_TOKENS, ORIGINAL_CLASSIFIER_LAYER_NORM_EPS, ORIGINAL_LAYER_NORM_EPS,
+                                ASTConfig)
 from .labels import DATASETS, DatasetInfo, dataset_for_name, dataset_for_num_labels, load_label_table
 from .modeling_ast import ASTForAudioClassification, adapt_position_embeddings
 
@@ -193,12 +194,13 @@ def inspect_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Sourc
     if wrong:
         raise ValueError(f"shapes fit no AST configuration (D={dim}, {depth} blocks, MLP {hidden}, patch {patch}, "
                          f"{labels} labels): {'; '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}")
-    if tokens < 3:
-        raise ValueError(f"v.pos_embed holds {tokens} positions; an AST needs 2 token positions plus patches")
+    if tokens <= NUM_PREFIX_TOKENS:
+        raise ValueError(f"v.pos_embed holds {tokens} positions; an AST needs {NUM_PREFIX_TOKENS} token positions "
+                         f"plus patches")
     if dim % 64:
         raise ValueError(f"hidden size {dim} is not a multiple of 64, so the number of heads cannot be inferred "
                          f"(the authors' models use 64 dims per head: D=192/384/768 -> 3/6/12 heads)")
-    return SourceArchitecture(dim, depth, dim // 64, hidden, patch, labels, tokens - 2, qkv_bias)
+    return SourceArchitecture(dim, depth, dim // 64, hidden, patch, labels, tokens - NUM_PREFIX_TOKENS, qkv_bias)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .configuration_ast import NUM_PREFIX_TOKENS
 from .long_audio import audio_blocks, batched, featurize, iter_windows, model_device_dtype, window_samples
 
 
@@ -73,7 +74,7 @@ def embed(model, feature_extractor, audio: str | Path | np.ndarray | torch.Tenso
             pooled.append(out.pooler_output.float().cpu().numpy())
             if return_patches:
                 f, t = config.patch_grid(values.shape[1])
-                tokens = out.last_hidden_state[:, 2:].float().cpu().numpy()
+                tokens = out.last_hidden_state[:, NUM_PREFIX_TOKENS:].float().cpu().numpy()
                 patches.append(tokens.reshape(len(batch), f, t, -1))
             starts += [start for start, _ in batch]
             lengths += [len(clip) for _, clip in batch]

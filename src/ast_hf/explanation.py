@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .configuration_ast import NUM_PREFIX_TOKENS
 from .long_audio import apply_activation, audio_blocks, featurize, label_names, model_device_dtype, resolve_activation
-
-NUM_PREFIX_TOKENS = 2  # cls and distillation
 
 
 def fuse_heads(attention: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:

@@ -28,7 +28,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, SequenceClassifierOutput
 
 from . import onednn
-from .configuration_ast import ASTConfig, patch_grid
+from .configuration_ast import NUM_PREFIX_TOKENS, ASTConfig, patch_grid
 
 # --------------------------------------------------------------------------------------------------------------
 # Position-embedding adaptation (the authors' `audioset_pretrain` rule), kept beside the model it serves.
@@ -64,7 +64,7 @@ def adapt_position_embeddings(position_embeddings: torch.Tensor, source_grid: tu
     """
     f0, t0 = source_grid
     f, t = target_grid
-    tokens, patches = position_embeddings[:, :2], position_embeddings[:, 2:]
+    tokens, patches = position_embeddings[:, :NUM_PREFIX_TOKENS], position_embeddings[:, NUM_PREFIX_TOKENS:]
     if patches.shape[1] != f0 * t0:
         raise ValueError(f"position embeddings hold {patches.shape[1]} patches, not {f0}x{t0}={f0 * t0}")
     dim = patches.shape[-1]
@@ -103,7 +103,7 @@ class ASTEmbeddings(nn.Module):
         self.distillation_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.patch_embeddings = ASTPatchEmbeddings(config)
         f, t = config.patch_grid()
-        self.position_embeddings = nn.Parameter(torch.zeros(1, f * t + 2, config.hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, NUM_PREFIX_TOKENS + f * t, config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self._adapted: dict[tuple, torch.Tensor] = {}
 
@@ -149,15 +149,15 @@ class ASTEmbeddings(nn.Module):
             # Each clip gets the embeddings it would get alone: adapted to its own length, then right-padded.
             f, t = grid
             clip_t = (frames_per_clip.clamp(max=frames) - cfg.patch_size).div(cfg.time_stride, rounding_mode="floor") + 1
-            position = tokens.new_zeros(batch, 2 + f * t, tokens.shape[-1])
+            position = tokens.new_zeros(batch, NUM_PREFIX_TOKENS + f * t, tokens.shape[-1])
             for length in torch.unique(clip_t).tolist():
                 rows = (clip_t == length).nonzero().squeeze(1)
                 emb = self.position_embeddings_for((f, length)).to(tokens.dtype)
-                patch_part = F.pad(emb[:, 2:].reshape(1, f, length, -1), (0, 0, 0, t - length))
-                position[rows] = torch.cat([emb[:, :2], patch_part.reshape(1, f * t, -1)], dim=1)
+                patch_part = F.pad(emb[:, NUM_PREFIX_TOKENS:].reshape(1, f, length, -1), (0, 0, 0, t - length))
+                position[rows] = torch.cat([emb[:, :NUM_PREFIX_TOKENS], patch_part.reshape(1, f * t, -1)], dim=1)
             tokens = tokens + position
             time_index = torch.arange(t, device=tokens.device).repeat(f)  # frequency-major token order
-            token_mask = torch.cat([torch.ones(batch, 2, dtype=torch.bool, device=tokens.device),
+            token_mask = torch.cat([torch.ones(batch, NUM_PREFIX_TOKENS, dtype=torch.bool, device=tokens.device),
                                     time_index.unsqueeze(0) < clip_t.unsqueeze(1)], dim=1)
         return self.dropout(tokens), token_mask
 
