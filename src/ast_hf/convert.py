@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from .atomic_io import atomic_folder, check_destination
 from .configuration_ast import (NUM_PREFIX_TOKENS, ORIGINAL_CLASSIFIER_LAYER_NORM_EPS, ORIGINAL_LAYER_NORM_EPS,
                                 ASTConfig)
-from .labels import DATASETS, DatasetInfo, dataset_for_name, dataset_for_num_labels, load_label_table
+from .labels import (DATASETS, DatasetInfo, dataset_for_name, dataset_for_num_labels, dataset_key, generic_id2label,
+                     load_label_table)
 from .modeling_ast import ASTForAudioClassification, adapt_position_embeddings
 
 logger = logging.getLogger(__name__)
@@ -364,8 +365,8 @@ def original_forward(state_dict: Mapping[str, torch.Tensor], input_values: torch
 def _resolve_labels(labels: str | Path | None, num_labels: int) -> tuple[dict[int, str], DatasetInfo | None, str]:
     """(id2label, dataset the statistics come from, where the names come from)."""
     choice = "none" if labels is None else str(labels)
-    key = choice.lower().replace("-", "").replace("_", "")
-    generic = {i: f"LABEL_{i}" for i in range(num_labels)}
+    key = dataset_key(choice)
+    generic = generic_id2label(num_labels)
     if key in ("auto", "none"):
         dataset = dataset_for_num_labels(num_labels)
         if key == "none" or dataset is None:

@@ -27,6 +27,7 @@ import torch
 
 from .atomic_io import atomic_path
 from .audio_io import ffmpeg_command, ffmpeg_error, resample
+from .labels import generic_label
 
 DEFAULT_HOP_SECONDS = 5.0
 BLOCK_SECONDS = 30.0
@@ -309,7 +310,7 @@ def apply_activation(logits: torch.Tensor, activation: str) -> torch.Tensor:
 
 def label_names(config) -> list[str]:
     id2label = getattr(config, "id2label", None) or {}
-    return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(config.num_labels)]
+    return [str(id2label.get(i, id2label.get(str(i), generic_label(i)))) for i in range(config.num_labels)]
 
 
 # --------------------------------------------------------------------------------------------------------------

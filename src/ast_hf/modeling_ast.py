@@ -29,6 +29,7 @@ from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPo
 
 from . import onednn
 from .configuration_ast import NUM_PREFIX_TOKENS, ASTConfig, patch_grid
+from .labels import generic_id2label
 
 # --------------------------------------------------------------------------------------------------------------
 # Position-embedding adaptation (the authors' `audioset_pretrain` rule), kept beside the model it serves.
@@ -379,8 +380,8 @@ class ASTPreTrainedModel(PreTrainedModel):
                 kwargs.setdefault("problem_type", None)
                 if "id2label" not in kwargs:
                     del kwargs["num_labels"]  # implied by the label map
-                    kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(num_labels)}
-                    kwargs["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
+                    kwargs["id2label"] = generic_id2label(num_labels)
+                    kwargs["label2id"] = {name: i for i, name in kwargs["id2label"].items()}
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
                                               **kwargs)
