@@ -32,6 +32,11 @@ def patch_grid(num_mel_bins: int, num_frames: int, patch_size: int, frequency_st
 class ASTConfig(PreTrainedConfig):
     r"""Configuration of an [`ASTModel`] / [`ASTForAudioClassification`].
 
+    The defaults describe the widths, depth, strides and input length of
+    [MIT/ast-finetuned-audioset-10-10-0.4593](https://huggingface.co/MIT/ast-finetuned-audioset-10-10-0.4593).
+    Keep that link: once `ast_hf.register()` maps the model type to this class, `transformers` builds the example
+    docstrings of its own AST classes from the checkpoint named here (without one it prints an error line).
+
     Args:
         hidden_size: width D of the tokens (192 tiny, 384 small, 768 base).
         num_hidden_layers: number of transformer blocks.
