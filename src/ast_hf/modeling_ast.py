@@ -16,10 +16,14 @@ and `from_pretrained(..., max_length=N)` that adapts rather than re-initialises 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -319,9 +323,86 @@ def frames_from_attention_mask(attention_mask: torch.Tensor | None, input_values
     return attention_mask.to(torch.long).sum(dim=1)
 
 
-def _is_backbone_only(info: dict) -> bool:
-    """Loading info of a checkpoint that has no classification head at all."""
-    return all(k.startswith("classifier.") for k in info["missing_keys"])
+# --------------------------------------------------------------------------------------------------------------
+# Loading policies of `from_pretrained`, one step each
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _require_config(source: str, kwargs: dict) -> None:
+    """A local folder without config.json: say so (transformers would build a default-sized model and report every
+    weight as mismatched)."""
+    if kwargs.get("config") is None and Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        raise ValueError(f"{source} has no config.json, so the model's shape is unknown; put the config.json saved "
+                         f"with these weights into the folder (an original .pth is converted with `ast-hf convert`)")
+
+
+def _fresh_head_for_num_labels(source: str, kwargs: dict) -> bool:
+    """`num_labels` that differs from the checkpoint's: prepare `kwargs` for a fresh head (generic label names, no
+    problem type, the old head's shapes ignored) on the loaded backbone. Returns whether the head is fresh."""
+    num_labels = kwargs.get("num_labels")
+    if num_labels is None or kwargs.get("config") is not None:
+        return False
+    hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+    if ASTConfig.from_pretrained(source, **hub_kwargs).num_labels == num_labels:
+        return False
+    kwargs.setdefault("ignore_mismatched_sizes", True)
+    kwargs.setdefault("problem_type", None)
+    if "id2label" not in kwargs:
+        del kwargs["num_labels"]  # implied by the label map
+        kwargs["id2label"] = generic_id2label(num_labels)
+        kwargs["label2id"] = {name: i for i, name in kwargs["id2label"].items()}
+    return True
+
+
+@contextlib.contextmanager
+def _held_load_report():
+    """Hold back transformers' LOAD REPORT warning table while a model loads: it is shown once loading succeeds,
+    and dropped when a step raises (the strict check's ValueError says the same in one line)."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    held = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    logger.addFilter(hold)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hold)
+    for record in held:
+        logger.handle(record)
+
+
+def _check_weights_match(model_class: type, source: str, info: dict, new_head: bool, allow_mismatch: bool) -> None:
+    """Strict loading: ValueError when the checkpoint lacks weights the model needs, holds weights it does not use,
+    or holds weights of other shapes (a config.json that does not fit the weights). A missing head is allowed for
+    a fresh head and for a backbone-only checkpoint; the head's shapes may differ only for a fresh head."""
+    backbone_only = all(k.startswith("classifier.") for k in info["missing_keys"])
+    head_may_be_missing = new_head or backbone_only
+    missing = sorted(k for k in info["missing_keys"] if not (k.startswith("classifier.") and head_may_be_missing))
+    unexpected = sorted(info["unexpected_keys"])
+    mismatched = sorted(f"{k} {'x'.join(map(str, saved))} (config.json: {'x'.join(map(str, wanted))})"
+                        for k, saved, wanted in info["mismatched_keys"]
+                        if not (allow_mismatch or (k.startswith("classifier.") and new_head)))
+    if not (missing or unexpected or mismatched):
+        return
+    problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                for what, keys in (("missing weights", missing), ("unexpected weights", unexpected),
+                                   ("weights of another shape", mismatched)) if keys]
+    raise ValueError(f"checkpoint {source} does not match {model_class.__name__}: {'; '.join(problems)}. Check that "
+                     f"the folder is an AST checkpoint whose config.json matches its weights, or pass strict=False to "
+                     f"load what matches and initialise the rest")
+
+
+def _mark_audioset_multi_label(config: ASTConfig) -> None:
+    """A 527-label checkpoint with the AudioSet label names and no `problem_type` (the `MIT/ast-finetuned-audioset-*`
+    configs) is multi-label: mark it, so pipelines score it with a sigmoid rather than a softmax over 527 tags."""
+    if (config.problem_type is None and config.num_labels == 527
+            and str(config.id2label.get(0, "")).strip() == "Speech"):
+        config.problem_type = "multi_label_classification"
 
 
 class ASTPreTrainedModel(PreTrainedModel):
@@ -355,52 +436,38 @@ class ASTPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, max_length: int | None = None,
                         strict: bool = True, **kwargs):
-        """`PreTrainedModel.from_pretrained` for every AST checkpoint format in use, with three additions.
+        """`PreTrainedModel.from_pretrained` for every AST checkpoint format in use, with these steps around it.
 
         Args:
             max_length: frames; adapt the position embeddings to this input length with the authors' rule
                 (centre cut / bilinear), never re-initialise them.
             num_labels (in kwargs): when it differs from the checkpoint's, the head is fresh (and the label names
-                and problem type are reset) while the backbone loads.
-            strict: raise `ValueError` when the folder lacks weights the model needs or holds weights it does
-                not use (transformers only warns and leaves random weights). A missing head is allowed when
-                loading a backbone-only checkpoint into `ASTForAudioClassification`.
+                and problem type are reset) while the backbone loads (`_fresh_head_for_num_labels`).
+            strict: raise `ValueError` when the folder lacks weights the model needs, holds weights it does not
+                use or weights of other shapes (transformers only warns and leaves random weights;
+                `_check_weights_match`). A missing head is allowed when loading a backbone-only checkpoint into
+                `ASTForAudioClassification`; a classification head is ignored when loading into `ASTModel`.
 
-        A 527-label checkpoint with the AudioSet label names and no `problem_type` (the `MIT/ast-finetuned-
-        audioset-*` configs) is marked multi-label, so pipelines score it with a sigmoid.
+        A local folder without config.json and unreadable weight files raise `ValueError` naming the folder. A
+        527-label AudioSet checkpoint without `problem_type` is marked multi-label (`_mark_audioset_multi_label`).
         """
-        num_labels = kwargs.get("num_labels")
-        new_head = False
-        if num_labels is not None and kwargs.get("config") is None:
-            hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
-            saved = ASTConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-            if saved.num_labels != num_labels:
-                new_head = True
-                kwargs.setdefault("ignore_mismatched_sizes", True)
-                kwargs.setdefault("problem_type", None)
-                if "id2label" not in kwargs:
-                    del kwargs["num_labels"]  # implied by the label map
-                    kwargs["id2label"] = generic_id2label(num_labels)
-                    kwargs["label2id"] = {name: i for i, name in kwargs["id2label"].items()}
+        source = str(pretrained_model_name_or_path)
+        _require_config(source, kwargs)
+        allow_mismatch = bool(kwargs.get("ignore_mismatched_sizes", False))  # as the caller asked, before our steps
+        new_head = _fresh_head_for_num_labels(source, kwargs)
         wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
-                                              **kwargs)
-        if strict:
-            missing = [k for k in info["missing_keys"] if not (k.startswith("classifier.") and
-                                                               (new_head or _is_backbone_only(info)))]
-            unexpected = [k for k in info["unexpected_keys"]
-                          if not (k.startswith("classifier.") and isinstance(model, ASTModel))]
-            if missing or unexpected:
-                raise ValueError(
-                    f"checkpoint {pretrained_model_name_or_path} does not match {cls.__name__}: "
-                    f"missing weights {sorted(missing)[:6]}{' ...' if len(missing) > 6 else ''}, "
-                    f"unexpected weights {sorted(unexpected)[:6]}{' ...' if len(unexpected) > 6 else ''}. "
-                    f"Check that the folder is an AST checkpoint whose config.json matches its weights, or pass "
-                    f"strict=False to load what matches and initialise the rest")
-        config = model.config
-        if (config.problem_type is None and config.num_labels == 527
-                and str(config.id2label.get(0, "")).strip() == "Speech"):
-            config.problem_type = "multi_label_classification"
+        if strict:  # shapes are judged by `_check_weights_match`, which names them, instead of transformers' raise
+            kwargs["ignore_mismatched_sizes"] = True
+        with _held_load_report():
+            try:
+                model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
+                                                      output_loading_info=True, **kwargs)
+            except SafetensorError as error:
+                raise ValueError(f"cannot read the weights in {source} ({error}): the file is damaged or incomplete; "
+                                 f"download or save the model again") from error
+            if strict:
+                _check_weights_match(cls, source, info, new_head, allow_mismatch)
+        _mark_audioset_multi_label(model.config)
         if max_length is not None:
             model.resize_max_length(max_length)
         return (model, info) if wants_info else model
@@ -424,6 +491,9 @@ class ASTPreTrainedModel(PreTrainedModel):
 
 class ASTModel(ASTPreTrainedModel):
     """The AST backbone: [batch, frames, mel bins] -> tokens [batch, 2 + f * t, D] and pooled [batch, D]."""
+
+    # The backbone of a classification checkpoint leaves its head behind: expected, not worth a report.
+    _keys_to_ignore_on_load_unexpected = [r"^classifier\."]
 
     def __init__(self, config: ASTConfig):
         super().__init__(config)
