@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ast_hf import ASTForAudioClassification
-from ast_hf.training.averaging import (ASTEnsemble, WeightAveragingCallback, average_checkpoints,
+from ast_hf.ensemble import ASTEnsemble
+from ast_hf.training.averaging import (WeightAveragingCallback, average_checkpoints,
                                        average_state_dicts, checkpoints_for_epochs, load_weights)
 from conftest import tiny_config
 
@@ -122,3 +123,24 @@ def test_multilabel_ensemble_uses_sigmoid_and_checks_labels():
         ASTEnsemble([a, _model(8, num_labels=3, problem_type="multi_label_classification")])
     with pytest.raises(ValueError, match="list of model folders"):
         ASTEnsemble.from_pretrained("one/dir")
+
+
+def test_loading_an_ensemble_for_inference_leaves_trainer_out(tmp_path):
+    """Inference needs no training code: `Trainer` (and what it imports) stays unimported in a fresh process."""
+    import subprocess
+    import sys
+
+    for seed, name in ((0, "a"), (1, "b")):
+        _model(seed).save_pretrained(tmp_path / name)
+    code = ("import sys\nfrom ast_hf.model_loading import load_for_inference\n"
+            f"model, _ = load_for_inference([{str(tmp_path / 'a')!r}, {str(tmp_path / 'b')!r}], 'cpu')\n"
+            "print(type(model).__name__, 'transformers.trainer' in sys.modules, 'ast_hf.training' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["ASTEnsemble", "False", "False"]
+
+
+def test_ensemble_names_stay_importable_from_the_package_and_training():
+    import ast_hf
+    import ast_hf.training
+
+    assert ast_hf.ASTEnsemble is ast_hf.training.ASTEnsemble is ASTEnsemble

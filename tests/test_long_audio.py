@@ -267,7 +267,7 @@ def test_default_windows_per_call_follow_the_cpu_encoder_group():
     (two 10.24 s windows of AST base, more of a short-window model); on a GPU 8."""
     from ast_hf import ASTConfig
     from ast_hf.long_audio import default_windows_per_call
-    from ast_hf.modeling_ast import CPU_TOKENS_PER_CALL
+    from ast_hf.onednn import CPU_TOKENS_PER_CALL
 
     base = ASTConfig(max_length=1024)  # 12 x 101 patches + 2 tokens = 1214
     assert default_windows_per_call(base, torch.device("cpu")) == CPU_TOKENS_PER_CALL // 1214 == 2

@@ -11,6 +11,8 @@ from ast_hf import ASTConfig, ASTForAudioClassification, ASTModel, onednn
 
 from conftest import tiny_config
 
+pytestmark = pytest.mark.numeric
+
 ATOL = 1e-4  # fp32 logits
 
 
@@ -272,7 +274,7 @@ def test_training_uses_the_differentiable_path(model, monkeypatch):
 def test_per_head_attention_matches_sdpa(dtype, atol):
     """The CPU bf16 attention (one oneDNN matmul pair per clip and head) against torch's fused kernel in float32,
     with a key mask; float32 inputs check the algorithm exactly, bfloat16 within its rounding (8-bit mantissa)."""
-    from ast_hf.modeling_ast import attention_per_head
+    from ast_hf.onednn import attention_per_head
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN")
@@ -307,14 +309,12 @@ def test_bfloat16_cpu_fast_path_is_as_accurate_as_transformers_bfloat16(tmp_path
 def test_cpu_encoder_runs_clip_groups_with_unchanged_outputs(model, monkeypatch, tmp_path):
     """CPU inference runs the encoder over a few clips at a time: same logits as transformers' AST on the whole
     batch, and, with mixed lengths, each clip as it scores alone."""
-    import ast_hf.modeling_ast as modeling
-
     calls = []
-    encode = modeling.ASTModel._encode
-    monkeypatch.setattr(modeling.ASTModel, "_encode", lambda self, h, *a: calls.append(len(h)) or encode(self, h, *a))
+    backbone = model.audio_spectrogram_transformer
+    backbone.encoder.layer[0].register_forward_pre_hook(lambda layer, args: calls.append(len(args[0])))
     frames = 128
-    tokens = model.audio_spectrogram_transformer.embeddings(features(batch=1))[0].shape[1]
-    monkeypatch.setattr(modeling, "CPU_TOKENS_PER_CALL", 2 * tokens)
+    tokens = backbone.embeddings(features(batch=1))[0].shape[1]
+    monkeypatch.setattr(onednn, "CPU_TOKENS_PER_CALL", 2 * tokens)
     model.save_pretrained(tmp_path)
     theirs = transformers.ASTForAudioClassification.from_pretrained(tmp_path).eval()
     x = features(batch=5, frames=frames)

@@ -13,6 +13,8 @@ from ast_hf import ASTFeatureExtractor, ASTForAudioClassification
 
 from conftest import tiny_config
 
+pytestmark = pytest.mark.numeric
+
 ATOL = 1e-4  # fp32 logits
 RATE = 16000
 # Waveform lengths in samples: 56, 98, 127 (= max_length - 1), 160, 256 frames; max_length = 128 frames.

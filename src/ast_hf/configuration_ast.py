@@ -14,6 +14,8 @@ from transformers import PreTrainedConfig
 # The authors' LayerNorm epsilons (timm's ViT blocks and `nn.LayerNorm` in `mlp_head`).
 ORIGINAL_LAYER_NORM_EPS = 1e-6
 ORIGINAL_CLASSIFIER_LAYER_NORM_EPS = 1e-5
+# Tokens before the patches in every token sequence (and position embedding table): cls, then distillation.
+NUM_PREFIX_TOKENS = 2
 
 
 def patch_grid(num_mel_bins: int, num_frames: int, patch_size: int, frequency_stride: int, time_stride: int) -> tuple[int, int]:
@@ -29,6 +31,11 @@ def patch_grid(num_mel_bins: int, num_frames: int, patch_size: int, frequency_st
 @strict(accept_kwargs=True)
 class ASTConfig(PreTrainedConfig):
     r"""Configuration of an [`ASTModel`] / [`ASTForAudioClassification`].
+
+    The defaults describe the widths, depth, strides and input length of
+    [MIT/ast-finetuned-audioset-10-10-0.4593](https://huggingface.co/MIT/ast-finetuned-audioset-10-10-0.4593).
+    Keep that link: once `ast_hf.register()` maps the model type to this class, `transformers` builds the example
+    docstrings of its own AST classes from the checkpoint named here (without one it prints an error line).
 
     Args:
         hidden_size: width D of the tokens (192 tiny, 384 small, 768 base).

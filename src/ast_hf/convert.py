@@ -29,8 +29,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .atomic_io import atomic_folder, check_destination
-from .configuration_ast import ORIGINAL_CLASSIFIER_LAYER_NORM_EPS, ORIGINAL_LAYER_NORM_EPS, ASTConfig
-from .labels import DATASETS, DatasetInfo, dataset_for_name, dataset_for_num_labels, load_label_table
+from .configuration_ast import (NUM_PREFIX_TOKENS, ORIGINAL_CLASSIFIER_LAYER_NORM_EPS, ORIGINAL_LAYER_NORM_EPS,
+                                ASTConfig)
+from .labels import (DATASETS, DatasetInfo, dataset_for_name, dataset_for_num_labels, dataset_key, generic_id2label,
+                     load_label_table)
 from .modeling_ast import ASTForAudioClassification, adapt_position_embeddings
 
 logger = logging.getLogger(__name__)
@@ -193,12 +195,13 @@ def inspect_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Sourc
     if wrong:
         raise ValueError(f"shapes fit no AST configuration (D={dim}, {depth} blocks, MLP {hidden}, patch {patch}, "
                          f"{labels} labels): {'; '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}")
-    if tokens < 3:
-        raise ValueError(f"v.pos_embed holds {tokens} positions; an AST needs 2 token positions plus patches")
+    if tokens <= NUM_PREFIX_TOKENS:
+        raise ValueError(f"v.pos_embed holds {tokens} positions; an AST needs {NUM_PREFIX_TOKENS} token positions "
+                         f"plus patches")
     if dim % 64:
         raise ValueError(f"hidden size {dim} is not a multiple of 64, so the number of heads cannot be inferred "
                          f"(the authors' models use 64 dims per head: D=192/384/768 -> 3/6/12 heads)")
-    return SourceArchitecture(dim, depth, dim // 64, hidden, patch, labels, tokens - 2, qkv_bias)
+    return SourceArchitecture(dim, depth, dim // 64, hidden, patch, labels, tokens - NUM_PREFIX_TOKENS, qkv_bias)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -362,8 +365,8 @@ def original_forward(state_dict: Mapping[str, torch.Tensor], input_values: torch
 def _resolve_labels(labels: str | Path | None, num_labels: int) -> tuple[dict[int, str], DatasetInfo | None, str]:
     """(id2label, dataset the statistics come from, where the names come from)."""
     choice = "none" if labels is None else str(labels)
-    key = choice.lower().replace("-", "").replace("_", "")
-    generic = {i: f"LABEL_{i}" for i in range(num_labels)}
+    key = dataset_key(choice)
+    generic = generic_id2label(num_labels)
     if key in ("auto", "none"):
         dataset = dataset_for_num_labels(num_labels)
         if key == "none" or dataset is None:

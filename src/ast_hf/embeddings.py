@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .audio_io import audio_blocks
+from .configuration_ast import NUM_PREFIX_TOKENS
 from .inference import featurize, run_model
 from .long_audio import batched, iter_windows, window_samples
 
@@ -69,7 +70,7 @@ def embed(model, feature_extractor, audio: str | Path | np.ndarray | torch.Tenso
         pooled.append(out.pooler_output.float().cpu().numpy())
         if return_patches:
             f, t = config.patch_grid(values.shape[1])
-            tokens = out.last_hidden_state[:, 2:].float().cpu().numpy()
+            tokens = out.last_hidden_state[:, NUM_PREFIX_TOKENS:].float().cpu().numpy()
             patches.append(tokens.reshape(len(batch), f, t, -1))
         starts += [start for start, _ in batch]
         lengths += [len(clip) for _, clip in batch]

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 
 from .audio_io import audio_blocks
+from .configuration_ast import NUM_PREFIX_TOKENS
 from .inference import apply_activation, featurize, label_names, resolve_activation, run_model, select_top
-
-NUM_PREFIX_TOKENS = 2  # cls and distillation
 
 
 def fuse_heads(attention: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .labels import generic_label
+
 ACTIVATIONS = ("auto", "sigmoid", "softmax", "none")
 
 
@@ -81,7 +83,7 @@ def apply_activation(logits: torch.Tensor, activation: str) -> np.ndarray:
 def label_names(config) -> list[str]:
     """One name per model output: the config's `id2label`, else LABEL_<i>."""
     id2label = getattr(config, "id2label", None) or {}
-    return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(config.num_labels)]
+    return [str(id2label.get(i, id2label.get(str(i), generic_label(i)))) for i in range(config.num_labels)]
 
 
 def select_top(scores: np.ndarray, labels: list[str], k: int | None = 5,

@@ -53,9 +53,24 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+def dataset_key(name: str) -> str:
+    """The key a dataset or recipe name is looked up by: lower case, "-" and "_" dropped ("ESC-50" -> "esc50")."""
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def generic_label(index: int) -> str:
+    """The name of output unit `index` when a model has no label names: "LABEL_{index}", as `transformers` writes."""
+    return f"LABEL_{index}"
+
+
+def generic_id2label(num_labels: int) -> dict[int, str]:
+    """{0: "LABEL_0", ..., num_labels - 1: "LABEL_{num_labels - 1}"}."""
+    return {i: generic_label(i) for i in range(num_labels)}
+
+
 def dataset_for_name(name: str) -> DatasetInfo | None:
-    """The `DatasetInfo` called `name` (case-insensitive, "-" and "_" ignored: "ESC-50" is "esc50"), or None."""
-    return DATASETS.get(name.lower().replace("-", "").replace("_", ""))
+    """The `DatasetInfo` called `name` (compared by `dataset_key`: "ESC-50" is "esc50"), or None."""
+    return DATASETS.get(dataset_key(name))
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -116,4 +131,5 @@ def load_label_table(name_or_path: str | Path) -> dict[int, str]:
         return _read_csv(rows, str(path))
 
 
-__all__ = ["DATASETS", "DatasetInfo", "dataset_info", "dataset_for_name", "dataset_for_num_labels", "load_label_table"]
+__all__ = ["DATASETS", "DatasetInfo", "dataset_info", "dataset_for_name", "dataset_for_num_labels", "dataset_key",
+           "generic_label", "generic_id2label", "load_label_table"]

@@ -48,7 +48,7 @@ def load_for_inference(sources: Sequence[str | Path] | str | Path, device: str |
     elif len(sources) == 1:
         model = ASTForAudioClassification.from_pretrained(str(sources[0]))
     else:
-        from .training.averaging import ASTEnsemble
+        from .ensemble import ASTEnsemble
 
         model = ASTEnsemble.from_pretrained([str(s) for s in sources])
     feature_extractor = load_feature_extractor(sources[0], model.config)

@@ -5,13 +5,15 @@
 Modules: `augment` (SpecAugment, mixup, noise, time shift), `data` (data sets, decoding, checks), `collator`
 (batched features + augmentation), `normalization` (dataset mean/std), `sampling` (balanced sampler), `metrics`
 (accuracy, mAP, mAUC, d-prime; an `evaluate` module at `metric_path()`), `schedules` (warm-up + step decay),
-`averaging` (weight averaging, ensembles), `trainer` (`ASTTrainer`), `recipes` (the authors' hyper-parameters),
-`demo` (the offline demo). `datasets` is imported only when a data set is loaded.
+`averaging` (weight averaging), `trainer` (`ASTTrainer`), `recipes` (the authors' hyper-parameters), `demo` (the
+offline demo). `datasets` is imported only when a data set is loaded. `ASTEnsemble` (prediction ensembles) lives
+in `ast_hf.ensemble` and is re-exported here.
 """
 
 from .augment import feature_noise, mix_targets, mix_waveforms, sample_mixup, spec_augment, time_shift
-from .averaging import (ASTEnsemble, ASTEnsembleOutput, WeightAveragingCallback, average_checkpoints,
-                        average_state_dicts, checkpoints_for_epochs, load_weights)
+from ..ensemble import ASTEnsemble, ASTEnsembleOutput
+from .averaging import (WeightAveragingCallback, average_checkpoints, average_state_dicts, checkpoints_for_epochs,
+                        load_weights)
 from .collator import ASTAudioCollator
 from .data import CorruptAudioError, check_not_empty, decode_audio, label_names, load_audio_dataset, verify_audio
 from .demo import DemoSettings, run_demo

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..labels import DATASETS
+from ..labels import DATASETS, dataset_key
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ RECIPES: dict[str, Recipe] = {
 
 def get_recipe(name: str) -> Recipe:
     """The recipe called `name` ("esc50", "speechcommands", "audioset"); ValueError for others."""
-    key = name.lower().replace("-", "").replace("_", "")
+    key = dataset_key(name)
     if key not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
     return RECIPES[key]
