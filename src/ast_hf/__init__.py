@@ -48,6 +48,16 @@ _EXPORTS = {
     "compare_models": "export",
     "load_for_inference": "model_loading",
     "ASTAudioClassificationPipeline": "pipeline",
+    # when, not just what: frame scores, sound events, live tagging
+    "frame_scores": "frame_scores",
+    "FrameScores": "frame_scores",
+    "SoundEvent": "sound_events",
+    "EventPostprocessing": "sound_events",
+    "EventDetector": "sound_events",
+    "detect_events": "sound_events",
+    "read_events_tsv": "sound_events",
+    "write_events_tsv": "sound_events",
+    "event_metrics": "event_metrics",
     # fine-tuning (imports Trainer and datasets)
     "ASTTrainer": "training",
     "ASTTrainingArguments": "training",
