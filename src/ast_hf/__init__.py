@@ -58,6 +58,8 @@ _EXPORTS = {
     "read_events_tsv": "sound_events",
     "write_events_tsv": "sound_events",
     "event_metrics": "event_metrics",
+    "StreamingTagger": "streaming",
+    "ScoredWindow": "streaming",
     # fine-tuning (imports Trainer and datasets)
     "ASTTrainer": "training",
     "ASTTrainingArguments": "training",
