@@ -76,6 +76,15 @@ def has_frame_head(model) -> bool:
     return bool(getattr(model.config, "frame_head", None))
 
 
+def _column_means(model, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """[n, time columns, D]: the last-layer patch tokens (after the final LayerNorm) averaged over frequency."""
+    net = backbone(model)
+    tokens = run_model(net, input_values, attention_mask).last_hidden_state[:, 2:]
+    f, t = net.config.patch_grid(input_values.shape[1])
+    # Patches are ordered frequency-major (f rows of t columns).
+    return tokens.reshape(tokens.shape[0], f, t, tokens.shape[-1]).mean(dim=1)
+
+
 def column_logits(model, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Logits per time column of a batch: features [n, frames, mel bins] (and a [n, frames] mask) ->
     [n, time columns, labels] float32 on the CPU. Columns past a clip's real frames (see `column_count`) hold
@@ -86,11 +95,7 @@ def column_logits(model, input_values: torch.Tensor, attention_mask: torch.Tenso
     if head is None:
         raise ValueError("frame scores need a classification model (ASTForAudioClassification): this model has no "
                          "classifier head")
-    net = backbone(model)
-    tokens = run_model(net, input_values, attention_mask).last_hidden_state[:, 2:]
-    f, t = net.config.patch_grid(input_values.shape[1])
-    # Patches are ordered frequency-major (f rows of t columns); a column's tokens are averaged over frequency.
-    columns = tokens.reshape(tokens.shape[0], f, t, tokens.shape[-1]).mean(dim=1)
+    columns = _column_means(model, input_values, attention_mask)
     device, dtype = model_device_dtype(model)
     with torch.inference_mode():
         return head(columns.to(device, dtype)).float().cpu()
@@ -134,6 +139,99 @@ def _aligned_windows(blocks, window: int, hop: int):
         yield next_start, buffer[next_start - buffer_start:].copy()
 
 
+def column_tokens(model, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                  frames: list[int] | None = None) -> list[np.ndarray]:
+    """Each clip's real time columns as embeddings: the patch tokens after the final LayerNorm averaged over
+    frequency, a list of n float32 arrays [columns_i, D] (`frames` as in `column_scores`)."""
+    columns = _column_means(model, input_values, attention_mask).float().cpu().numpy()
+    if frames is None:
+        frames = ([input_values.shape[1]] * len(columns) if attention_mask is None
+                  else attention_mask.sum(dim=1).tolist())
+    return [clip[:column_count(model.config, int(n))] for clip, n in zip(columns, frames)]
+
+
+@dataclass
+class StitchedColumns:
+    """Per-column outputs of a whole recording: `values` [columns, ...], `hop` seconds per column, `duration`
+    seconds, `spectrogram` [mel bins, columns] with `spectrogram_hop` seconds per column."""
+
+    values: np.ndarray
+    hop: float
+    duration: float
+    spectrogram: np.ndarray
+    spectrogram_hop: float
+
+
+def stitch_columns(model, feature_extractor, audio, per_window, sampling_rate: int | None = None,
+                   window: float | None = None, hop: float | None = None, batch_size: int | None = None,
+                   progress: bool = True, desc: str = "columns") -> StitchedColumns:
+    """Run `per_window(input_values, attention_mask, frames) -> list of [columns_i, ...]` over windows of a
+    recording of any length and stitch the columns (see the module docstring: windows at whole-column hops, each
+    column from the window where it is most central)."""
+    config = model.config
+    rate = feature_extractor.sampling_rate
+    win, step, _ = window_samples(window, hop, rate, config.max_length)
+    column_hop = config.time_stride * round(FRAME_SHIFT_SECONDS * rate)  # samples per column step
+    step = max(1, round(step / column_hop)) * column_hop
+    window_columns = column_count(config, feature_extractor.frames_for(win))
+    if window_columns == 0:
+        raise ValueError(f"the window ({win / rate:g} s) is shorter than one patch ({config.patch_size} frames)")
+    if step // column_hop > window_columns:
+        raise ValueError(f"hop ({step / rate:g} s) leaves gaps between windows of {win / rate:g} s ({window_columns} "
+                         f"columns of {column_hop / rate:g} s): give a hop of at most the window")
+    batch_size = batch_size or default_windows_per_call(config, model_device_dtype(model)[0])
+    blocks, duration, name = audio_blocks(audio, sampling_rate, rate)
+    frame_hop = round(FRAME_SHIFT_SECONDS * rate)
+
+    from tqdm.auto import tqdm
+
+    sketch = _SpectrogramSketch()
+    covered_frames = 0  # feature frames already in the sketch
+    pieces: list[np.ndarray] = []  # consecutive runs of final step scores
+    done = 0  # global columns already final
+    pending: tuple[int, np.ndarray] | None = None  # (first column, scores) of the previous window, not yet final
+    total = 0
+    expected = None if duration is None else int(np.ceil(max(0.0, duration * rate - win) / step)) + 1
+    bar = tqdm(total=expected, unit="window", desc=desc, disable=not progress, leave=False)
+    try:
+        for batch in batched(_aligned_windows(blocks, win, step), batch_size):
+            total = batch[-1][0] + len(batch[-1][1])
+            batch = [(start, clip) for start, clip in batch if len(clip) >= feature_extractor.min_samples]
+            if not batch:
+                continue
+            values, mask = featurize(feature_extractor, [clip for _, clip in batch], config.max_length)
+            frames = [feature_extractor.frames_for(len(clip)) for _, clip in batch]
+            for (start, _), scores, feats, real in zip(batch, per_window(values, mask, frames),
+                                                       values, frames):
+                first_frame = start // frame_hop
+                sketch.add(feats[max(0, covered_frames - first_frame):real].numpy())
+                covered_frames = max(covered_frames, first_frame + real)
+                if not len(scores):  # a last window shorter than a patch: its columns are all in the previous one
+                    continue
+                first = start // column_hop
+                if pending is not None:
+                    # Where two windows overlap, each column goes to the window in which it is most central.
+                    prev_first, prev = pending
+                    middle = (prev_first + len(prev) / 2 + first + len(scores) / 2) / 2
+                    split = max(first, min(prev_first + len(prev), int(np.floor(middle + 0.5))))
+                    pieces.append(prev[done - prev_first:split - prev_first])
+                    done = split
+                pending = (first, scores)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    if total == 0:
+        raise ValueError(f"{name} holds no audio samples (zero-length recording)")
+    if pending is None:
+        raise ValueError(f"{name} ({total / rate:.3f} s) is shorter than one patch ({config.patch_size} frames, "
+                         f"{(config.patch_size - 1) * FRAME_SHIFT_SECONDS + 0.025:.3f} s): nothing to score")
+    prev_first, prev = pending
+    pieces.append(prev[done - prev_first:])
+    scores = np.concatenate(pieces)
+    return StitchedColumns(values=scores, hop=column_hop / rate, duration=total / rate, spectrogram=sketch.array(),
+                           spectrogram_hop=sketch.pool * FRAME_SHIFT_SECONDS)
+
+
 def frame_scores(
     model,
     feature_extractor,
@@ -161,70 +259,14 @@ def frame_scores(
         ValueError: a recording shorter than one patch (16 frames, ~0.17 s), an empty one, NaN samples, or bad
             window/hop values.
     """
-    config = model.config
-    activation = resolve_activation(config, activation)
-    rate = feature_extractor.sampling_rate
-    win, step, _ = window_samples(window, hop, rate, config.max_length)
-    column_hop = config.time_stride * round(FRAME_SHIFT_SECONDS * rate)  # samples per column step
-    step = max(1, round(step / column_hop)) * column_hop
-    window_columns = column_count(config, feature_extractor.frames_for(win))
-    if window_columns == 0:
-        raise ValueError(f"the window ({win / rate:g} s) is shorter than one patch ({config.patch_size} frames)")
-    if step // column_hop > window_columns:
-        raise ValueError(f"hop ({step / rate:g} s) leaves gaps between windows of {win / rate:g} s ({window_columns} "
-                         f"columns of {column_hop / rate:g} s): give a hop of at most the window")
-    batch_size = batch_size or default_windows_per_call(config, model_device_dtype(model)[0])
-    blocks, duration, name = audio_blocks(audio, sampling_rate, rate)
-    frame_hop = round(FRAME_SHIFT_SECONDS * rate)
-
-    from tqdm.auto import tqdm
-
-    sketch = _SpectrogramSketch()
-    covered_frames = 0  # feature frames already in the sketch
-    pieces: list[np.ndarray] = []  # consecutive runs of final step scores
-    done = 0  # global columns already final
-    pending: tuple[int, np.ndarray] | None = None  # (first column, scores) of the previous window, not yet final
-    total = 0
-    expected = None if duration is None else int(np.ceil(max(0.0, duration * rate - win) / step)) + 1
-    bar = tqdm(total=expected, unit="window", desc="frame scores", disable=not progress, leave=False)
-    try:
-        for batch in batched(_aligned_windows(blocks, win, step), batch_size):
-            total = batch[-1][0] + len(batch[-1][1])
-            batch = [(start, clip) for start, clip in batch if len(clip) >= feature_extractor.min_samples]
-            if not batch:
-                continue
-            values, mask = featurize(feature_extractor, [clip for _, clip in batch], config.max_length)
-            frames = [feature_extractor.frames_for(len(clip)) for _, clip in batch]
-            for (start, _), scores, feats, real in zip(batch, column_scores(model, values, mask, activation, frames),
-                                                       values, frames):
-                first_frame = start // frame_hop
-                sketch.add(feats[max(0, covered_frames - first_frame):real].numpy())
-                covered_frames = max(covered_frames, first_frame + real)
-                if not len(scores):  # a last window shorter than a patch: its columns are all in the previous one
-                    continue
-                first = start // column_hop
-                if pending is not None:
-                    # Where two windows overlap, each column goes to the window in which it is most central.
-                    prev_first, prev = pending
-                    middle = (prev_first + len(prev) / 2 + first + len(scores) / 2) / 2
-                    split = max(first, min(prev_first + len(prev), int(np.floor(middle + 0.5))))
-                    pieces.append(prev[done - prev_first:split - prev_first])
-                    done = split
-                pending = (first, scores)
-            bar.update(len(batch))
-    finally:
-        bar.close()
-    if total == 0:
-        raise ValueError(f"{name} holds no audio samples (zero-length recording)")
-    if pending is None:
-        raise ValueError(f"{name} ({total / rate:.3f} s) is shorter than one patch ({config.patch_size} frames, "
-                         f"{(config.patch_size - 1) * FRAME_SHIFT_SECONDS + 0.025:.3f} s): nothing to score")
-    prev_first, prev = pending
-    pieces.append(prev[done - prev_first:])
-    scores = np.concatenate(pieces)
-    return FrameScores(labels=label_names(config), scores=scores, hop=column_hop / rate, duration=total / rate,
-                       activation=activation, spectrogram=sketch.array(),
-                       spectrogram_hop=sketch.pool * FRAME_SHIFT_SECONDS)
+    activation = resolve_activation(model.config, activation)
+    stitched = stitch_columns(model, feature_extractor, audio,
+                              lambda values, mask, frames: column_scores(model, values, mask, activation, frames),
+                              sampling_rate, window, hop, batch_size, progress, desc="frame scores")
+    return FrameScores(labels=label_names(model.config), scores=stitched.values, hop=stitched.hop,
+                       duration=stitched.duration, activation=activation, spectrogram=stitched.spectrogram,
+                       spectrogram_hop=stitched.spectrogram_hop)
 
 
-__all__ = ["FrameScores", "frame_scores", "column_scores", "column_logits", "column_count", "has_frame_head"]
+__all__ = ["FrameScores", "frame_scores", "column_scores", "column_logits", "column_tokens", "column_count",
+           "has_frame_head", "stitch_columns", "StitchedColumns"]
