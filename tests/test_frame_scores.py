@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, ASTModel
-from ast_hf.event_metrics import event_metrics
-from ast_hf.frame_scores import column_count, column_scores, frame_scores
+from ast_hf.sed_metrics import event_metrics
+from ast_hf.frame_level import column_count, column_scores, frame_scores
 from ast_hf.inference import featurize
 from ast_hf.sound_events import EventPostprocessing, SoundEvent, detect_events
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, hear
-from ast_hf.frame_scores import column_tokens
+from ast_hf.frame_level import column_tokens
 from ast_hf.inference import featurize
 
 from conftest import tiny_config

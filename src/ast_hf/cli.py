@@ -346,7 +346,7 @@ def _add_detect(sub) -> None:
         from pathlib import Path
 
         from .batch_inference import collect_inputs
-        from .frame_scores import frame_scores
+        from .frame_level import frame_scores
         from .inference import label_names
         from .model_loading import load_for_inference
         from .sound_events import detect_events, read_events_tsv, write_events_tsv
@@ -381,7 +381,7 @@ def _add_detect(sub) -> None:
         write_events_tsv(args.events, events)
         print(f"wrote {args.events}: {len(events)} events in {len(paths) - len(failed)} files")
         if reference is not None:
-            from .event_metrics import event_metrics
+            from .sed_metrics import event_metrics
 
             scored = {name for path, name in zip(paths, names) if path not in failed}
             metrics = event_metrics([e for e in reference if e.filename in scored], events)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .embeddings import embed
-from .frame_scores import column_tokens, stitch_columns
+from .frame_level import column_tokens, stitch_columns
 from .long_audio import FRAME_SHIFT_SECONDS
 
 TIMESTAMP_HOP_MS = 50.0
