@@ -304,6 +304,51 @@ def long_audio(quick: bool, repeats: int) -> list[dict]:
     return rows
 
 
+def events(quick: bool, repeats: int) -> list[dict]:
+    """When, not just what. Live: real-time factor (compute seconds / audio seconds) of `StreamingTagger` fed
+    0.1 s chunks, at a 0.5 s hop for a Speech-Commands-size model (128 frames) and a 5 s hop for a 10.24 s model
+    (goal <= 0.5 both), with the median window latency. Frame scores of a 60 s recording against `tag_long_audio`
+    on the same recording (ours = frame scores, theirs = tag_long_audio; goal: ratio >= 1 / 1.2)."""
+    import time
+
+    from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, StreamingTagger, frame_scores, tag_long_audio
+
+    rng = np.random.default_rng(0)
+    rows = []
+    seconds = 20.0 if quick else 60.0
+    wave = (0.1 * rng.standard_normal(int(seconds * SR))).astype(np.float32)
+    for max_length, hop in ((128, 0.5), (1024, 5.0)):
+        config = model_config(quick, max_length=max_length)
+        model = ASTForAudioClassification(config).eval()
+        fe = ASTFeatureExtractor(max_length=config.max_length)
+        chunk = SR // 10
+        latencies = []
+
+        def stream(model=model, fe=fe, hop=hop):
+            tagger = StreamingTagger(model, fe, hop=hop)
+            for first in range(0, len(wave), chunk):
+                latencies.extend(w.latency for w in tagger.feed(wave[first:first + chunk]))
+            tagger.flush()
+
+        timing = interleaved({"ours": stream}, max(1, repeats // 2))["ours"]
+        rows.append(dict(section="events", case=f"live, {max_length} frames, hop {hop:g} s, 0.1 s chunks",
+                         ours=timing, theirs=None,
+                         note=f"{seconds:.0f} s of audio: real-time factor {timing.median / seconds:.3f} "
+                              f"(goal <= 0.5); median window latency {statistics.median(latencies) * 1000:.0f} ms"))
+    config = model_config(quick)
+    model = ASTForAudioClassification(config).eval()
+    fe = ASTFeatureExtractor(max_length=config.max_length)
+    started = time.perf_counter()
+    t = interleaved({"ours": lambda: frame_scores(model, fe, wave, sampling_rate=SR, progress=False),
+                     "theirs": lambda: tag_long_audio(model, fe, wave, sampling_rate=SR, progress=False)},
+                    max(1, repeats // 2))
+    rows.append(dict(section="events", case=f"frame scores of a {seconds:.0f} s recording vs tag_long_audio",
+                     ours=t["ours"], theirs=t["theirs"],
+                     note=f"ratio = tag_long_audio / frame_scores (goal >= 0.83, i.e. <= 1.2x); "
+                          f"{time.perf_counter() - started:.0f} s in all"))
+    return rows
+
+
 SECTIONS = {
     "features": feature_extraction,
     "forward": forward,
@@ -311,6 +356,7 @@ SECTIONS = {
     "end2end": end_to_end,
     "longaudio": long_audio,
     "train": training_step,
+    "events": events,
 }
 
 

@@ -50,6 +50,18 @@ _EXPORTS = {
     "ASTEnsemble": "ensemble",
     "ASTEnsembleOutput": "ensemble",
     "ASTAudioClassificationPipeline": "pipeline",
+    # when, not just what: frame scores, sound events, live tagging
+    "frame_scores": "frame_level",
+    "FrameScores": "frame_level",
+    "SoundEvent": "sound_events",
+    "EventPostprocessing": "sound_events",
+    "EventDetector": "sound_events",
+    "detect_events": "sound_events",
+    "read_events_tsv": "sound_events",
+    "write_events_tsv": "sound_events",
+    "event_metrics": "sed_metrics",
+    "StreamingTagger": "streaming",
+    "ScoredWindow": "streaming",
     # fine-tuning (imports Trainer and datasets)
     "ASTTrainer": "training",
     "ASTTrainingArguments": "training",

@@ -284,9 +284,244 @@ def _add_norm_stats(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_event_options(p) -> None:
+    """Post-processing options shared by `detect` and `listen`."""
+    p.add_argument("--threshold", type=float, default=0.5, help="on threshold of every label (default 0.5)")
+    p.add_argument("--off-threshold", type=float, help="off threshold (hysteresis; default: the on threshold)")
+    p.add_argument("--label-threshold", action="append", default=[], metavar="LABEL=ON[:OFF]",
+                   help="per-label thresholds (repeat); labels not given use --threshold / --off-threshold")
+    p.add_argument("--median-filter", type=int, default=1, metavar="STEPS",
+                   help="median filter length in steps (odd; 1 = off)")
+    p.add_argument("--min-duration", type=float, default=0.0, metavar="S", help="drop shorter events (seconds)")
+    p.add_argument("--merge-gap", type=float, default=0.0, metavar="S", help="join events this close (seconds)")
+
+
+def _event_postprocessing(args, labels: list[str]):
+    """`EventPostprocessing` from the options of `_add_event_options`, checked against the model's labels."""
+    from .sound_events import EventPostprocessing
+
+    off_default = args.threshold if args.off_threshold is None else args.off_threshold
+    on = dict.fromkeys(labels, args.threshold)
+    off = dict.fromkeys(labels, off_default)
+    for item in args.label_threshold:
+        label, sep, values = item.rpartition("=")
+        try:
+            on_text, _, off_text = values.partition(":")
+            on_value = float(on_text)
+            off_value = float(off_text) if off_text else on_value
+        except ValueError:
+            sep = ""
+        if not sep or not label:
+            raise ValueError(f"--label-threshold {item!r}: expected LABEL=ON or LABEL=ON:OFF, e.g. Speech=0.4:0.3")
+        if label not in on:
+            raise ValueError(f"--label-threshold {item!r}: unknown label {label!r}")
+        on[label], off[label] = on_value, off_value
+    params = EventPostprocessing(on_threshold=on, off_threshold=off, median_steps=args.median_filter,
+                                 min_duration=args.min_duration, merge_gap=args.merge_gap)
+    params.check()
+    params.thresholds(labels)
+    return params
+
+
+def _add_detect(sub) -> None:
+    p = sub.add_parser("detect", help="sound events (onset, offset, label) from frame-level scores, as DCASE TSV",
+                       description="Frame-level scores (the clip head on each time column, every time_stride x "
+                       "10 ms), post-processed into events (median filter, hysteresis thresholds, merge gap, "
+                       "minimum duration), written as a DCASE TSV: filename onset offset event_label (seconds). "
+                       "With --reference, event-based (200 ms collar) and segment-based (1 s) F1 from sed_eval.")
+    p.add_argument("inputs", nargs="+", metavar="FILE", help="audio files, folders, or .txt/.lst lists of paths")
+    p.add_argument("--model", required=True, metavar="DIR_OR_HUB_ID")
+    p.add_argument("--events", required=True, metavar="OUT.tsv", help="events file to write (atomically)")
+    p.add_argument("--plot", metavar="OUT.png", help="one file: frame scores and events over the spectrogram")
+    p.add_argument("--reference", metavar="REF.tsv", help="ground-truth events: print sed_eval metrics as JSON")
+    _add_event_options(p)
+    p.add_argument("--window", type=float, help="window in seconds (default: the model's input length)")
+    p.add_argument("--hop", type=float, help="step between windows in seconds (default: min(5, window / 2))")
+    p.add_argument("--activation", choices=["auto", "sigmoid", "softmax", "none"], default="auto")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(args) -> int:
+        import json
+        from pathlib import Path
+
+        from .batch_inference import collect_inputs
+        from .frame_level import frame_scores
+        from .inference import label_names
+        from .model_loading import load_for_inference
+        from .sound_events import detect_events, read_events_tsv, write_events_tsv
+
+        paths = collect_inputs(args.inputs)
+        if args.plot and len(paths) != 1:
+            raise ValueError(f"--plot describes one recording; {len(paths)} files were given")
+        names = [Path(path).name for path in paths]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"the events file names recordings by file name, and these repeat: {repeated[:5]}")
+        model, fe = load_for_inference(args.model, args.device)
+        labels = label_names(model.config)
+        params = _event_postprocessing(args, labels)
+        reference = read_events_tsv(args.reference, labels) if args.reference else None
+        events, failed = [], {}
+        for path, name in zip(paths, names):
+            try:
+                frames = frame_scores(model, fe, path, window=args.window, hop=args.hop,
+                                      activation=args.activation, progress=not args.no_progress)
+            except (ValueError, OSError, RuntimeError) as error:
+                failed[path] = str(error)
+                print(f"ast-hf detect: skipped {path}: {error}", file=sys.stderr)
+                continue
+            found = detect_events(frames.scores, frames.labels, frames.hop, params, filename=name,
+                                  duration=frames.duration)
+            events += found
+            if args.plot:
+                from .plotting import plot_events
+
+                print(f"wrote {plot_events(frames, found, args.plot)}")
+        write_events_tsv(args.events, events)
+        print(f"wrote {args.events}: {len(events)} events in {len(paths) - len(failed)} files")
+        if reference is not None:
+            from .sed_metrics import event_metrics
+
+            scored = {name for path, name in zip(paths, names) if path not in failed}
+            metrics = event_metrics([e for e in reference if e.filename in scored], events)
+            print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+        if failed:
+            print(f"ast-hf detect: {len(failed)} of {len(paths)} files failed", file=sys.stderr)
+        return 1 if failed else 0
+
+    p.set_defaults(func=run)
+
+
+def _pcm_blocks(stream, sample_format: str, block_bytes: int):
+    """Mono float32 blocks from a raw PCM byte stream (s16le or f32le). A stream ending mid-sample gets a warning
+    on stderr naming the bytes dropped."""
+    import numpy as np
+
+    width, dtype, scale = {"s16le": (2, "<i2", 1 / 32768), "f32le": (4, "<f4", 1.0)}[sample_format]
+    carry = b""
+    while True:
+        data = stream.read(block_bytes)
+        if not data:
+            break
+        data = carry + data
+        whole = len(data) // width * width
+        carry = data[whole:]
+        if whole:
+            yield np.frombuffer(data[:whole], dtype=dtype).astype(np.float32) * np.float32(scale)
+    if carry:
+        print(f"ast-hf listen: warning: the stream stopped mid-sample: dropped the last {len(carry)} byte(s) "
+              f"(a {sample_format} sample is {width} bytes)", file=sys.stderr)
+
+
+def _paced_blocks(path, sampling_rate: int, block_seconds: float):
+    """Blocks of `block_seconds` of a file, each released when that much real time has passed since the start."""
+    import time
+
+    from .audio_io import AudioStream
+
+    started = time.perf_counter()
+    released = 0
+    block = max(1, round(block_seconds * sampling_rate))
+    for data in AudioStream(path, sampling_rate):
+        for first in range(0, len(data), block):
+            piece = data[first:first + block]
+            released += len(piece)
+            time.sleep(max(0.0, started + released / sampling_rate - time.perf_counter()))
+            yield piece
+
+
+def _microphone_blocks(sampling_rate: int, block_seconds: float):
+    """Mono float32 blocks from the default microphone (sounddevice), until Ctrl-C."""
+    import queue
+
+    try:
+        import sounddevice
+    except (ImportError, OSError) as error:  # OSError: the module is there but the PortAudio library is not
+        raise ValueError(f"microphone input needs sounddevice and PortAudio ({error}): pip install 'ast-hf[live]' "
+                         f"and apt-get install libportaudio2, or use --stdin or --realtime FILE") from None
+    blocks: queue.Queue = queue.Queue()
+    with sounddevice.InputStream(samplerate=sampling_rate, channels=1, dtype="float32",
+                                 blocksize=max(1, round(block_seconds * sampling_rate)),
+                                 callback=lambda data, frames, when, status: blocks.put(data[:, 0].copy())):
+        while True:
+            yield blocks.get()
+
+
+def _add_listen(sub) -> None:
+    p = sub.add_parser("listen", help="live tagging of a microphone, raw PCM on stdin, or a file paced in real time",
+                       description="Sliding windows scored as soon as they are complete; prints one JSON line per "
+                       "window ({type: window, index, start, end, latency, labels}) or, with --print events, per "
+                       "event ({type: event, label, onset, offset, reported_at, delay}); times in seconds of the "
+                       "stream. Stop with Ctrl-C (the last window is then scored).")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--stdin", action="store_true", help="raw mono PCM on stdin (see --format, --sampling-rate)")
+    source.add_argument("--realtime", metavar="FILE", help="an audio file, fed at the pace of real time")
+    p.add_argument("--model", required=True, metavar="DIR_OR_HUB_ID")
+    p.add_argument("--format", choices=["s16le", "f32le"], default="s16le", help="--stdin sample format")
+    p.add_argument("--sampling-rate", type=int, default=16000, help="--stdin rate in Hz (resampled to the model's)")
+    p.add_argument("--window", type=float, help="window in seconds (default: the model's input length)")
+    p.add_argument("--hop", type=float, help="seconds between windows, a multiple of 0.01 (default min(5, window/2))")
+    p.add_argument("--print", dest="show", choices=["windows", "events", "both"], default="windows")
+    p.add_argument("--top-k", type=int, default=3, help="labels per window line (0: all)")
+    p.add_argument("--block", type=float, default=0.1, metavar="S", help="seconds read per chunk (default 0.1)")
+    _add_event_options(p)
+    p.add_argument("--activation", choices=["auto", "sigmoid", "softmax", "none"], default="auto")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+
+    def run(args) -> int:
+        import json
+
+        from .audio_io import _resample_stream, check_sampling_rate
+        from .inference import label_names, select_top
+        from .model_loading import load_for_inference
+        from .streaming import StreamingTagger
+
+        rate = check_sampling_rate(args.sampling_rate, "--sampling-rate")
+        if not args.block > 0:
+            raise ValueError(f"--block must be a positive number of seconds, got {args.block}")
+        model, fe = load_for_inference(args.model, args.device)
+        labels = label_names(model.config)
+        events = _event_postprocessing(args, labels) if args.show != "windows" else None
+        tagger = StreamingTagger(model, fe, window=args.window, hop=args.hop, activation=args.activation,
+                                 events=events)
+        if args.stdin:
+            width = 2 if args.format == "s16le" else 4
+            blocks = _resample_stream(_pcm_blocks(sys.stdin.buffer, args.format,
+                                                  width * max(1, round(args.block * rate))), rate, fe.sampling_rate)
+        elif args.realtime:
+            blocks = _paced_blocks(args.realtime, fe.sampling_rate, args.block)
+        else:
+            blocks = _microphone_blocks(fe.sampling_rate, args.block)
+
+        def emit(windows, now: float) -> None:
+            if args.show != "events":
+                for w in windows:
+                    top = select_top(w.scores, tagger.labels, args.top_k)
+                    print(json.dumps({"type": "window", "index": w.index, "start": round(w.start, 3),
+                                      "end": round(w.end, 3), "latency": round(w.latency, 4),
+                                      "labels": [{"label": label, "score": round(score, 4)} for label, score in top]}),
+                          flush=True)
+            if events is not None:
+                for e in tagger.pop_events():
+                    print(json.dumps({"type": "event", "label": e.label, "onset": e.onset, "offset": e.offset,
+                                      "reported_at": round(now, 3), "delay": round(now - e.offset, 3)}), flush=True)
+
+        try:
+            for block in blocks:
+                emit(tagger.feed(block), tagger.seconds_fed)
+        except KeyboardInterrupt:  # the way to stop a microphone: score what was heard
+            pass
+        fed = tagger.seconds_fed
+        emit(tagger.flush(), fed)  # raises if nothing was fed
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # Subcommands, in the order `ast-hf --help` lists them. Add one `_add_<name>` per subcommand above and list it.
-_SUBCOMMANDS = [_add_info, _add_convert, _add_predict, _add_embed, _add_explain, _add_export_onnx, _add_demo,
-                _add_norm_stats]
+_SUBCOMMANDS = [_add_info, _add_convert, _add_predict, _add_detect, _add_listen, _add_embed, _add_explain,
+                _add_export_onnx, _add_demo, _add_norm_stats]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -70,6 +70,39 @@ def plot_timeline(tags, path: str | Path, top_k: int = 5, title: str | None = No
     return _save(fig, path)
 
 
+def plot_events(frames, events, path: str | Path, top_k: int = 5, title: str | None = None) -> Path:
+    """Frame scores as a heat map (`top_k` rows: labels with events first, then the highest-peaking ones) with
+    the detected events outlined in red, above the spectrogram; time in seconds. `frames` is a `FrameScores`,
+    `events` its `SoundEvent`s."""
+    from matplotlib.patches import Rectangle
+
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    with_events = list(dict.fromkeys(frames.labels.index(e.label) for e in events))
+    by_peak = [int(i) for i in np.argsort(-frames.scores.max(axis=0), kind="stable") if i not in with_events]
+    order = (with_events + by_peak)[:top_k]
+    edges = np.arange(len(frames.scores) + 1) * frames.hop
+    fig, (ax_scores, ax_spec) = _figure([1.0, 1.4], height=2.5 + 0.35 * len(order) + 3.0)
+    bounded = frames.activation in ("sigmoid", "softmax")
+    mesh = ax_scores.pcolormesh(edges, np.arange(len(order) + 1), frames.scores[:, order].T, cmap="viridis",
+                                vmin=0.0 if bounded else None, vmax=1.0 if bounded else None, shading="flat")
+    ax_scores.set_yticks(np.arange(len(order)) + 0.5, [_short(frames.labels[i]) for i in order])
+    ax_scores.invert_yaxis()
+    row_of = {label_index: row for row, label_index in enumerate(order)}
+    for event in events:
+        row = row_of.get(frames.labels.index(event.label))
+        if row is not None:
+            ax_scores.add_patch(Rectangle((event.onset, row + 0.08), event.offset - event.onset, 0.84, fill=False,
+                                          edgecolor="red", linewidth=1.5))
+    fig.colorbar(mesh, ax=ax_scores, label=f"frame score ({frames.activation})", pad=0.01, fraction=0.04)
+    if frames.spectrogram is not None and frames.spectrogram.size:
+        draw_spectrogram(fig, ax_spec, frames.spectrogram, frames.spectrogram_hop)
+    ax_spec.set_xlim(0.0, frames.duration)
+    ax_scores.set_title(title or f"{len(events)} events (red), frame scores every {frames.hop * 1000:.0f} ms, "
+                                 f"{frames.duration:.1f} s recording")
+    return _save(fig, path)
+
+
 def patch_map_to_pixels(grid_map: np.ndarray, num_mel_bins: int, num_frames: int, patch_size: int,
                         frequency_stride: int, time_stride: int) -> np.ndarray:
     """Spread a [f, t] patch map over the [mel bins, frames] it covers; overlapping patches are averaged and

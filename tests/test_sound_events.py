@@ -1,0 +1,77 @@
+"""Event post-processing on hand-made score sequences with known answers (median filter, hysteresis, merge gap,
+minimum duration), incremental pushes equal one batch, DCASE TSV round trip and its errors."""
+
+import numpy as np
+import pytest
+
+from ast_hf.sound_events import (EventDetector, EventPostprocessing, SoundEvent, detect_events, read_events_tsv,
+                                 write_events_tsv)
+
+LABELS = ["a", "b"]
+
+
+def scores():
+    s = np.zeros((50, 2))
+    s[10:20, 0] = 0.9   # a: 1.0-2.0 s with a one-step dip at 1.4 s
+    s[14, 0] = 0.1
+    s[22:25, 0] = 0.8   # a: 2.2-2.5 s, 0.2 s after the first
+    s[30, 1] = 0.9      # b: a 0.1 s blip at 3.0 s
+    s[40:50, 1] = 0.7   # b: 4.0 s to the end
+    s[45, 1] = 0.4      # between the off (0.3) and on (0.5) thresholds: hysteresis keeps it open
+    return s
+
+
+def test_each_step_of_the_post_processing_does_what_it_says():
+    plain = detect_events(scores(), LABELS, 0.1, EventPostprocessing(0.5))
+    assert [(e.onset, e.offset, e.label) for e in plain] == [
+        (1.0, 1.4, "a"), (1.5, 2.0, "a"), (2.2, 2.5, "a"), (3.0, 3.1, "b"), (4.0, 4.5, "b"), (4.6, 5.0, "b")]
+    hysteresis = detect_events(scores(), LABELS, 0.1, EventPostprocessing(0.5, 0.3))
+    assert (4.0, 5.0, "b") in [(e.onset, e.offset, e.label) for e in hysteresis]
+    median = detect_events(scores(), LABELS, 0.1, EventPostprocessing(0.5, median_steps=3))
+    assert [(e.onset, e.offset, e.label) for e in median] == [
+        (1.0, 2.0, "a"), (2.2, 2.5, "a"), (4.0, 5.0, "b")]  # the dip and the blip filtered out
+    everything = detect_events(scores(), LABELS, 0.1, EventPostprocessing(0.5, 0.3, min_duration=0.15,
+                                                                          merge_gap=0.25), duration=4.8)
+    assert [(e.onset, e.offset, e.label) for e in everything] == [(1.0, 2.5, "a"), (4.0, 4.8, "b")]
+
+
+def test_incremental_pushes_give_the_events_of_one_batch():
+    params = EventPostprocessing({"a": 0.5, "b": 0.6}, {"a": 0.3, "b": 0.35}, median_steps=5, min_duration=0.2,
+                                 merge_gap=0.3)
+    rng = np.random.default_rng(0)
+    s = np.clip(scores() + rng.normal(0, 0.15, scores().shape), 0, 1)
+    batch = detect_events(s, LABELS, 0.1, params)
+    detector = EventDetector(LABELS, params)
+    streamed, first = [], 0
+    while first < len(s):
+        n = int(rng.integers(1, 6))
+        starts = np.arange(first, min(first + n, len(s))) * 0.1
+        streamed += detector.push(s[first:first + n], starts, starts + 0.1)
+        first += n
+    streamed += detector.close()
+    assert sorted(streamed, key=lambda e: (e.onset, e.label)) == batch and batch
+
+
+def test_bad_parameters_are_refused():
+    for params, message in ((EventPostprocessing(median_steps=2), "odd"),
+                            (EventPostprocessing(min_duration=-1), "min_duration"),
+                            (EventPostprocessing(0.5, 0.6), "must not exceed"),
+                            (EventPostprocessing({"c": 0.5}), "unknown label")):
+        with pytest.raises(ValueError, match=message):
+            detect_events(scores(), LABELS, 0.1, params)
+    with pytest.raises(ValueError, match=r"\[steps, 2\]"):
+        detect_events(np.zeros((5, 3)), LABELS, 0.1)
+    with pytest.raises(ValueError, match="NaN"):
+        detect_events(np.full((5, 2), np.nan), LABELS, 0.1)
+
+
+def test_tsv_round_trip_and_errors_name_the_line(tmp_path):
+    events = [SoundEvent(0.25, 1.5, "a", "x.wav"), SoundEvent(2.0, 3.125, "b", "y.wav")]
+    path = write_events_tsv(tmp_path / "e.tsv", events)
+    assert path.read_text().splitlines()[0] == "filename\tonset\toffset\tevent_label"
+    assert read_events_tsv(path, LABELS) == events
+    (tmp_path / "bad.tsv").write_text("filename\tonset\toffset\tevent_label\nx.wav\n\nx.wav\t1\tinf\ta\n")
+    with pytest.raises(ValueError, match="bad.tsv line 4: need 0 <= onset < offset"):
+        read_events_tsv(tmp_path / "bad.tsv")
+    with pytest.raises(FileNotFoundError, match="no such events file"):
+        read_events_tsv(tmp_path / "missing.tsv")
