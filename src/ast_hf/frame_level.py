@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .audio_io import audio_blocks
+from .configuration_ast import NUM_PREFIX_TOKENS
 from .embeddings import backbone
 from .inference import apply_activation, featurize, label_names, model_device_dtype, resolve_activation, run_model
 from .long_audio import FRAME_SHIFT_SECONDS, _SpectrogramSketch, batched, default_windows_per_call, window_samples
@@ -79,7 +80,7 @@ def has_frame_head(model) -> bool:
 def _column_means(model, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """[n, time columns, D]: the last-layer patch tokens (after the final LayerNorm) averaged over frequency."""
     net = backbone(model)
-    tokens = run_model(net, input_values, attention_mask).last_hidden_state[:, 2:]
+    tokens = run_model(net, input_values, attention_mask).last_hidden_state[:, NUM_PREFIX_TOKENS:]
     f, t = net.config.patch_grid(input_values.shape[1])
     # Patches are ordered frequency-major (f rows of t columns).
     return tokens.reshape(tokens.shape[0], f, t, tokens.shape[-1]).mean(dim=1)
