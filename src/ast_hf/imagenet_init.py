@@ -87,6 +87,10 @@ def _read_timm_deit(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if "v.cls_token" in state_dict:
         raise ValueError(f"{path.name} is an AST or SSAST checkpoint (keys v.*), not an ImageNet DeiT: convert it with "
                          f"`ast-hf convert` and load the folder with from_pretrained")
+    if "cls_token" not in state_dict or "patch_embed.proj.weight" not in state_dict:
+        keys = sorted(state_dict)
+        raise ValueError(f"{path.name} is not a timm DeiT checkpoint: it has no cls_token / patch_embed.proj.weight "
+                         f"(keys start with {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''})")
     original = {f"v.{key}": tensor for key, tensor in state_dict.items()}
     arch = inspect_original_state_dict(original, in_channels=3, kind=f"a timm DeiT checkpoint ({path.name})")
     ast_names = {key.removeprefix(BACKBONE_PREFIX): tensor.float()
