@@ -611,9 +611,9 @@ def _plan_pretraining_backbone(arch: SourceArchitecture, source_name: str, pooli
         patch_size=arch.patch_size, qkv_bias=arch.qkv_bias, frequency_stride=patch_f, time_stride=patch_t,
         max_length=tdim, num_mel_bins=fdim, pooling=pooling or "mean", num_prefix_tokens=arch.num_prefix_tokens,
         architectures=["ASTModel"])
-    notes = [f"SSAST self-supervised checkpoint: pretraining input {fdim} mel bins x {tdim} frames, {patch_f}x{patch_t} "
-             f"patches at stride = patch, grid {grid[0]}x{grid[1]}, {arch.num_prefix_tokens} prefix token(s); recorded "
-             f"in config.json (num_mel_bins, max_length, strides) for fine-tuning",
+    notes = [f"SSAST self-supervised checkpoint: pretraining input {fdim} mel bins x {tdim} frames, "
+             f"{patch_f}x{patch_t} patches at stride = patch, grid {grid[0]}x{grid[1]}, {arch.num_prefix_tokens} "
+             f"prefix token(s); recorded in config.json (num_mel_bins, max_length, strides) for fine-tuning",
              f"pooling {config.pooling!r} for fine-tuning" + ("" if pooling else " (SSAST's default ft_avgtok; "
                                                                "--pooling cls for ft_cls)")]
     return _Plan(config, Geometry(patch_f, patch_t, grid, tdim, tdim), None, "nowhere (a backbone has no labels)",
