@@ -488,7 +488,7 @@ def test_missing_unexpected_and_misshapen_keys(tmp_path):
         "unexpected": ({**sd, "module.v.blocks.0.attn.extra": torch.zeros(3)}, r"unexpected v\.blocks\.0\.attn\.extra"),
         "shape": ({**sd, "module.v.blocks.1.mlp.fc2.weight": torch.zeros(64, 100)},
                   r"shapes fit no AST configuration.*v\.blocks\.1\.mlp\.fc2\.weight \(64, 100\)"),
-        "not_ast": ({"encoder.weight": torch.zeros(3)}, "not an original AST checkpoint"),
+        "not_ast": ({"encoder.weight": torch.zeros(3)}, "not an AST or SSAST checkpoint.*encoder.weight"),
         "width": (original_state_dict(96, 1, 5, (12, 12)), "not a multiple of 64"),
     }
     for name, (state, message) in variants.items():
