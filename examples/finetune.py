@@ -10,7 +10,10 @@ One CPU, one GPU, several GPUs or several machines, with the same script:
 Data: `--data DIR` reads a local audiofolder (offline: DIR/train/<label>/*.wav and DIR/test/<label>/*.wav, or
 a metadata.csv with file_name, label (and fold) columns); without it the recipe's Hub data set is used (online).
 Model: `--model DIR` starts from an AST folder (the AudioSet model: a fresh head for the new labels and the
-position embeddings adapted to the recipe's length); `--config JSON` builds a fresh model from ASTConfig fields.
+position embeddings adapted to the recipe's length; for the `ssast-*` recipes a converted SSAST self-supervised
+backbone, loaded at the recipe's strides and pooling); `--imagenet DEIT` starts from ImageNet DeiT weights (a timm
+.pth/.safetensors file or a transformers DeiT folder, the authors' rule); `--config JSON` builds a fresh model from
+ASTConfig fields.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from pathlib import Path
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", required=True, choices=["esc50", "speechcommands", "audioset"])
+    p.add_argument("--recipe", required=True,
+                   choices=["esc50", "speechcommands", "audioset", "ssast-speechcommands", "ssast-esc50"])
     p.add_argument("--output-dir", required=True)
     p.add_argument("--data", help="local audiofolder (offline); default: the recipe's Hub data set")
     p.add_argument("--model", help="AST folder or Hub id to fine-tune (e.g. the converted AudioSet model)")
+    p.add_argument("--imagenet", metavar="DEIT",
+                   help="start from ImageNet DeiT weights (timm .pth/.safetensors or a transformers DeiT folder)")
     p.add_argument("--config", help="JSON file of ASTConfig fields: train a fresh model instead of --model")
     p.add_argument("--label-column", help="default: 'label' for a local folder, the recipe's for the Hub")
     p.add_argument("--audio-column", default="audio")
@@ -68,7 +74,7 @@ def build_labels(recipe, splits, label_column, collator_multi_label):
         for value in part[label_column]:
             values = value if isinstance(value, list) else (value.split(",") if collator_multi_label else [value])
             found.update(str(v).strip() for v in values)
-    table = list(load_label_table(recipe.name).values())
+    table = list(load_label_table(recipe.dataset_name).values())
     return table if found <= set(table) else sorted(found)
 
 
@@ -92,10 +98,17 @@ def run_one(args, recipe, train, evaluation, labels, output_dir: Path, label_col
         torch.manual_seed(args.seed)
         model = ASTForAudioClassification(config)
     elif args.model:
-        model = ASTForAudioClassification.from_pretrained(args.model, num_labels=len(labels), max_length=max_length,
-                                                          **common)
+        pooling = {"pooling": recipe.pooling} if recipe.pooling else {}
+        model = ASTForAudioClassification.from_pretrained(
+            args.model, num_labels=len(labels), max_length=max_length, frequency_stride=recipe.frequency_stride,
+            time_stride=recipe.time_stride, **pooling, **common)
+    elif args.imagenet:
+        model = ASTForAudioClassification.from_imagenet(
+            args.imagenet, num_labels=len(labels), frequency_stride=recipe.frequency_stride or 10,
+            time_stride=recipe.time_stride or 10, max_length=max_length, **common)
     else:
-        raise ValueError("give --model (an AST folder or Hub id to fine-tune) or --config (a fresh model)")
+        raise ValueError("give --model (an AST folder or Hub id to fine-tune), --imagenet (DeiT weights) or --config "
+                         "(a fresh model)")
     if args.compute_norm_stats:
         compute_normalization_stats(train, fe, audio_column=args.audio_column)
     collator = ASTAudioCollator(

@@ -13,6 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AST_HF_SHARED", REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures" / "original"
+SSAST_FIXTURES = SHARED / "fixtures" / "ssast"
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +22,14 @@ def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
         pytest.skip(f"the original-code fixtures are not at {FIXTURES} (set AST_HF_SHARED to the shared/ folder)")
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def ssast_fixtures_dir() -> Path:
+    """`../shared/fixtures/ssast`, written by SSAST's own code; tests that need it skip without it."""
+    if not SSAST_FIXTURES.is_dir():
+        pytest.skip(f"the SSAST-code fixtures are not at {SSAST_FIXTURES} (set AST_HF_SHARED to the shared/ folder)")
+    return SSAST_FIXTURES
 
 
 def tiny_config(**overrides):

@@ -37,17 +37,19 @@ def _layer_norm(x, weight, bias, eps):
     return (x - mean) / torch.sqrt(var + eps) * weight + bias
 
 
-def reference_logits(state_dict, x, *, fstride, tstride, heads, pos_embed=None):
-    """Logits [B, labels] of the original AST for input x [B, T, F] (float64)."""
-    sd = {k.removeprefix("module."): v.double() for k, v in state_dict.items()}
-    weight = sd["v.patch_embed.proj.weight"][:, 0]  # [D, 16 (mel), 16 (frames)]
-    patch = weight.shape[-1]
+def reference_tokens(state_dict, x, *, fstride, tstride, heads, pos_embed=None):
+    """Tokens [B, prefix + f * t, D] after the final LayerNorm of the original AST / SSAST backbone (float64);
+    the patch shape and the prefix tokens (cls, and dist_token when present) are read off the keys."""
+    sd = {k.removeprefix("module."): v.double() for k, v in state_dict.items() if v.is_floating_point()}
+    weight = sd["v.patch_embed.proj.weight"][:, 0]  # [D, patch mel bins, patch frames]
+    patch_f, patch_t = weight.shape[-2:]
     image = x.double().transpose(1, 2)  # [B, F, T]: frequency is the image height
-    patches = image.unfold(1, patch, fstride).unfold(2, patch, tstride)  # [B, f, t, 16, 16]
+    patches = image.unfold(1, patch_f, fstride).unfold(2, patch_t, tstride)  # [B, f, t, patch_f, patch_t]
     tokens = torch.einsum("bftij,dij->bftd", patches, weight) + sd["v.patch_embed.proj.bias"]
     batch, f, t, dim = tokens.shape
     tokens = tokens.reshape(batch, f * t, dim)  # frequency-major
-    z = torch.cat([sd["v.cls_token"].expand(batch, 1, dim), sd["v.dist_token"].expand(batch, 1, dim), tokens], 1)
+    prefix = [sd[k].expand(batch, 1, dim) for k in ("v.cls_token", "v.dist_token") if k in sd]
+    z = torch.cat([*prefix, tokens], 1)
     z = z + (sd["v.pos_embed"] if pos_embed is None else pos_embed.double())
     hd = dim // heads
     depth = len({k.split(".")[2] for k in sd if k.startswith("v.blocks.")})
@@ -62,20 +64,33 @@ def reference_logits(state_dict, x, *, fstride, tstride, heads, pos_embed=None):
         h = _layer_norm(z, b("norm2.weight"), b("norm2.bias"), 1e-6) @ b("mlp.fc1.weight").T + b("mlp.fc1.bias")
         h = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))
         z = z + h @ b("mlp.fc2.weight").T + b("mlp.fc2.bias")
-    z = _layer_norm(z, sd["v.norm.weight"], sd["v.norm.bias"], 1e-6)
-    pooled = _layer_norm((z[:, 0] + z[:, 1]) / 2, sd["mlp_head.0.weight"], sd["mlp_head.0.bias"], 1e-5)
+    return _layer_norm(z, sd["v.norm.weight"], sd["v.norm.bias"], 1e-6)
+
+
+def reference_logits(state_dict, x, *, fstride, tstride, heads, pos_embed=None, pooling="cls"):
+    """Logits [B, labels] of the original AST (pooling "cls": mean of the prefix tokens) or a fine-tuned SSAST
+    ("mean": `ft_avgtok`, mean of the patch tokens) for input x [B, T, F] (float64)."""
+    sd = {k.removeprefix("module."): v.double() for k, v in state_dict.items()}
+    z = reference_tokens(state_dict, x, fstride=fstride, tstride=tstride, heads=heads, pos_embed=pos_embed)
+    prefix = 2 if "v.dist_token" in sd else 1
+    pooled = z[:, :prefix].mean(1) if pooling == "cls" else z[:, prefix:].mean(1)
+    pooled = _layer_norm(pooled, sd["mlp_head.0.weight"], sd["mlp_head.0.bias"], 1e-5)
     return pooled @ sd["mlp_head.1.weight"].T + sd["mlp_head.1.bias"]
 
 
-def original_state_dict(dim, depth, labels, grid, *, seed=0, patch=16, prefix="module.", mlp=None):
-    """A seeded random checkpoint in the authors' layout (DataParallel prefix, DeiT heads included)."""
+def original_state_dict(dim, depth, labels, grid, *, seed=0, patch=16, prefix="module.", mlp=None, prefix_tokens=2):
+    """A seeded random checkpoint in the authors' layout (DataParallel prefix, DeiT heads included); `patch` an int
+    or (mel bins, frames); `labels` None for no `mlp_head` (an SSAST pretraining backbone)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *shape, s=1.0: torch.randn(*shape, generator=g) * s  # noqa: E731
     mlp = mlp or 4 * dim
     f, t = grid
-    sd = {"v.cls_token": r(1, 1, dim, s=0.5), "v.pos_embed": r(1, 2 + f * t, dim, s=0.5),
-          "v.dist_token": r(1, 1, dim, s=0.5), "v.patch_embed.proj.weight": r(dim, 1, patch, patch, s=1 / patch),
-          "v.patch_embed.proj.bias": r(dim, s=0.1)}
+    patch_f, patch_t = (patch, patch) if isinstance(patch, int) else patch
+    sd = {"v.cls_token": r(1, 1, dim, s=0.5), "v.pos_embed": r(1, prefix_tokens + f * t, dim, s=0.5)}
+    if prefix_tokens == 2:
+        sd["v.dist_token"] = r(1, 1, dim, s=0.5)
+    sd.update({"v.patch_embed.proj.weight": r(dim, 1, patch_f, patch_t, s=1 / patch_f),
+               "v.patch_embed.proj.bias": r(dim, s=0.1)})
     for i in range(depth):
         p = f"v.blocks.{i}."
         sd.update({p + "norm1.weight": 1 + r(dim, s=0.1), p + "norm1.bias": r(dim, s=0.1),
@@ -86,8 +101,10 @@ def original_state_dict(dim, depth, labels, grid, *, seed=0, patch=16, prefix="m
                    p + "mlp.fc2.weight": r(dim, mlp, s=mlp ** -0.5), p + "mlp.fc2.bias": r(dim, s=0.1)})
     sd.update({"v.norm.weight": 1 + r(dim, s=0.1), "v.norm.bias": r(dim, s=0.1),
                "v.head.weight": r(1000, dim), "v.head.bias": r(1000), "v.head_dist.weight": r(1000, dim),
-               "v.head_dist.bias": r(1000), "mlp_head.0.weight": 1 + r(dim, s=0.1), "mlp_head.0.bias": r(dim, s=0.1),
-               "mlp_head.1.weight": r(labels, dim, s=dim ** -0.5), "mlp_head.1.bias": r(labels, s=0.1)})
+               "v.head_dist.bias": r(1000)})
+    if labels is not None:
+        sd.update({"mlp_head.0.weight": 1 + r(dim, s=0.1), "mlp_head.0.bias": r(dim, s=0.1),
+                   "mlp_head.1.weight": r(labels, dim, s=dim ** -0.5), "mlp_head.1.bias": r(labels, s=0.1)})
     return {prefix + k: v for k, v in sd.items()}
 
 
@@ -471,7 +488,7 @@ def test_missing_unexpected_and_misshapen_keys(tmp_path):
         "unexpected": ({**sd, "module.v.blocks.0.attn.extra": torch.zeros(3)}, r"unexpected v\.blocks\.0\.attn\.extra"),
         "shape": ({**sd, "module.v.blocks.1.mlp.fc2.weight": torch.zeros(64, 100)},
                   r"shapes fit no AST configuration.*v\.blocks\.1\.mlp\.fc2\.weight \(64, 100\)"),
-        "not_ast": ({"encoder.weight": torch.zeros(3)}, "not an original AST checkpoint"),
+        "not_ast": ({"encoder.weight": torch.zeros(3)}, "not an AST or SSAST checkpoint.*encoder.weight"),
         "width": (original_state_dict(96, 1, 5, (12, 12)), "not a multiple of 64"),
     }
     for name, (state, message) in variants.items():

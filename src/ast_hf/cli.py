@@ -28,7 +28,8 @@ def _add_info(sub) -> None:
 
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert a checkpoint of the authors' original code into a Hub-ready folder",
-                       description="Convert an original AST checkpoint (YuanGongND/ast) into a folder with "
+                       description="Convert an original AST (YuanGongND/ast) or SSAST (YuanGongND/ssast, fine-tuned "
+                       "or self-supervised) checkpoint into a folder with "
                        "model.safetensors, config.json, preprocessor_config.json and a model card; the result is "
                        "verified against a forward pass computed from the source before it is moved into place.")
     p.add_argument("src", help="the original .pth (e.g. audioset_10_10_0.4593.pth)")
@@ -40,6 +41,9 @@ def _add_convert(sub) -> None:
     p.add_argument("--max-length", type=int, help="adapt the position embeddings to this many frames")
     p.add_argument("--labels", default="auto", metavar="audioset|esc50|speechcommands|FILE.csv|none",
                    help="label names (default: from the label count)")
+    p.add_argument("--pooling", choices=["mean", "cls"],
+                   help="SSAST checkpoints: mean of the patch tokens (ft_avgtok) or of the prefix tokens (ft_cls); "
+                        "AST checkpoints need none")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="dtype of the stored weights")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -50,14 +54,17 @@ def _add_convert(sub) -> None:
 
         result = convert_original_checkpoint(
             args.src, args.out_dir, fstride=args.fstride, tstride=args.tstride, input_tdim=args.input_tdim,
-            num_mel_bins=args.num_mel_bins, max_length=args.max_length, labels=args.labels, dtype=args.dtype,
+            num_mel_bins=args.num_mel_bins, max_length=args.max_length, labels=args.labels, pooling=args.pooling,
+            dtype=args.dtype,
             force=args.force, push_to_hub=args.push_to_hub)
         for note in result.notes:
             print(f"note: {note}")
         cfg = result.config
+        backbone = cfg.architectures == ["ASTModel"]  # an SSAST self-supervised checkpoint: no head, tokens checked
         print(f"wrote {result.path}: D={cfg.hidden_size}, {cfg.num_hidden_layers} blocks, strides "
-              f"{cfg.frequency_stride}/{cfg.time_stride}, {cfg.max_length} frames, {cfg.num_labels} labels; "
-              f"max |logit difference| vs the source {result.max_abs_diff:.2e}")
+              f"{cfg.frequency_stride}/{cfg.time_stride}, {cfg.max_length} frames, "
+              f"{'a backbone (no head)' if backbone else f'{cfg.num_labels} labels'}, pooling {cfg.pooling}; "
+              f"max |{'token' if backbone else 'logit'} difference| vs the source {result.max_abs_diff:.2e}")
         return 0
 
     p.set_defaults(func=run)

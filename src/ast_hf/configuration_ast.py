@@ -4,6 +4,11 @@ Field names and defaults are those of `transformers`' own `ASTConfig`, so a `con
 library loads in the other. One field is added, `classifier_layer_norm_eps`: the authors' classification
 head normalises with eps 1e-5 while their backbone uses 1e-6; left at `None` the head uses
 `layer_norm_eps`, which is what `transformers` does (1e-12 for both by default).
+
+The rest of the AST family (SSAST) needs what `transformers`' AST cannot express: `pooling="mean"`, one prefix
+token, non-square patches (`patch_size=(128, 2)`). A config that uses any of them is saved with `model_type`
+`EXTENDED_MODEL_TYPE`, which plain `transformers` does not know, so its Auto classes and pipelines refuse the folder
+instead of building a model that computes something else; every other config keeps `transformers`' model type.
 """
 
 from __future__ import annotations
@@ -16,16 +21,30 @@ ORIGINAL_LAYER_NORM_EPS = 1e-6
 ORIGINAL_CLASSIFIER_LAYER_NORM_EPS = 1e-5
 # Tokens before the patches in every token sequence (and position embedding table): cls, then distillation.
 NUM_PREFIX_TOKENS = 2
+# `model_type` written for configs that `transformers`' AST would misread (see the module docstring).
+EXTENDED_MODEL_TYPE = "ast-hf"
+POOLINGS = ("cls", "mean")
 
 
-def patch_grid(num_mel_bins: int, num_frames: int, patch_size: int, frequency_stride: int, time_stride: int) -> tuple[int, int]:
+def patch_shape(patch_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(mel bins, frames) covered by one patch: an int is a square patch, a pair is (frequency, time)."""
+    if isinstance(patch_size, int):
+        return patch_size, patch_size
+    if len(patch_size) != 2:
+        raise ValueError(f"patch_size must be an int or a (frequency, time) pair, got {patch_size!r}")
+    return int(patch_size[0]), int(patch_size[1])
+
+
+def patch_grid(num_mel_bins: int, num_frames: int, patch_size: int | tuple[int, int], frequency_stride: int,
+               time_stride: int) -> tuple[int, int]:
     """Number of patches along (frequency, time) for an input of `num_frames` frames x `num_mel_bins` bins."""
-    if num_mel_bins < patch_size or num_frames < patch_size:
+    patch_f, patch_t = patch_shape(patch_size)
+    if num_mel_bins < patch_f or num_frames < patch_t:
         raise ValueError(
-            f"an input of {num_frames} frames x {num_mel_bins} mel bins is smaller than one {patch_size}x{patch_size} "
-            f"patch; give at least {patch_size} frames (about {patch_size * 10} ms of audio)"
+            f"an input of {num_frames} frames x {num_mel_bins} mel bins is smaller than one {patch_f}x{patch_t} "
+            f"patch (mel bins x frames); give at least {patch_t} frames (about {patch_t * 10} ms of audio)"
         )
-    return (num_mel_bins - patch_size) // frequency_stride + 1, (num_frames - patch_size) // time_stride + 1
+    return (num_mel_bins - patch_f) // frequency_stride + 1, (num_frames - patch_t) // time_stride + 1
 
 
 @strict(accept_kwargs=True)
@@ -48,13 +67,17 @@ class ASTConfig(PreTrainedConfig):
         initializer_range: std of the truncated normal used for fresh weights.
         layer_norm_eps: eps of the backbone LayerNorms (authors: 1e-6).
         classifier_layer_norm_eps: eps of the head LayerNorm (authors: 1e-5); `None` means `layer_norm_eps`.
-        patch_size: side of the square patch, in frames and mel bins.
+        patch_size: side of a square patch, or a (mel bins, frames) pair (SSAST "Frame" models: (128, 2)).
         qkv_bias: whether the query/key/value projections have a bias.
         frequency_stride: patch stride along mel bins.
         time_stride: patch stride along frames.
         max_length: number of frames (10 ms each) the position embeddings were learned for; inputs of
             other lengths are accepted and the embeddings adapted on the fly.
         num_mel_bins: number of mel bins of the input spectrogram.
+        pooling: "cls" (the AST: mean of the prefix tokens after the final LayerNorm) or "mean" (SSAST's
+            `ft_avgtok`: mean of the patch tokens after the final LayerNorm, over each clip's real patches).
+        num_prefix_tokens: tokens before the patches: 2 (cls + distillation, distilled DeiTs) or 1 (cls only,
+            SSAST `base_nokd`).
     """
 
     model_type = "audio-spectrogram-transformer"
@@ -69,12 +92,21 @@ class ASTConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     classifier_layer_norm_eps: float | None = None
-    patch_size: int = 16
+    patch_size: int | list[int] | tuple[int, int] = 16
     qkv_bias: bool = True
     frequency_stride: int = 10
     time_stride: int = 10
     max_length: int = 1024
     num_mel_bins: int = 128
+    pooling: str = "cls"
+    num_prefix_tokens: int = NUM_PREFIX_TOKENS
+
+    def __post_init__(self, **kwargs):
+        # One spelling per patch: a square pair is the int transformers' AST reads, a pair is a tuple.
+        if not isinstance(self.patch_size, int):
+            shape = patch_shape(self.patch_size)
+            self.patch_size = shape[0] if shape[0] == shape[1] else shape
+        super().__post_init__(**kwargs)
 
     def validate_architecture(self):
         """Part of `@strict` validation: the shapes must describe a buildable model."""
@@ -82,10 +114,41 @@ class ASTConfig(PreTrainedConfig):
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
                              f"{self.num_attention_heads}")
-        for name in ("patch_size", "frequency_stride", "time_stride", "max_length", "num_mel_bins"):
+        for name in ("frequency_stride", "time_stride", "max_length", "num_mel_bins"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if min(self.patch_shape) < 1:
+            raise ValueError(f"patch_size must be positive, got {self.patch_size!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.num_prefix_tokens not in (1, 2):
+            raise ValueError(f"num_prefix_tokens must be 1 (cls) or 2 (cls + distillation), got "
+                             f"{self.num_prefix_tokens}")
         self.patch_grid()  # the configured input must hold at least one patch
+
+    @property
+    def patch_shape(self) -> tuple[int, int]:
+        """(mel bins, frames) covered by one patch."""
+        return patch_shape(self.patch_size)
+
+    @property
+    def is_transformers_compatible(self) -> bool:
+        """Whether `transformers`' own AST computes this model: square patches, 2 prefix tokens, "cls" pooling."""
+        return isinstance(self.patch_size, int) and self.num_prefix_tokens == 2 and self.pooling == "cls"
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        if not self.is_transformers_compatible:
+            output["model_type"] = EXTENDED_MODEL_TYPE
+        return output
+
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        """As `PreTrainedConfig.get_config_dict`, reading `EXTENDED_MODEL_TYPE` as this class's own model type."""
+        config_dict, unused = super().get_config_dict(*args, **kwargs)
+        if config_dict.get("model_type") == EXTENDED_MODEL_TYPE:
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, unused
 
     @property
     def head_layer_norm_eps(self) -> float:

@@ -6,6 +6,14 @@ keys `module.v.*` (a timm DeiT: `cls_token`, `dist_token`, `pos_embed`, `patch_e
 strides and input length come from the released file-name pattern (`audioset_10_10_0.4593.pth`), from the
 caller, or are solved from the number of patch tokens; the label set from the label count.
 
+The self-supervised AST (SSAST, YuanGongND/ssast) writes the same layout, with any patch shape (16x16 "Patch",
+128x2 "Frame") and 1 or 2 prefix tokens. Its fine-tuned checkpoints add an `mlp_head` whose pooling ("mean" of
+the patch tokens, SSAST's default, or "cls") the caller names. Its self-supervised (pretraining) checkpoints have
+no `mlp_head` but the pretraining input size (`p_input_fdim`, `p_input_tdim`) and pretext-task heads
+(`mask_embed`, `cpredlayer`, `gpredlayer`): they become a backbone folder whose config records the pretraining
+patch grid (strides = patch, the pretraining input), from which `from_pretrained(..., frequency_stride=,
+time_stride=, max_length=)` builds SSAST's fine-tuning initialisation.
+
 The output folder (`model.safetensors`, `config.json`, `preprocessor_config.json`, `README.md`) loads in
 `ast_hf` and in plain `transformers`. Before it is moved into place, it is reloaded and its logits on a fixed
 input are compared with `original_forward`, an independent functional implementation of the authors' model
@@ -29,11 +37,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .atomic_io import atomic_folder, check_destination
-from .configuration_ast import (NUM_PREFIX_TOKENS, ORIGINAL_CLASSIFIER_LAYER_NORM_EPS, ORIGINAL_LAYER_NORM_EPS,
-                                ASTConfig)
+from .configuration_ast import (ORIGINAL_CLASSIFIER_LAYER_NORM_EPS, ORIGINAL_LAYER_NORM_EPS, POOLINGS, ASTConfig,
+                                patch_grid)
 from .labels import (DATASETS, DatasetInfo, dataset_for_name, dataset_for_num_labels, dataset_key, generic_id2label,
                      load_label_table)
-from .modeling_ast import ASTForAudioClassification, adapt_position_embeddings
+from .modeling_ast import ASTForAudioClassification, ASTModel, adapt_position_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +51,23 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 RELEASED_NAME = re.compile(r"^(?P<dataset>[A-Za-z0-9-]+)_(?P<fstride>\d+)_(?P<tstride>\d+)_(?P<score>\d*\.\d+)\.pth$")
 # Keys under which training scripts commonly nest the state dict.
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "weights")
-DROPPED_PREFIXES = ("v.head.", "v.head_dist.")  # DeiT's ImageNet heads: the AST never uses them
+DEIT_HEADS = ("v.head.", "v.head_dist.")  # DeiT's ImageNet heads: no AST or SSAST task uses them
+# SSAST's pretraining-stage extras: the input size it was pretrained on and the pretext-task heads.
+PRETRAINING_INPUT_KEYS = ("p_input_fdim", "p_input_tdim")
+PRETEXT_HEADS = ("mask_embed", "cpredlayer.", "gpredlayer.")
+DROPPED_PREFIXES = DEIT_HEADS + PRETRAINING_INPUT_KEYS + PRETEXT_HEADS
+BACKBONE_PREFIX = "audio_spectrogram_transformer."  # ASTForAudioClassification's name for its ASTModel
 SHOW_PROGRESS_BYTES = 64 << 20
+SSAST_CITATION = """
+@inproceedings{gong2022ssast,
+  author={Yuan Gong and Cheng-I Lai and Yu-An Chung and James Glass},
+  title={{SSAST: Self-Supervised Audio Spectrogram Transformer}},
+  booktitle={Proceedings of the AAAI Conference on Artificial Intelligence},
+  volume={36},
+  number={10},
+  pages={10699--10709},
+  year={2022}
+}"""
 
 
 class ConversionError(ValueError):
@@ -130,24 +153,36 @@ def sha256_of(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class SourceArchitecture:
-    """What the original state dict fixes: widths, depth, patch size, label count, number of patch tokens."""
+    """What the original state dict fixes: widths, depth, patch shape, prefix tokens, label count (None without
+    a head), number of patch tokens, and for an SSAST pretraining checkpoint its input (mel bins, frames)."""
 
     hidden_size: int
     num_hidden_layers: int
     num_attention_heads: int
     intermediate_size: int
-    patch_size: int
-    num_labels: int
+    patch_size: tuple[int, int]  # (mel bins, frames)
+    num_labels: int | None
     num_patches: int
     qkv_bias: bool
+    num_prefix_tokens: int = 2
+    pretraining_input: tuple[int, int] | None = None
+
+    @property
+    def is_ast_shaped(self) -> bool:
+        """16x16 patches and cls + distillation tokens: what the AST's checkpoints (and SSAST "Patch" ones) hold."""
+        return self.patch_size == (16, 16) and self.num_prefix_tokens == 2
 
 
-def _expected_shapes(dim: int, depth: int, hidden: int, patch: int, labels: int, tokens: int,
-                     qkv_bias: bool) -> dict[str, tuple[int, ...]]:
-    shapes = {"v.cls_token": (1, 1, dim), "v.dist_token": (1, 1, dim), "v.pos_embed": (1, tokens, dim),
-              "v.patch_embed.proj.weight": (dim, 1, patch, patch), "v.patch_embed.proj.bias": (dim,),
-              "v.norm.weight": (dim,), "v.norm.bias": (dim,), "mlp_head.0.weight": (dim,), "mlp_head.0.bias": (dim,),
-              "mlp_head.1.weight": (labels, dim), "mlp_head.1.bias": (labels,)}
+def _expected_shapes(dim: int, depth: int, hidden: int, patch: tuple[int, int], labels: int | None, tokens: int,
+                     qkv_bias: bool, prefix: int, in_channels: int) -> dict[str, tuple[int, ...]]:
+    shapes = {"v.cls_token": (1, 1, dim), "v.pos_embed": (1, tokens, dim),
+              "v.patch_embed.proj.weight": (dim, in_channels, *patch), "v.patch_embed.proj.bias": (dim,),
+              "v.norm.weight": (dim,), "v.norm.bias": (dim,)}
+    if prefix == 2:
+        shapes["v.dist_token"] = (1, 1, dim)
+    if labels is not None:
+        shapes.update({"mlp_head.0.weight": (dim,), "mlp_head.0.bias": (dim,), "mlp_head.1.weight": (labels, dim),
+                       "mlp_head.1.bias": (labels,)})
     for i in range(depth):
         p = f"v.blocks.{i}."
         shapes.update({p + "norm1.weight": (dim,), p + "norm1.bias": (dim,), p + "attn.qkv.weight": (3 * dim, dim),
@@ -164,26 +199,43 @@ def _listing(keys, limit: int = 6) -> str:
     return ", ".join(keys[:limit]) + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def inspect_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> SourceArchitecture:
+def inspect_original_state_dict(state_dict: Mapping[str, torch.Tensor], *, in_channels: int = 1,
+                                kind: str = "an AST or SSAST checkpoint") -> SourceArchitecture:
     """Check every key and shape of an original state dict (keys without `module.`) and read its architecture.
 
-    Raises ValueError naming missing keys, unexpected keys or wrong shapes. The DeiT heads `v.head*` are
-    allowed (and dropped by `convert_state_dict`).
+    Recognises the AST and SSAST fine-tuned layout (`v.*` + `mlp_head.*`) and SSAST's self-supervised one (`v.*`
+    + `p_input_fdim`/`p_input_tdim` + pretext heads, no `mlp_head`); with `in_channels=3`, a timm DeiT moved
+    under `v.` (`imagenet_init`), which has no head of its own.
+
+    Raises ValueError naming missing keys, unexpected keys or wrong shapes. The DeiT heads `v.head*` and SSAST's
+    pretext heads are allowed (and dropped by `convert_state_dict`).
     """
     present = {k for k in state_dict if not k.startswith(DROPPED_PREFIXES)}
-    for key in ("v.cls_token", "v.pos_embed", "v.patch_embed.proj.weight", "mlp_head.1.weight",
-                "v.blocks.0.mlp.fc1.weight"):
+    for key in ("v.cls_token", "v.pos_embed", "v.patch_embed.proj.weight", "v.blocks.0.mlp.fc1.weight"):
         if key not in present:
-            raise ValueError(f"not an original AST checkpoint: key {key!r} is missing (keys start with "
-                             f"{_listing(present, 4)}); expected the authors' `v.*` / `mlp_head.*` layout")
+            raise ValueError(f"not {kind}: key {key!r} is missing (keys start with {_listing(state_dict, 4)}); "
+                             f"expected the authors' `v.*` / `mlp_head.*` layout")
+    kernel = state_dict["v.patch_embed.proj.weight"]
+    if kernel.ndim != 4 or kernel.shape[1] != in_channels:
+        found = ("an ImageNet model (3-channel patch kernel): initialise from it with "
+                 "ASTForAudioClassification.from_imagenet" if kernel.ndim == 4 and kernel.shape[1] == 3 else
+                 "an audio model (1-channel patch kernel): convert it with `ast-hf convert`"
+                 if kernel.ndim == 4 and kernel.shape[1] == 1 else f"a patch kernel of shape {tuple(kernel.shape)}")
+        raise ValueError(f"not {kind}: v.patch_embed.proj.weight {tuple(kernel.shape)} is {found}")
+    pretraining = all(k in state_dict for k in PRETRAINING_INPUT_KEYS)
+    labels = state_dict["mlp_head.1.weight"].shape[0] if "mlp_head.1.weight" in present else None
+    if labels is None and in_channels == 1 and not pretraining:
+        raise ValueError(f"not {kind}: it has the `v.*` backbone but neither a classification head (`mlp_head.*`) "
+                         f"nor SSAST's pretraining input size ({', '.join(PRETRAINING_INPUT_KEYS)}); keys start with "
+                         f"{_listing(state_dict, 6)}")
     dim = state_dict["v.cls_token"].shape[-1]
     depth = 1 + max(int(m.group(1)) for k in present if (m := re.match(r"v\.blocks\.(\d+)\.", k)))
     hidden = state_dict["v.blocks.0.mlp.fc1.weight"].shape[0]
-    patch = state_dict["v.patch_embed.proj.weight"].shape[-1]
-    labels = state_dict["mlp_head.1.weight"].shape[0]
+    patch = tuple(kernel.shape[2:])
+    prefix = 2 if "v.dist_token" in present else 1
     tokens = state_dict["v.pos_embed"].shape[1]
     qkv_bias = "v.blocks.0.attn.qkv.bias" in present
-    expected = _expected_shapes(dim, depth, hidden, patch, labels, tokens, qkv_bias)
+    expected = _expected_shapes(dim, depth, hidden, patch, labels, tokens, qkv_bias, prefix, in_channels)
     missing, unexpected = set(expected) - present, present - set(expected)
     if missing or unexpected:
         raise ValueError("the checkpoint's keys do not match the original AST layout: "
@@ -193,15 +245,17 @@ def inspect_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Sourc
     wrong = [f"{k} {tuple(state_dict[k].shape)} (expected {shape})" for k, shape in expected.items()
              if tuple(state_dict[k].shape) != shape]
     if wrong:
-        raise ValueError(f"shapes fit no AST configuration (D={dim}, {depth} blocks, MLP {hidden}, patch {patch}, "
-                         f"{labels} labels): {'; '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}")
-    if tokens <= NUM_PREFIX_TOKENS:
-        raise ValueError(f"v.pos_embed holds {tokens} positions; an AST needs {NUM_PREFIX_TOKENS} token positions "
-                         f"plus patches")
+        raise ValueError(f"shapes fit no AST configuration (D={dim}, {depth} blocks, MLP {hidden}, patch "
+                         f"{patch[0]}x{patch[1]}, {labels} labels): {'; '.join(wrong[:4])}"
+                         f"{' ...' if len(wrong) > 4 else ''}")
+    if tokens <= prefix:
+        raise ValueError(f"v.pos_embed holds {tokens} positions; an AST needs {prefix} token positions plus patches")
     if dim % 64:
         raise ValueError(f"hidden size {dim} is not a multiple of 64, so the number of heads cannot be inferred "
                          f"(the authors' models use 64 dims per head: D=192/384/768 -> 3/6/12 heads)")
-    return SourceArchitecture(dim, depth, dim // 64, hidden, patch, labels, tokens - NUM_PREFIX_TOKENS, qkv_bias)
+    pretraining_input = tuple(int(state_dict[k]) for k in PRETRAINING_INPUT_KEYS) if pretraining else None
+    return SourceArchitecture(dim, depth, dim // 64, hidden, patch, labels, tokens - prefix, qkv_bias, prefix,
+                              pretraining_input)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -233,37 +287,43 @@ class Geometry:
                 f"{self.min_frames}-{self.max_frames} frames)")
 
 
-def solve_geometry(num_patches: int, *, num_mel_bins: int = 128, patch_size: int = 16, fstride: int | None = None,
-                   tstride: int | None = None, input_tdim: int | None = None,
+def solve_geometry(num_patches: int, *, num_mel_bins: int = 128, patch_size: int | tuple[int, int] = 16,
+                   fstride: int | None = None, tstride: int | None = None, input_tdim: int | None = None,
                    preferred_tdim: int | None = None) -> Geometry:
     """Strides (and frame range) that turn `num_mel_bins` x T inputs into exactly `num_patches` patches.
 
-    Unknown strides are searched in 1..patch_size. Among several solutions, equal strides are preferred; then,
-    when `input_tdim` is unknown, those whose frame range holds `preferred_tdim` (the dataset's usual length).
-    Raises ValueError when nothing fits, or listing the candidates when several remain.
+    Unknown strides are searched in 1..patch side; a patch that spans every mel bin (SSAST "Frame", 128x2) gives
+    one frequency patch whatever the stride, recorded as the patch height (SSAST's Frame recipe). Among several
+    solutions, equal strides are preferred; then, when `input_tdim` is unknown, those whose frame range holds
+    `preferred_tdim` (the dataset's usual length). Raises ValueError when nothing fits, or listing the candidates
+    when several remain.
     """
-    if num_mel_bins < patch_size:
-        raise ValueError(f"num_mel_bins {num_mel_bins} is smaller than the {patch_size}x{patch_size} patch")
+    patch_f, patch_t = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
+    if num_mel_bins < patch_f:
+        raise ValueError(f"num_mel_bins {num_mel_bins} is smaller than the {patch_f}x{patch_t} patch (mel bins x "
+                         f"frames)")
     for name, value in (("fstride", fstride), ("tstride", tstride), ("input_tdim", input_tdim)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value}")
-    if input_tdim is not None and input_tdim < patch_size:
-        raise ValueError(f"input_tdim {input_tdim} is shorter than one {patch_size}-frame patch")
+    if input_tdim is not None and input_tdim < patch_t:
+        raise ValueError(f"input_tdim {input_tdim} is shorter than one {patch_f}x{patch_t} patch ({patch_t} frames)")
+    frequency_strides = [fstride] if fstride else [patch_f] if patch_f == num_mel_bins else range(1, patch_f + 1)
     candidates = []
-    for fs in [fstride] if fstride else range(1, patch_size + 1):
-        f = (num_mel_bins - patch_size) // fs + 1
+    for fs in frequency_strides:
+        f = (num_mel_bins - patch_f) // fs + 1
         if num_patches % f:
             continue
         t = num_patches // f
-        for ts in [tstride] if tstride else range(1, patch_size + 1):
-            low, high = patch_size + (t - 1) * ts, patch_size + t * ts - 1
+        for ts in [tstride] if tstride else range(1, patch_t + 1):
+            low, high = patch_t + (t - 1) * ts, patch_t + t * ts - 1
             if input_tdim is None or low <= input_tdim <= high:
                 candidates.append(Geometry(fs, ts, (f, t), low, high))
     given = ", ".join(f"{k}={v}" for k, v in (("fstride", fstride), ("tstride", tstride), ("input_tdim", input_tdim),
                                                ("num_mel_bins", num_mel_bins)) if v is not None)
     if not candidates:
-        raise ValueError(f"no patch geometry gives the checkpoint's {num_patches} patch tokens with {given}; check "
-                         f"--fstride/--tstride/--input-tdim/--num-mel-bins")
+        raise ValueError(f"no patch geometry gives the checkpoint's {num_patches} patch tokens from its {patch_f}x"
+                         f"{patch_t} patches (mel bins x frames) with {given}; check --fstride/--tstride/--input-tdim/"
+                         f"--num-mel-bins")
     equal = [c for c in candidates if c.fstride == c.tstride]
     if equal:
         candidates = equal
@@ -283,7 +343,7 @@ def solve_geometry(num_patches: int, *, num_mel_bins: int = 128, patch_size: int
 
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Original keys (no `module.`) -> `ASTForAudioClassification` keys; qkv [3D, D] split into query/key/value."""
-    backbone = "audio_spectrogram_transformer."
+    backbone = BACKBONE_PREFIX
     renames = {"v.cls_token": backbone + "embeddings.cls_token",
                "v.dist_token": backbone + "embeddings.distillation_token",
                "v.pos_embed": backbone + "embeddings.position_embeddings",
@@ -311,21 +371,22 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torc
     return out
 
 
-def original_forward(state_dict: Mapping[str, torch.Tensor], input_values: torch.Tensor, *, fstride: int,
-                     tstride: int, num_heads: int, position_embeddings: torch.Tensor | None = None,
-                     dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Logits of the authors' `ASTModel`, computed straight from its state dict (keys without `module.`).
+def original_tokens(state_dict: Mapping[str, torch.Tensor], input_values: torch.Tensor, *, fstride: int,
+                    tstride: int, num_heads: int, position_embeddings: torch.Tensor | None = None,
+                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Tokens after the final `v.norm` of the authors' AST / SSAST backbone, straight from its state dict.
 
-    A functional transcription of the original code (timm 0.4.5 DeiT blocks, eps 1e-6; `mlp_head` LayerNorm eps
-    1e-5; exact GELU), independent of `ASTForAudioClassification`.
+    A functional transcription of the original code (timm 0.4.5 DeiT blocks, eps 1e-6; exact GELU), independent
+    of `ASTModel`; the patch shape and the prefix tokens (cls, and `v.dist_token` if present) come from the keys.
 
     Args:
+        state_dict: keys without `module.` (`v.*`).
         input_values: [batch, frames, mel bins] normalised fbank.
-        position_embeddings: [1, 2 + f * t, D] to use instead of `v.pos_embed` (inputs of another length).
+        position_embeddings: [1, prefix + f * t, D] to use instead of `v.pos_embed` (inputs of another length).
         dtype: precision of the computation (float64: a reference for float32 models).
 
     Returns:
-        [batch, num_labels] logits in `dtype`.
+        [batch, prefix + f * t, D] in `dtype`.
     """
     def w(key):
         return state_dict[key].to(dtype) if key in state_dict else None
@@ -334,7 +395,8 @@ def original_forward(state_dict: Mapping[str, torch.Tensor], input_values: torch
     x = F.conv2d(x, w("v.patch_embed.proj.weight"), w("v.patch_embed.proj.bias"), stride=(fstride, tstride))
     x = x.flatten(2).transpose(1, 2)
     batch, dim = x.shape[0], x.shape[-1]
-    x = torch.cat([w("v.cls_token").expand(batch, -1, -1), w("v.dist_token").expand(batch, -1, -1), x], dim=1)
+    prefix = [w(k).expand(batch, -1, -1) for k in ("v.cls_token", "v.dist_token") if k in state_dict]
+    x = torch.cat([*prefix, x], dim=1)
     x = x + (w("v.pos_embed") if position_embeddings is None else position_embeddings.to(dtype))
     tokens, head_dim = x.shape[1], dim // num_heads
     depth = 1 + max(int(k.split(".")[2]) for k in state_dict if k.startswith("v.blocks."))
@@ -350,11 +412,32 @@ def original_forward(state_dict: Mapping[str, torch.Tensor], input_values: torch
         h = F.linear(F.gelu(F.linear(h, w(p + "mlp.fc1.weight"), w(p + "mlp.fc1.bias"))),
                      w(p + "mlp.fc2.weight"), w(p + "mlp.fc2.bias"))
         x = x + h
-    x = F.layer_norm(x, (dim,), w("v.norm.weight"), w("v.norm.bias"), eps=ORIGINAL_LAYER_NORM_EPS)
-    pooled = (x[:, 0] + x[:, 1]) / 2
-    pooled = F.layer_norm(pooled, (dim,), w("mlp_head.0.weight"), w("mlp_head.0.bias"),
+    return F.layer_norm(x, (dim,), w("v.norm.weight"), w("v.norm.bias"), eps=ORIGINAL_LAYER_NORM_EPS)
+
+
+def original_forward(state_dict: Mapping[str, torch.Tensor], input_values: torch.Tensor, *, fstride: int,
+                     tstride: int, num_heads: int, position_embeddings: torch.Tensor | None = None,
+                     pooling: str = "cls", dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Logits of the authors' `ASTModel` (AST, or a fine-tuned SSAST), computed straight from its state dict.
+
+    `original_tokens`, then the pooling: "cls" (the AST; SSAST's `ft_cls`: the mean of the 1 or 2 prefix tokens)
+    or "mean" (SSAST's `ft_avgtok`: the mean of the patch tokens), then `mlp_head` (LayerNorm eps 1e-5 + Linear).
+
+    Returns:
+        [batch, num_labels] logits in `dtype`.
+    """
+    x = original_tokens(state_dict, input_values, fstride=fstride, tstride=tstride, num_heads=num_heads,
+                        position_embeddings=position_embeddings, dtype=dtype)
+    prefix = 2 if "v.dist_token" in state_dict else 1
+    if pooling == "mean":
+        pooled = x[:, prefix:].mean(dim=1)
+    else:
+        pooled = (x[:, 0] + x[:, 1]) / 2 if prefix == 2 else x[:, 0]
+    head = {k: state_dict[k].to(dtype) for k in ("mlp_head.0.weight", "mlp_head.0.bias", "mlp_head.1.weight",
+                                                 "mlp_head.1.bias")}
+    pooled = F.layer_norm(pooled, (x.shape[-1],), head["mlp_head.0.weight"], head["mlp_head.0.bias"],
                           eps=ORIGINAL_CLASSIFIER_LAYER_NORM_EPS)
-    return F.linear(pooled, w("mlp_head.1.weight"), w("mlp_head.1.bias"))
+    return F.linear(pooled, head["mlp_head.1.weight"], head["mlp_head.1.bias"])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -398,7 +481,7 @@ def render_model_card(**fields) -> str:
 
 def _card_fields(*, config: ASTConfig, source: Path, sha256: str, released: dict | None, dataset: DatasetInfo | None,
                  label_source: str, mean: float, std: float, dtype: str, max_abs_diff: float, repo_id: str,
-                 source_tdim: int) -> dict:
+                 source_tdim: int, is_ssast: bool, is_backbone: bool) -> dict:
     from . import __version__
 
     multi = config.problem_type == "multi_label_classification"
@@ -413,15 +496,38 @@ def _card_fields(*, config: ASTConfig, source: Path, sha256: str, released: dict
         adaptation = (f"The position embeddings were adapted from the source's {source_tdim}-frame grid to "
                       f"{config.max_length} frames with the authors' rule (centre cut when shorter, bilinear when "
                       f"longer; time axis first).\n\n")
+    family_note = ""
+    if is_ssast:
+        family_note = ("The source is a self-supervised AST (SSAST; Gong, Lai, Chung and Glass, AAAI 2022), written by "
+                       "[YuanGongND/ssast](https://github.com/YuanGongND/ssast); the pooled output is "
+                       + ("the mean of the patch tokens (SSAST's `ft_avgtok`)" if config.pooling == "mean" else
+                          "the mean of the prefix tokens (SSAST's `ft_cls`)") + ".\n\n")
+    if is_backbone:
+        family_note += (f"This folder is the pretrained backbone (no classification head; the pretext-task heads were "
+                        f"dropped), recorded at its pretraining grid of {f} x {t} patches. Fine-tune it as SSAST does: "
+                        f"`ASTForAudioClassification.from_pretrained(\"{repo_id}\", num_labels=L, "
+                        f"frequency_stride=10, time_stride=10, max_length=T)` keeps the patch kernel, cuts or resizes "
+                        f"the position embeddings from the pretraining grid and adds a fresh head.\n\n")
+    transformers_note = (
+        "Plain `transformers` loads this folder too; its AST uses the backbone eps in the head LayerNorm as well "
+        "(1e-6 instead of the authors' 1e-5), which moves the logits by about 1e-5."
+        if config.is_transformers_compatible else
+        f"Plain `transformers` cannot compute this model (pooling {config.pooling!r}, {config.num_prefix_tokens} "
+        f"prefix token(s), {config.patch_shape[0]} x {config.patch_shape[1]} patches): `config.json` has model type "
+        f"`{config.to_dict()['model_type']}`, which its Auto classes refuse; load it with `ast-hf`.")
     return dict(
-        title=repo_id, repo_id=repo_id,
+        title=repo_id, repo_id=repo_id, family_note=family_note, transformers_note=transformers_note,
+        ssast_citation=SSAST_CITATION if is_ssast else "",
+        patch_shape=f"{config.patch_shape[0]} x {config.patch_shape[1]}",
         datasets_yaml=f"datasets:\n- {dataset.name}\n" if dataset is not None else "",
         source_name=source.name, source_sha256=sha256, reported_score=reported,
-        labels_summary=(f"{config.num_labels} ({dataset.title})" if dataset is not None else f"{config.num_labels}"),
-        label_source=label_source, problem_type=config.problem_type or "single_label_classification",
+        labels_summary=("none (a pretrained backbone)" if is_backbone else f"{config.num_labels} ({dataset.title})"
+                        if dataset is not None else f"{config.num_labels}"),
+        label_source=label_source,
+        problem_type="none (fine-tune first)" if is_backbone else config.problem_type or "single_label_classification",
         hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads, intermediate_size=config.intermediate_size,
-        patch_size=config.patch_size, frequency_stride=config.frequency_stride, time_stride=config.time_stride,
+        frequency_stride=config.frequency_stride, time_stride=config.time_stride,
         max_length=config.max_length, seconds=f"{config.max_length / 100:g}", num_mel_bins=config.num_mel_bins,
         grid=f"{f} x {t}", layer_norm_eps=config.layer_norm_eps,
         classifier_layer_norm_eps=config.classifier_layer_norm_eps, dtype=dtype,
@@ -468,17 +574,69 @@ class _Plan:
     label_source: str
     released: dict | None
     notes: list[str]
+    is_ssast: bool = False
+    is_backbone: bool = False  # an SSAST self-supervised checkpoint: no head, an `ASTModel` folder
+
+
+def _dropped_notes(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """One note per group of source keys that the folder leaves out."""
+    notes = []
+    for what, prefixes in (("the unused DeiT ImageNet heads", DEIT_HEADS), ("SSAST's pretext-task heads (masked-patch "
+                           "classification and reconstruction; fine-tuning never uses them)", PRETEXT_HEADS)):
+        dropped = [k for k in state_dict if k.startswith(prefixes)]
+        if dropped:
+            notes.append(f"dropped {what}: {', '.join(dropped)}")
+    return notes
+
+
+def _plan_pretraining_backbone(arch: SourceArchitecture, source_name: str, pooling: str | None,
+                               flags: dict[str, int | None]) -> _Plan:
+    """An SSAST self-supervised checkpoint: a backbone config whose patch grid is the pretraining one."""
+    fdim, tdim = arch.pretraining_input
+    given = [f"--{name.replace('_', '-')}" for name, value in flags.items() if value is not None]
+    if given:
+        raise ValueError(f"{source_name} is an SSAST self-supervised checkpoint: it stores its pretraining input "
+                         f"({fdim} mel bins x {tdim} frames, stride = patch), so {', '.join(given)} do not apply; "
+                         f"choose the fine-tuning geometry when loading the folder: ASTForAudioClassification."
+                         f"from_pretrained(OUT, num_labels=L, frequency_stride=F, time_stride=S, max_length=T)")
+    patch_f, patch_t = arch.patch_size
+    grid = patch_grid(fdim, tdim, arch.patch_size, patch_f, patch_t)
+    if grid[0] * grid[1] != arch.num_patches:
+        raise ValueError(f"{source_name}: p_input_fdim={fdim}, p_input_tdim={tdim} with {patch_f}x{patch_t} patches "
+                         f"give a {grid[0]}x{grid[1]} grid, but v.pos_embed holds {arch.num_patches} patch positions")
+    config = ASTConfig(
+        hidden_size=arch.hidden_size, num_hidden_layers=arch.num_hidden_layers,
+        num_attention_heads=arch.num_attention_heads, intermediate_size=arch.intermediate_size, hidden_act="gelu",
+        layer_norm_eps=ORIGINAL_LAYER_NORM_EPS, classifier_layer_norm_eps=ORIGINAL_CLASSIFIER_LAYER_NORM_EPS,
+        patch_size=arch.patch_size, qkv_bias=arch.qkv_bias, frequency_stride=patch_f, time_stride=patch_t,
+        max_length=tdim, num_mel_bins=fdim, pooling=pooling or "mean", num_prefix_tokens=arch.num_prefix_tokens,
+        architectures=["ASTModel"])
+    notes = [f"SSAST self-supervised checkpoint: pretraining input {fdim} mel bins x {tdim} frames, "
+             f"{patch_f}x{patch_t} patches at stride = patch, grid {grid[0]}x{grid[1]}, {arch.num_prefix_tokens} "
+             f"prefix token(s); recorded in config.json (num_mel_bins, max_length, strides) for fine-tuning",
+             f"pooling {config.pooling!r} for fine-tuning" + ("" if pooling else " (SSAST's default ft_avgtok; "
+                                                               "--pooling cls for ft_cls)")]
+    return _Plan(config, Geometry(patch_f, patch_t, grid, tdim, tdim), None, "nowhere (a backbone has no labels)",
+                 None, notes, is_ssast=True, is_backbone=True)
 
 
 def plan_conversion(state_dict: Mapping[str, torch.Tensor], source_name: str, *, fstride: int | None = None,
                     tstride: int | None = None, input_tdim: int | None = None, num_mel_bins: int = 128,
-                    labels: str | Path | None = "auto") -> _Plan:
+                    labels: str | Path | None = "auto", pooling: str | None = None) -> _Plan:
     """Infer the `ASTConfig` of an original state dict (see `convert_original_checkpoint` for the arguments)."""
     arch = inspect_original_state_dict(state_dict)
-    notes = []
-    dropped = [k for k in state_dict if k.startswith(DROPPED_PREFIXES)]
-    if dropped:
-        notes.append(f"dropped the unused DeiT heads ({', '.join(dropped)})")
+    if pooling is not None and pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    if arch.pretraining_input is not None:
+        plan = _plan_pretraining_backbone(arch, source_name, pooling,
+                                          dict(fstride=fstride, tstride=tstride, input_tdim=input_tdim))
+        plan.notes[:0] = _dropped_notes(state_dict)
+        return plan
+    if pooling is None and not arch.is_ast_shaped:
+        raise ValueError(f"{source_name} is a fine-tuned SSAST checkpoint ({arch.patch_size[0]}x{arch.patch_size[1]} "
+                         f"patches, {arch.num_prefix_tokens} prefix token(s)), whose pooling is not stored: pass "
+                         f"--pooling mean (SSAST's ft_avgtok, the default of its recipes) or --pooling cls (ft_cls)")
+    notes = _dropped_notes(state_dict)
     released = parse_released_name(source_name)
     if released is not None:
         for name, given in (("fstride", fstride), ("tstride", tstride)):
@@ -514,8 +672,11 @@ def plan_conversion(state_dict: Mapping[str, torch.Tensor], source_name: str, *,
         time_stride=geometry.tstride, max_length=input_tdim, num_mel_bins=num_mel_bins, id2label=id2label,
         label2id={name: i for i, name in id2label.items()},
         problem_type="multi_label_classification" if arch.num_labels == 1 else problem_type,  # 1 output: BCE
+        pooling=pooling or "cls", num_prefix_tokens=arch.num_prefix_tokens,
         architectures=["ASTForAudioClassification"])
-    return _Plan(config, geometry, dataset, label_source, released, notes)
+    # --pooling is only needed (and only given) for SSAST fine-tunes; the AST has one pooling.
+    return _Plan(config, geometry, dataset, label_source, released, notes,
+                 is_ssast=pooling is not None or not arch.is_ast_shaped)
 
 
 def verification_input(num_frames: int, num_mel_bins: int, batch: int = 2) -> torch.Tensor:
@@ -524,28 +685,40 @@ def verification_input(num_frames: int, num_mel_bins: int, batch: int = 2) -> to
     return 0.5 * torch.randn(batch, num_frames, num_mel_bins, generator=generator)
 
 
-def _verify(folder: Path, source: Mapping[str, torch.Tensor], geometry: Geometry, dtype: torch.dtype) -> float:
-    """Max |logits(folder) - original_forward(source)| on the fixed input; the source is rounded to `dtype`."""
-    model = ASTForAudioClassification.from_pretrained(folder, dtype=torch.float32).eval()
+def _verify(folder: Path, source: Mapping[str, torch.Tensor], plan: _Plan, dtype: torch.dtype) -> float:
+    """Max |logits(folder) - original_forward(source)| on the fixed input (for a backbone folder: max |tokens -
+    original_tokens(source)|); the source is rounded to `dtype`."""
+    geometry = plan.geometry
+    model_class = ASTModel if plan.is_backbone else ASTForAudioClassification
+    model = model_class.from_pretrained(folder, dtype=torch.float32).eval()
     config = model.config
     inputs = verification_input(config.max_length, config.num_mel_bins)
     rounded = {k: v.to(dtype) for k, v in source.items() if not k.startswith(DROPPED_PREFIXES)}
     position = None
     if config.patch_grid() != geometry.grid:  # --max-length: the authors' adaptation of the source's embeddings
-        position = adapt_position_embeddings(rounded["v.pos_embed"].double(), geometry.grid, config.patch_grid())
+        position = adapt_position_embeddings(rounded["v.pos_embed"].double(), geometry.grid, config.patch_grid(),
+                                             config.num_prefix_tokens)
+    arguments = dict(fstride=geometry.fstride, tstride=geometry.tstride, num_heads=config.num_attention_heads,
+                     position_embeddings=position)
     with torch.no_grad():
-        reference = original_forward(rounded, inputs, fstride=geometry.fstride, tstride=geometry.tstride,
-                                     num_heads=config.num_attention_heads, position_embeddings=position)
-        logits = model(inputs).logits.double()
-    return float((logits - reference).abs().max())
+        if plan.is_backbone:
+            reference = original_tokens(rounded, inputs, **arguments)
+            ours = model(inputs).last_hidden_state.double()
+        else:
+            reference = original_forward(rounded, inputs, pooling=config.pooling, **arguments)
+            ours = model(inputs).logits.double()
+    return float((ours - reference).abs().max())
 
 
 def convert_original_checkpoint(src: str | Path, out_dir: str | Path, *, fstride: int | None = None,
                                 tstride: int | None = None, input_tdim: int | None = None, num_mel_bins: int = 128,
                                 max_length: int | None = None, labels: str | Path | None = "auto",
-                                dtype: str = "float32", force: bool = False,
+                                pooling: str | None = None, dtype: str = "float32", force: bool = False,
                                 push_to_hub: str | None = None) -> ConversionResult:
-    """Convert an original AST checkpoint into a folder that `from_pretrained` (ast_hf or transformers) loads.
+    """Convert an original AST or SSAST checkpoint into a folder that `from_pretrained` loads.
+
+    AST checkpoints give folders that plain `transformers` loads too; SSAST ones use what only ast-hf expresses
+    (mean pooling, 1 prefix token, non-square patches) and are saved so that plain `transformers` refuses them.
 
     Args:
         src: the authors' `.pth` (state dict, with or without `module.`, or a training checkpoint holding one).
@@ -556,6 +729,10 @@ def convert_original_checkpoint(src: str | Path, out_dir: str | Path, *, fstride
         max_length: frames to adapt the position embeddings to (authors' rule); default: the source's length.
         labels: "auto" (from the label count), "audioset", "esc50", "speechcommands", a CSV path, or "none".
             The dataset (input statistics, length, problem type) follows the label count unless named here.
+        pooling: a fine-tuned SSAST's pooling, "mean" (`ft_avgtok`) or "cls" (`ft_cls`); required for SSAST
+            checkpoints that are not AST-shaped, default "cls" (the AST). For an SSAST self-supervised checkpoint,
+            the pooling its fine-tunes will use (default "mean"); fstride, tstride, input_tdim and max_length do
+            not apply to it (the folder keeps the pretraining grid; choose them in `from_pretrained`).
         dtype: "float32", "float16" or "bfloat16" for the stored weights.
         force: replace an existing `out_dir`.
         push_to_hub: a Hub repo id to upload the folder to once it is written and verified.
@@ -581,19 +758,27 @@ def convert_original_checkpoint(src: str | Path, out_dir: str | Path, *, fstride
         progress.set_postfix_str("reading")
         state_dict = load_original_state_dict(src)
         plan = plan_conversion(state_dict, src.name, fstride=fstride, tstride=tstride, input_tdim=input_tdim,
-                               num_mel_bins=num_mel_bins, labels=labels)
+                               num_mel_bins=num_mel_bins, labels=labels, pooling=pooling)
+        if plan.is_backbone and max_length is not None:
+            raise ValueError(f"{src.name} is an SSAST self-supervised checkpoint: --max-length does not apply (the "
+                             f"folder keeps the pretraining grid); pass max_length= to from_pretrained instead")
         sha256 = sha256_of(src)
         progress.update()
 
         progress.set_postfix_str("converting")
         source_tdim = plan.config.max_length
-        model = ASTForAudioClassification(plan.config).eval()
-        model.load_state_dict({k: v.float() for k, v in convert_state_dict(state_dict).items()}, strict=True)
+        weights = {k: v.float() for k, v in convert_state_dict(state_dict).items()}
+        if plan.is_backbone:
+            model = ASTModel(plan.config).eval()
+            weights = {k.removeprefix(BACKBONE_PREFIX): v for k, v in weights.items()}
+        else:
+            model = ASTForAudioClassification(plan.config).eval()
+        model.load_state_dict(weights, strict=True)
         if max_length is not None and max_length != source_tdim:
             model.resize_max_length(max_length)
         model.to(DTYPES[dtype])
         stats = plan.dataset or DATASETS["audioset"]  # unknown dataset: AudioSet's, the feature extractor's default
-        extractor = ASTFeatureExtractor(num_mel_bins=num_mel_bins, max_length=model.config.max_length,
+        extractor = ASTFeatureExtractor(num_mel_bins=model.config.num_mel_bins, max_length=model.config.max_length,
                                         mean=stats.mean, std=stats.std)
         progress.update()
 
@@ -603,14 +788,15 @@ def convert_original_checkpoint(src: str | Path, out_dir: str | Path, *, fstride
             extractor.save_pretrained(staging)
             progress.update()
             progress.set_postfix_str("verifying")
-            diff = _verify(staging, state_dict, plan.geometry, DTYPES[dtype])
+            diff = _verify(staging, state_dict, plan, DTYPES[dtype])
             if not diff <= VERIFY_TOLERANCE:  # also catches NaN
                 raise ConversionError(f"verification failed: the converted model's logits differ from the "
                                       f"source's by {diff:.3g} > {VERIFY_TOLERANCE:g}; nothing was written")
             card = render_model_card(**_card_fields(
                 config=model.config, source=src, sha256=sha256, released=plan.released, dataset=plan.dataset,
                 label_source=plan.label_source, mean=stats.mean, std=stats.std, dtype=dtype, max_abs_diff=diff,
-                repo_id=push_to_hub or out_dir.name, source_tdim=source_tdim))
+                repo_id=push_to_hub or out_dir.name, source_tdim=source_tdim, is_ssast=plan.is_ssast,
+                is_backbone=plan.is_backbone))
             (staging / "README.md").write_text(card, encoding="utf-8")
         progress.update()
     finally:
@@ -635,5 +821,5 @@ def _push(folder: Path, repo_id: str, source_name: str) -> None:
 
 __all__ = ["convert_original_checkpoint", "ConversionResult", "ConversionError", "load_original_state_dict",
            "plan_conversion",
-           "inspect_original_state_dict", "convert_state_dict", "original_forward", "solve_geometry",
+           "inspect_original_state_dict", "convert_state_dict", "original_forward", "original_tokens", "solve_geometry",
            "parse_released_name", "render_model_card", "VERIFY_TOLERANCE"]

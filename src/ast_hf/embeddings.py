@@ -1,7 +1,8 @@
 """Clip embeddings for retrieval and linear probes: the pooled AST output, optionally the patch tokens.
 
-The embedding of a window is the model's `pooler_output` [D]: the mean of the cls and distillation tokens
-after the final LayerNorm, the vector the classifier head reads. A recording is cut into windows exactly as
+The embedding of a window is the model's `pooler_output` [D]: after the final LayerNorm, the mean of the
+prefix (cls and distillation) tokens, or of the patch tokens for `pooling="mean"` models (SSAST): the vector the
+classifier head reads. A recording is cut into windows exactly as
 `tag_long_audio` does (streamed, memory flat with length) and the recording's embedding is the mean of its
 window embeddings. Patch tokens come back on the [frequency, time] patch grid.
 """
@@ -15,7 +16,6 @@ import numpy as np
 import torch
 
 from .audio_io import audio_blocks
-from .configuration_ast import NUM_PREFIX_TOKENS
 from .inference import featurize, run_model
 from .long_audio import batched, iter_windows, window_samples
 
@@ -70,7 +70,7 @@ def embed(model, feature_extractor, audio: str | Path | np.ndarray | torch.Tenso
         pooled.append(out.pooler_output.float().cpu().numpy())
         if return_patches:
             f, t = config.patch_grid(values.shape[1])
-            tokens = out.last_hidden_state[:, NUM_PREFIX_TOKENS:].float().cpu().numpy()
+            tokens = out.last_hidden_state[:, config.num_prefix_tokens:].float().cpu().numpy()
             patches.append(tokens.reshape(len(batch), f, t, -1))
         starts += [start for start, _ in batch]
         lengths += [len(clip) for _, clip in batch]

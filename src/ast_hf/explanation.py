@@ -58,11 +58,12 @@ def attention_rollout(attentions: Sequence[torch.Tensor], head_fusion: str = "me
     return rollout
 
 
-def token_to_patch_map(matrix: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """[batch, tokens, tokens] -> [batch, f, t]: mean of the cls and distillation rows over the patch columns,
-    renormalised to sum to one (patches are frequency-major: index fi * t + ti)."""
+def token_to_patch_map(matrix: torch.Tensor, grid: tuple[int, int],
+                       num_prefix_tokens: int = NUM_PREFIX_TOKENS) -> torch.Tensor:
+    """[batch, tokens, tokens] -> [batch, f, t]: mean of the prefix (cls and distillation) rows over the patch
+    columns, renormalised to sum to one (patches are frequency-major: index fi * t + ti)."""
     f, t = grid
-    rows = matrix[:, :NUM_PREFIX_TOKENS, NUM_PREFIX_TOKENS:].mean(dim=1)
+    rows = matrix[:, :num_prefix_tokens, num_prefix_tokens:].mean(dim=1)
     if rows.shape[-1] != f * t:
         raise ValueError(f"{rows.shape[-1]} patch tokens do not fill a {f}x{t} grid")
     rows = rows / rows.sum(dim=-1, keepdim=True)
@@ -80,7 +81,8 @@ class Explanation:
         rollout_matrix: [tokens, tokens] the full rollout (rows sum to one).
         features: [frames, mel bins] the model input (normalised log-mel).
         grid: (f, t) patches along frequency and time.
-        grid_config: (patch size, frequency stride, time stride), to map patches back onto mel bins and frames.
+        grid_config: (patch size (an int, or mel bins x frames), frequency stride, time stride), to map patches back
+            onto mel bins and frames.
         top: the model's best (label, score) pairs for the clip (empty for a backbone without a head).
         real_frames: frames of the clip itself; the rest of `features` is padding to the model's `max_length`.
         start: seconds from the start of the recording to the clip's first sample (the plots' time axis starts
@@ -92,7 +94,7 @@ class Explanation:
     rollout_matrix: np.ndarray
     features: np.ndarray
     grid: tuple[int, int]
-    grid_config: tuple[int, int, int]
+    grid_config: tuple[int | tuple[int, int], int, int]
     top: list[tuple[str, float]]
     real_frames: int = 0
     start: float = 0.0
@@ -135,13 +137,14 @@ def explain(model, feature_extractor, audio, sampling_rate: int | None = None, h
     out = run_model(model, values, output_attentions=True)
     grid = config.patch_grid(values.shape[1])
     matrix = attention_rollout(out.attentions, head_fusion)
-    layer_maps = torch.stack([token_to_patch_map(fuse_heads(a.double(), head_fusion), grid)[0]
+    prefix = config.num_prefix_tokens
+    layer_maps = torch.stack([token_to_patch_map(fuse_heads(a.double(), head_fusion), grid, prefix)[0]
                               for a in out.attentions])
     top = []
     if getattr(out, "logits", None) is not None:
         scores = apply_activation(out.logits, resolve_activation(config, activation))[0]
         top = select_top(scores, label_names(config), top_k)
-    return Explanation(rollout=token_to_patch_map(matrix, grid)[0].cpu().numpy(),
+    return Explanation(rollout=token_to_patch_map(matrix, grid, prefix)[0].cpu().numpy(),
                        layer_maps=layer_maps.cpu().numpy(), rollout_matrix=matrix[0].cpu().numpy(),
                        features=values[0].numpy(), grid=grid,
                        grid_config=(config.patch_size, config.frequency_stride, config.time_stride), top=top,

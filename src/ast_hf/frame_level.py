@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .audio_io import audio_blocks
-from .configuration_ast import NUM_PREFIX_TOKENS
+from .configuration_ast import patch_shape
 from .embeddings import backbone
 from .inference import apply_activation, featurize, label_names, model_device_dtype, resolve_activation, run_model
 from .long_audio import FRAME_SHIFT_SECONDS, _SpectrogramSketch, batched, default_windows_per_call, window_samples
@@ -67,9 +67,10 @@ class FrameScores:
 
 def column_count(config, frames: int) -> int:
     """Time columns whose whole patch lies in `frames` real feature frames (0 when shorter than one patch)."""
-    if frames < config.patch_size:
+    patch_frames = patch_shape(config.patch_size)[1]
+    if frames < patch_frames:
         return 0
-    return (frames - config.patch_size) // config.time_stride + 1
+    return (frames - patch_frames) // config.time_stride + 1
 
 
 def has_frame_head(model) -> bool:
@@ -80,7 +81,7 @@ def has_frame_head(model) -> bool:
 def _column_means(model, input_values: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """[n, time columns, D]: the last-layer patch tokens (after the final LayerNorm) averaged over frequency."""
     net = backbone(model)
-    tokens = run_model(net, input_values, attention_mask).last_hidden_state[:, NUM_PREFIX_TOKENS:]
+    tokens = run_model(net, input_values, attention_mask).last_hidden_state[:, net.config.num_prefix_tokens:]
     f, t = net.config.patch_grid(input_values.shape[1])
     # Patches are ordered frequency-major (f rows of t columns).
     return tokens.reshape(tokens.shape[0], f, t, tokens.shape[-1]).mean(dim=1)
@@ -176,7 +177,8 @@ def stitch_columns(model, feature_extractor, audio, per_window, sampling_rate: i
     step = max(1, round(step / column_hop)) * column_hop
     window_columns = column_count(config, feature_extractor.frames_for(win))
     if window_columns == 0:
-        raise ValueError(f"the window ({win / rate:g} s) is shorter than one patch ({config.patch_size} frames)")
+        raise ValueError(f"the window ({win / rate:g} s) is shorter than one patch "
+                         f"({patch_shape(config.patch_size)[1]} frames)")
     if step // column_hop > window_columns:
         raise ValueError(f"hop ({step / rate:g} s) leaves gaps between windows of {win / rate:g} s ({window_columns} "
                          f"columns of {column_hop / rate:g} s): give a hop of at most the window")
@@ -224,8 +226,9 @@ def stitch_columns(model, feature_extractor, audio, per_window, sampling_rate: i
     if total == 0:
         raise ValueError(f"{name} holds no audio samples (zero-length recording)")
     if pending is None:
-        raise ValueError(f"{name} ({total / rate:.3f} s) is shorter than one patch ({config.patch_size} frames, "
-                         f"{(config.patch_size - 1) * FRAME_SHIFT_SECONDS + 0.025:.3f} s): nothing to score")
+        patch_frames = patch_shape(config.patch_size)[1]
+        raise ValueError(f"{name} ({total / rate:.3f} s) is shorter than one patch ({patch_frames} frames, "
+                         f"{(patch_frames - 1) * FRAME_SHIFT_SECONDS + 0.025:.3f} s): nothing to score")
     prev_first, prev = pending
     pieces.append(prev[done - prev_first:])
     scores = np.concatenate(pieces)

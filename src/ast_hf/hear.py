@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .configuration_ast import patch_shape
 from .embeddings import embed
 from .frame_level import column_tokens, stitch_columns
 from .long_audio import FRAME_SHIFT_SECONDS
@@ -78,7 +79,7 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HEARModel) -> tuple[tor
     """audio [n, samples] -> (float32 embeddings [n, T, D], timestamps [n, T] in ms), one every 50 ms from 0 to
     the end of the clip, on the audio's device."""
     rate, fe, net = model.sample_rate, model.feature_extractor, model.model
-    patch_samples = (net.config.patch_size - 1) * round(FRAME_SHIFT_SECONDS * rate) + fe.min_samples
+    patch_samples = (patch_shape(net.config.patch_size)[1] - 1) * round(FRAME_SHIFT_SECONDS * rate) + fe.min_samples
     embeddings = []
     length_ms = audio.shape[1] / rate * 1000
     stamps = np.arange(int(length_ms // TIMESTAMP_HOP_MS) + 1) * TIMESTAMP_HOP_MS

@@ -123,13 +123,12 @@ def default_windows_per_call(config, device: torch.device) -> int:
     """Windows scored per model call by default. On a CPU the encoder takes `CPU_TOKENS_PER_CALL` tokens at a
     time whatever the batch (two 10.24 s windows), so larger calls would only hold more memory, and the peak
     stays that of two windows however long the recording; on a GPU batching pays: 8."""
-    from .configuration_ast import NUM_PREFIX_TOKENS
     from .onednn import CPU_TOKENS_PER_CALL
 
     if torch.device(device).type != "cpu" or not hasattr(config, "patch_grid"):  # a GPU, or transformers' AST
         return 8
     f, t = config.patch_grid()
-    return max(1, CPU_TOKENS_PER_CALL // (NUM_PREFIX_TOKENS + f * t))
+    return max(1, CPU_TOKENS_PER_CALL // (config.num_prefix_tokens + f * t))
 
 
 # --------------------------------------------------------------------------------------------------------------

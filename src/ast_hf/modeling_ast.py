@@ -55,22 +55,28 @@ def _adapt_axis(grid: torch.Tensor, new_size: int, axis: int) -> torch.Tensor:
 
 
 def adapt_position_embeddings(position_embeddings: torch.Tensor, source_grid: tuple[int, int],
-                              target_grid: tuple[int, int]) -> torch.Tensor:
+                              target_grid: tuple[int, int], num_prefix_tokens: int = NUM_PREFIX_TOKENS) -> torch.Tensor:
     """Adapt learned position embeddings to another patch grid, as the AST authors do.
 
+    The same rule serves every member of the family: the AST's `audioset_pretrain` and ImageNet (DeiT grid
+    14 x 14 or 24 x 24) paths, and SSAST's fine-tuning from its pretraining grid. SSAST's code differs in two
+    quirks (a time resize to 8 frequency rows, a `+ t_dim` in the frequency cut) that change nothing for its
+    released geometries; this rule is what that code means (docs/converter.md, "SSAST position embeddings").
+
     Args:
-        position_embeddings: [1, 2 + f0 * t0, D]; two token positions, then patches frequency-major.
+        position_embeddings: [1, prefix + f0 * t0, D]; the prefix token positions, then patches frequency-major.
         source_grid: (f0, t0) patches along (frequency, time) the embeddings were learned for.
         target_grid: (f, t) wanted.
+        num_prefix_tokens: token positions before the patches (2: cls + distillation; 1: cls).
 
     Returns:
-        [1, 2 + f * t, D]. Time first: a shorter grid is cut from the centre (start = t0 // 2 - t // 2), a
-        longer one resized bilinearly (align_corners=False); then frequency by the same rule. The two token
+        [1, prefix + f * t, D]. Time first: a shorter grid is cut from the centre (start = t0 // 2 - t // 2), a
+        longer one resized bilinearly (align_corners=False); then frequency by the same rule. The prefix token
         positions are kept as they are.
     """
     f0, t0 = source_grid
     f, t = target_grid
-    tokens, patches = position_embeddings[:, :NUM_PREFIX_TOKENS], position_embeddings[:, NUM_PREFIX_TOKENS:]
+    tokens, patches = position_embeddings[:, :num_prefix_tokens], position_embeddings[:, num_prefix_tokens:]
     if patches.shape[1] != f0 * t0:
         raise ValueError(f"position embeddings hold {patches.shape[1]} patches, not {f0}x{t0}={f0 * t0}")
     dim = patches.shape[-1]
@@ -90,7 +96,7 @@ class ASTPatchEmbeddings(nn.Module):
 
     def __init__(self, config: ASTConfig):
         super().__init__()
-        self.projection = nn.Conv2d(1, config.hidden_size, kernel_size=config.patch_size,
+        self.projection = nn.Conv2d(1, config.hidden_size, kernel_size=config.patch_shape,
                                     stride=(config.frequency_stride, config.time_stride))
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
@@ -100,36 +106,40 @@ class ASTPatchEmbeddings(nn.Module):
 
 
 class ASTEmbeddings(nn.Module):
-    """Patch tokens + cls and distillation tokens + (adapted) position embeddings."""
+    """Patch tokens + prefix tokens (cls, and distillation unless `num_prefix_tokens` is 1) + (adapted) position
+    embeddings."""
 
     def __init__(self, config: ASTConfig):
         super().__init__()
         self.config = config
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.distillation_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.distillation_token = (nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+                                   if config.num_prefix_tokens == 2 else None)
         self.patch_embeddings = ASTPatchEmbeddings(config)
         f, t = config.patch_grid()
-        self.position_embeddings = nn.Parameter(torch.zeros(1, NUM_PREFIX_TOKENS + f * t, config.hidden_size))
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, config.num_prefix_tokens + f * t, config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self._adapted: dict[tuple, torch.Tensor] = {}
 
     def position_embeddings_for(self, grid: tuple[int, int]) -> torch.Tensor:
-        """[1, 2 + f * t, D] position embeddings for a (f, t) patch grid; cached per grid when no gradient is
+        """[1, prefix + f * t, D] position embeddings for a (f, t) patch grid; cached per grid when no gradient is
         needed (the cache entry remembers the values it was made from, so any update of the parameter, even one
         written through `.data`, is noticed)."""
         param = self.position_embeddings
         base = self.config.patch_grid()
         if grid == base:
             return param
+        prefix = self.config.num_prefix_tokens
         if (torch.is_grad_enabled() and param.requires_grad) or torch.compiler.is_compiling():
-            return adapt_position_embeddings(param, base, grid)
+            return adapt_position_embeddings(param, base, grid, prefix)
         source = param.detach()
         key = (grid, source.device, source.dtype)
         entry = self._adapted.get(key)
         if entry is None or not torch.equal(entry[0], source):
             if len(self._adapted) > 32:
                 self._adapted.clear()
-            entry = self._adapted[key] = (source.clone(), adapt_position_embeddings(source, base, grid))
+            entry = self._adapted[key] = (source.clone(), adapt_position_embeddings(source, base, grid, prefix))
         return entry[1]
 
     def forward(self, input_values: torch.Tensor, frames_per_clip: torch.Tensor | None = None
@@ -140,14 +150,17 @@ class ASTEmbeddings(nn.Module):
             frames_per_clip: [batch] real frames of each clip when the batch is right-padded (None: all real).
 
         Returns:
-            embeddings [batch, 2 + f * t, D] and a token mask [batch, 2 + f * t] (True = real) or None.
+            embeddings [batch, prefix + f * t, D] and a token mask [batch, prefix + f * t] (True = real) or None.
         """
         batch, frames, _ = input_values.shape
         cfg = self.config
+        prefix = cfg.num_prefix_tokens
+        patch_frames = cfg.patch_shape[1]
         grid = cfg.patch_grid(frames)
         patches = self.patch_embeddings(input_values)
-        tokens = torch.cat([self.cls_token.expand(batch, -1, -1), self.distillation_token.expand(batch, -1, -1),
-                            patches], dim=1)
+        prefix_tokens = [token.expand(batch, -1, -1) for token in (self.cls_token, self.distillation_token)
+                         if token is not None]
+        tokens = torch.cat([*prefix_tokens, patches], dim=1)
         token_mask = None
         if frames_per_clip is None or bool((frames_per_clip >= frames).all()):
             tokens = tokens + self.position_embeddings_for(grid)
@@ -155,7 +168,7 @@ class ASTEmbeddings(nn.Module):
             # Each clip gets the embeddings it would get alone: adapted to its own length, then right-padded.
             f, t = grid
             shortest = int(frames_per_clip.min())
-            if shortest < cfg.patch_size:  # it would get a negative patch count
+            if shortest < patch_frames:  # it would get a negative patch count
                 clip = int(frames_per_clip.argmin())
                 try:
                     cfg.patch_grid(shortest)
@@ -163,16 +176,16 @@ class ASTEmbeddings(nn.Module):
                     raise ValueError(f"clip {clip} of the batch has {shortest} real frames (attention_mask): {error}, "
                                      f"or leave the clip out") from None
             real_frames = frames_per_clip.clamp(max=frames)
-            clip_t = (real_frames - cfg.patch_size).div(cfg.time_stride, rounding_mode="floor") + 1
-            position = tokens.new_zeros(batch, NUM_PREFIX_TOKENS + f * t, tokens.shape[-1])
+            clip_t = (real_frames - patch_frames).div(cfg.time_stride, rounding_mode="floor") + 1
+            position = tokens.new_zeros(batch, prefix + f * t, tokens.shape[-1])
             for length in torch.unique(clip_t).tolist():
                 rows = (clip_t == length).nonzero().squeeze(1)
                 emb = self.position_embeddings_for((f, length)).to(tokens.dtype)
-                patch_part = F.pad(emb[:, NUM_PREFIX_TOKENS:].reshape(1, f, length, -1), (0, 0, 0, t - length))
-                position[rows] = torch.cat([emb[:, :NUM_PREFIX_TOKENS], patch_part.reshape(1, f * t, -1)], dim=1)
+                patch_part = F.pad(emb[:, prefix:].reshape(1, f, length, -1), (0, 0, 0, t - length))
+                position[rows] = torch.cat([emb[:, :prefix], patch_part.reshape(1, f * t, -1)], dim=1)
             tokens = tokens + position
             time_index = torch.arange(t, device=tokens.device).repeat(f)  # frequency-major token order
-            token_mask = torch.cat([torch.ones(batch, NUM_PREFIX_TOKENS, dtype=torch.bool, device=tokens.device),
+            token_mask = torch.cat([torch.ones(batch, prefix, dtype=torch.bool, device=tokens.device),
                                     time_index.unsqueeze(0) < clip_t.unsqueeze(1)], dim=1)
         return self.dropout(tokens), token_mask
 
@@ -323,6 +336,22 @@ class ASTMLPHead(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 
 
+def pool_tokens(sequence_output: torch.Tensor, token_mask: torch.Tensor | None, config: ASTConfig) -> torch.Tensor:
+    """[batch, prefix + f * t, D] tokens after the final LayerNorm (padded ones zero) -> [batch, D] pooled output.
+
+    "cls": the mean of the prefix tokens (the AST; SSAST's `ft_cls`). "mean": the mean of the patch tokens
+    (SSAST's `ft_avgtok`), over each clip's real patches when `token_mask` [batch, tokens] marks padding.
+    """
+    prefix = config.num_prefix_tokens
+    if config.pooling == "cls":
+        return sequence_output[:, 0] if prefix == 1 else (sequence_output[:, 0] + sequence_output[:, 1]) / 2
+    patches = sequence_output[:, prefix:]
+    if token_mask is None:
+        return patches.mean(dim=1)
+    real = token_mask[:, prefix:].sum(dim=1, keepdim=True).to(patches.dtype)
+    return patches.sum(dim=1) / real
+
+
 def frames_from_attention_mask(attention_mask: torch.Tensor | None, input_values: torch.Tensor) -> torch.Tensor | None:
     """[batch, frames] 0/1 frame mask -> [batch] real frames per clip (None where every frame is real)."""
     if attention_mask is None:
@@ -441,16 +470,21 @@ class ASTPreTrainedModel(PreTrainedModel):
             # timm / the authors: truncated normal tokens and position embeddings (transformers: zeros, which
             # leaves a model trained from scratch without any sense of position at the start).
             for param in (module.cls_token, module.distillation_token, module.position_embeddings):
-                init.trunc_normal_(param, std=std)
+                if param is not None:  # no distillation token with one prefix token
+                    init.trunc_normal_(param, std=std)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, max_length: int | None = None,
+                        frequency_stride: int | None = None, time_stride: int | None = None,
                         strict: bool = True, **kwargs):
         """`PreTrainedModel.from_pretrained` for every AST checkpoint format in use, with these steps around it.
 
         Args:
             max_length: frames; adapt the position embeddings to this input length with the authors' rule
                 (centre cut / bilinear), never re-initialise them.
+            frequency_stride, time_stride: new patch strides; the patch kernel is kept and the position embeddings
+                are adapted from the checkpoint's grid to the new one in one step (`adapt_patch_grid`), as SSAST
+                fine-tunes from its pretraining grid.
             num_labels (in kwargs): when it differs from the checkpoint's, the head is fresh (and the label names
                 and problem type are reset) while the backbone loads (`_fresh_head_for_num_labels`).
             strict: raise `ValueError` when the folder lacks weights the model needs, holds weights it does not
@@ -478,29 +512,88 @@ class ASTPreTrainedModel(PreTrainedModel):
             if strict:
                 _check_weights_match(cls, source, info, new_head, allow_mismatch)
         _mark_audioset_multi_label(model.config)
-        if max_length is not None:
-            model.resize_max_length(max_length)
+        if (max_length, frequency_stride, time_stride) != (None, None, None):
+            model.adapt_patch_grid(max_length, frequency_stride, time_stride)
         return (model, info) if wants_info else model
 
-    def _embeddings(self) -> ASTEmbeddings:
-        return self.get_submodule(
-            "embeddings" if isinstance(self, ASTModel) else f"{self.base_model_prefix}.embeddings")
+    @classmethod
+    def from_imagenet(cls, source: str | Path, *, num_labels: int | None = None, frequency_stride: int = 10,
+                      time_stride: int = 10, max_length: int = 1024, num_mel_bins: int = 128, **config_kwargs):
+        """An AST initialised from an ImageNet DeiT, by the authors' rule (`imagenet_pretrain=True`).
 
-    @torch.no_grad()
+        Args:
+            source: a DeiT checkpoint in timm's layout (`.pth`, bare or `{'model': state_dict}` as the DeiT release
+                files, or `.safetensors`) or a `transformers` DeiT folder (`facebook/deit-*-distilled-*` layout).
+            num_labels: classes of the fresh head (`ASTForAudioClassification`).
+            frequency_stride, time_stride: patch strides (mel bins, frames); the DeiT's kernel is kept.
+            max_length, num_mel_bins: the input [max_length frames, num_mel_bins bins] the model is built for.
+            config_kwargs: further `ASTConfig` fields (`pooling`, dropouts, `id2label`, ...).
+
+        The RGB patch kernel is summed to one channel, the DeiT position grid cut or resized to the patch grid
+        (`adapt_position_embeddings`), the backbone LayerNorm eps is 1e-6 (timm's, which the weights were trained
+        with) and the head's 1e-5; the DeiT's ImageNet heads are dropped (`imagenet_init.deit_backbone`).
+        """
+        from .imagenet_init import deit_backbone
+
+        backbone = deit_backbone(source)
+        if num_labels is not None:
+            config_kwargs.setdefault("id2label", generic_id2label(num_labels))
+        config = ASTConfig(**backbone.config_fields, frequency_stride=frequency_stride, time_stride=time_stride,
+                           max_length=max_length, num_mel_bins=num_mel_bins, architectures=[cls.__name__],
+                           **config_kwargs)
+        model = cls(config)
+        state_dict = dict(backbone.state_dict)
+        state_dict["embeddings.position_embeddings"] = adapt_position_embeddings(
+            state_dict["embeddings.position_embeddings"], backbone.grid, config.patch_grid(),
+            config.num_prefix_tokens)
+        model._backbone().load_state_dict(state_dict, strict=True)
+        return model
+
+    def _backbone(self) -> ASTModel:
+        return self if isinstance(self, ASTModel) else getattr(self, self.base_model_prefix)
+
+    def _embeddings(self) -> ASTEmbeddings:
+        return self._backbone().embeddings
+
     def resize_max_length(self, max_length: int) -> None:
         """Adapt the learned position embeddings to inputs of `max_length` frames and record it in the config."""
+        self.adapt_patch_grid(max_length=max_length)
+
+    @torch.no_grad()
+    def adapt_patch_grid(self, max_length: int | None = None, frequency_stride: int | None = None,
+                         time_stride: int | None = None) -> None:
+        """Adapt the model to inputs of `max_length` frames cut with new patch strides (None: keep each).
+
+        The patch kernel is kept (only the convolution's stride changes) and the position embeddings go from the
+        current patch grid to the new one in one `adapt_position_embeddings` step; the config records the result.
+
+        Raises:
+            ValueError: a stride that is not positive or larger than the patch (input would fall between
+                patches), or a `max_length` shorter than one patch.
+        """
+        config = self.config
+        max_length = config.max_length if max_length is None else max_length
+        strides = (config.frequency_stride if frequency_stride is None else frequency_stride,
+                   config.time_stride if time_stride is None else time_stride)
+        for name, stride, side in zip(("frequency_stride", "time_stride"), strides, config.patch_shape):
+            if not 1 <= stride <= side:
+                raise ValueError(f"{name} {stride} does not fit the {config.patch_shape[0]}x{config.patch_shape[1]} "
+                                 f"patch (mel bins x frames): give 1..{side}, or the model would skip input between "
+                                 f"patches")
+        old_grid = config.patch_grid()
+        new_grid = patch_grid(config.num_mel_bins, max_length, config.patch_size, *strides)
         embeddings = self._embeddings()
-        old_grid = self.config.patch_grid()
-        new_grid = self.config.patch_grid(max_length)
         param = embeddings.position_embeddings
-        adapted = adapt_position_embeddings(param.data, old_grid, new_grid).contiguous()
+        adapted = adapt_position_embeddings(param.data, old_grid, new_grid, config.num_prefix_tokens).contiguous()
         embeddings.position_embeddings = nn.Parameter(adapted, requires_grad=param.requires_grad)
+        embeddings.patch_embeddings.projection.stride = strides
         embeddings._adapted.clear()
-        self.config.max_length = max_length  # one config object, shared by the backbone and its embeddings
+        # one config object, shared by the backbone and its embeddings
+        config.max_length, (config.frequency_stride, config.time_stride) = max_length, strides
 
 
 class ASTModel(ASTPreTrainedModel):
-    """The AST backbone: [batch, frames, mel bins] -> tokens [batch, 2 + f * t, D] and pooled [batch, D]."""
+    """The AST backbone: [batch, frames, mel bins] -> tokens [batch, prefix + f * t, D] and pooled [batch, D]."""
 
     # The backbone of a classification checkpoint leaves its head behind: expected, not worth a report.
     _keys_to_ignore_on_load_unexpected = [r"^classifier\."]
@@ -532,7 +625,7 @@ class ASTModel(ASTPreTrainedModel):
         if not input_values.is_floating_point():
             raise ValueError(f"input_values has dtype {input_values.dtype}; give float log-mel features, as "
                              f"ASTFeatureExtractor returns")
-        if input_values.shape[1] < self.config.patch_size:
+        if input_values.shape[1] < self.config.patch_shape[1]:
             patch_grid(self.config.num_mel_bins, input_values.shape[1], self.config.patch_size,
                        self.config.frequency_stride, self.config.time_stride)
         input_values = input_values.to(weight.dtype)  # float64 / float16 features into a float32 model, ...
@@ -571,8 +664,8 @@ class ASTModel(ASTPreTrainedModel):
                 least `patch_size` real frames.
 
         Returns:
-            `BaseModelOutputWithPooling` with `last_hidden_state` [batch, 2 + f * t, D] (padded patches zero) and
-            `pooler_output` [batch, D] = mean of the cls and distillation tokens.
+            `BaseModelOutputWithPooling` with `last_hidden_state` [batch, prefix + f * t, D] (padded patches zero)
+            and `pooler_output` [batch, D] (`pool_tokens`: the prefix tokens' mean, or the real patches' mean).
         """
         input_values = self._prepare_input(input_values)
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
@@ -585,7 +678,7 @@ class ASTModel(ASTPreTrainedModel):
         sequence_output = self.layernorm(encoded.last_hidden_state)
         if token_mask is not None:
             sequence_output = sequence_output * token_mask.unsqueeze(-1).to(sequence_output.dtype)
-        pooled = (sequence_output[:, 0] + sequence_output[:, 1]) / 2
+        pooled = pool_tokens(sequence_output, token_mask, self.config)
         out = BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=pooled,
                                          hidden_states=encoded.hidden_states, attentions=encoded.attentions)
         return out if return_dict else out.to_tuple()
@@ -666,4 +759,4 @@ class ASTForAudioClassification(ASTPreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
-__all__ = ["ASTModel", "ASTForAudioClassification", "ASTPreTrainedModel", "adapt_position_embeddings"]
+__all__ = ["ASTModel", "ASTForAudioClassification", "ASTPreTrainedModel", "adapt_position_embeddings", "pool_tokens"]

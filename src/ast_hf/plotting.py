@@ -103,17 +103,20 @@ def plot_events(frames, events, path: str | Path, top_k: int = 5, title: str | N
     return _save(fig, path)
 
 
-def patch_map_to_pixels(grid_map: np.ndarray, num_mel_bins: int, num_frames: int, patch_size: int,
-                        frequency_stride: int, time_stride: int) -> np.ndarray:
-    """Spread a [f, t] patch map over the [mel bins, frames] it covers; overlapping patches are averaged and
-    pixels no patch covers (the uncovered edge) are NaN."""
+def patch_map_to_pixels(grid_map: np.ndarray, num_mel_bins: int, num_frames: int,
+                        patch_size: int | tuple[int, int], frequency_stride: int, time_stride: int) -> np.ndarray:
+    """Spread a [f, t] patch map over the [mel bins, frames] it covers (`patch_size`: a square side, or mel bins x
+    frames); overlapping patches are averaged and pixels no patch covers (the uncovered edge) are NaN."""
+    from .configuration_ast import patch_shape
+
+    patch_f, patch_t = patch_shape(patch_size)
     f, t = grid_map.shape
     total = np.zeros((num_mel_bins, num_frames), np.float64)
     count = np.zeros_like(total)
     for fi in range(f):
         for ti in range(t):
-            rows = slice(fi * frequency_stride, fi * frequency_stride + patch_size)
-            cols = slice(ti * time_stride, ti * time_stride + patch_size)
+            rows = slice(fi * frequency_stride, fi * frequency_stride + patch_f)
+            cols = slice(ti * time_stride, ti * time_stride + patch_t)
             total[rows, cols] += grid_map[fi, ti]
             count[rows, cols] += 1
     with np.errstate(invalid="ignore"):

@@ -3,7 +3,9 @@
 `import ast_hf` changes nothing in `transformers`. After `ast_hf.register()`, every AST folder or Hub id
 (`model_type: "audio-spectrogram-transformer"`) builds ast-hf's classes through `AutoConfig`, `AutoModel`,
 `AutoModelForAudioClassification`, `AutoFeatureExtractor` and therefore `pipeline("audio-classification",
-model="some/dir")`. `unregister()` restores `transformers`' own classes.
+model="some/dir")`; so do folders with model type `ast-hf` (SSAST pooling, prefix tokens or patch shapes that
+`transformers`' AST cannot compute, which plain `transformers` refuses). `unregister()` restores `transformers`'
+own classes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING, MODEL_MAPPING
 
-from .configuration_ast import ASTConfig
+from .configuration_ast import EXTENDED_MODEL_TYPE, ASTConfig
 from .feature_extraction_ast import ASTFeatureExtractor
 from .modeling_ast import ASTForAudioClassification, ASTModel
 
@@ -34,6 +36,8 @@ def register() -> None:
     native_config = CONFIG_MAPPING[_MODEL_TYPE]
     _saved = {"config": native_config}
     AutoConfig.register(_MODEL_TYPE, ASTConfig, exist_ok=True)
+    # a second name for the same class (AutoConfig.register insists on the class's own model_type)
+    CONFIG_MAPPING.register(EXTENDED_MODEL_TYPE, ASTConfig, exist_ok=True)
     AutoModel.register(ASTConfig, ASTModel, exist_ok=True)
     AutoModelForAudioClassification.register(ASTConfig, ASTForAudioClassification, exist_ok=True)
     AutoFeatureExtractor.register(ASTConfig, ASTFeatureExtractor, exist_ok=True)
@@ -58,6 +62,7 @@ def unregister() -> None:
         return
     native_config = _saved["config"]
     CONFIG_MAPPING.register(_MODEL_TYPE, native_config, exist_ok=True)
+    CONFIG_MAPPING._extra_content.pop(EXTENDED_MODEL_TYPE, None)
     for mapping in (MODEL_MAPPING, MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING, FEATURE_EXTRACTOR_MAPPING):
         mapping._extra_content.pop(ASTConfig, None)
     feature_extraction_auto.feature_extractor_class_from_name = _saved["class_from_name"]
