@@ -171,7 +171,7 @@ def analyse_recording(model, feature_extractor, path: str | Path, out_dir: str |
                              title=f"{stem}: {_clock(tags.duration)}, {len(tags.starts)} windows")
     explanation_png = explanation.plot(
         out_dir / f"{stem}_explanation.png",
-        title=f"{stem} [{explain_start:.2f}-{explain_start + length:.2f} s]: attention rollout; top: "
+        title=f"{explain_start:.2f}-{explain_start + length:.2f} s: attention rollout; top: "
               + ", ".join(f"{label} {score:.2f}" for label, score in explanation.top[:3]))
     timeline_csv = tags.write_csv(out_dir / f"{stem}_timeline.csv", top_k=top_k)
     record = {"file": Path(path).name if name is None else name, "duration": tags.duration,
@@ -279,7 +279,7 @@ def _add_recording_tab(app: AppParts) -> None:
     rate = app.feature_extractor.sampling_rate
     with gr.Tab("Tag a recording", id="recording"):
         with gr.Row():
-            with gr.Column(scale=2):
+            with gr.Column(scale=2) as inputs_column:
                 app.recording = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Recording",
                                          elem_id="recording")
                 explain_start = gr.Number(value=0.0, minimum=0.0, label="Explain from (seconds)",
@@ -307,7 +307,8 @@ def _add_recording_tab(app: AppParts) -> None:
                                                  _fresh_folder(app.results_dir), float(start or 0.0), app.top_k,
                                                  progress=True)
             except (ValueError, FileNotFoundError) as error:
-                raise gr.Error(str(error), title="Cannot tag this recording", print_exception=False) from None
+                # It stays until closed (duration None): the person reads it, the server goes on.
+                raise gr.Error(str(error), duration=None, print_exception=False) from None
             for warning in caught:
                 if issubclass(warning.category, UserWarning):  # e.g. a file cut short (TruncatedAudioWarning)
                     gr.Warning(str(warning.message))
@@ -318,9 +319,10 @@ def _add_recording_tab(app: AppParts) -> None:
         outputs = [labels, timeline, explanation, files, summary]
         run.click(analyse, [app.recording, explain_start], outputs, api_name="analyse")
         if app.examples:
-            gr.Examples([[str(p), 0.0] for p in app.examples], [app.recording, explain_start], outputs, analyse,
-                        cache_examples=False, run_on_click=True, label="Examples made offline (espeak-ng, sox)",
-                        example_labels=[p.stem.replace("_", " ") for p in app.examples])
+            with inputs_column:  # under the input they fill; they are built last because they name the outputs
+                gr.Examples([[str(p), 0.0] for p in app.examples], [app.recording, explain_start], outputs, analyse,
+                            cache_examples=False, run_on_click=True, label="Examples made offline (espeak-ng, sox)",
+                            example_labels=[p.stem.replace("_", " ") for p in app.examples])
 
 
 def _add_live_tab(app: AppParts) -> None:
@@ -369,7 +371,7 @@ def _add_model_tab(app: AppParts) -> None:
     shown = ", ".join(names[:50]) + (f", ... ({len(names)} in all)" if len(names) > 50 else "")
     with gr.Tab("Model", id="model"):
         gr.Markdown(
-            f"| | |\n|---|---|\n"
+            f"| served | |\n|---|---|\n"
             f"| model | {getattr(config, 'name_or_path', '') or 'in memory'} |\n"
             f"| layers, width | {config.num_hidden_layers}, {config.hidden_size} |\n"
             f"| input | {config.max_length} frames = {config.max_length * 0.01:g} s windows, "
@@ -422,11 +424,19 @@ def build_app(model, feature_extractor, max_seconds: float = DEFAULT_MAX_SECONDS
 
 def launch_app(demo, host: str = DEFAULT_HOST, port: int | None = None, share: bool = False, block: bool = True):
     """Serve `demo` on `host`:`port` (default 127.0.0.1, this machine only; port None: Gradio's first free one
-    from 7860). `share` also opens a public gradio.live link (needs internet). `block=False` returns at once.
-    Returns the app's local URL."""
+    from 7860). `share` also opens a public gradio.live link (needs internet). `block=True` prints the URL and
+    serves until Ctrl-C; `block=False` returns the app's local URL at once (close it with `demo.close()`)."""
     require_gradio()
-    demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, inbrowser=False,
-                show_error=True, ssr_mode=False, quiet=not block)
+    # Server-side rendering would start a Node process; Gradio's own start-up lines speak of launch() arguments.
+    demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, inbrowser=False,
+                show_error=True, ssr_mode=False, quiet=True)
+    if block:
+        public = f" and {demo.share_url}" if share and demo.share_url else ""
+        print(f"ast-hf app: serving {demo.local_url}{public} (Ctrl-C stops it)", flush=True)
+        try:
+            demo.block_thread()
+        finally:
+            demo.close()
     return demo.local_url
 
 
