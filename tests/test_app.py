@@ -379,3 +379,21 @@ def test_cli_app_refuses_bad_arguments_before_loading_a_model(capsys):
     assert "--max-seconds must be positive" in capsys.readouterr().err
     assert main(["app", "--model", "/no/such/model"]) == 1
     assert "no model folder at /no/such/model" in capsys.readouterr().err
+
+
+def test_the_space_script_serves_the_model_it_is_given(model_dir, monkeypatch):
+    """examples/app.py: the model from its argument (else AST_HF_MODEL), loopback unless the Space says 0.0.0.0."""
+    import runpy
+
+    import ast_hf.app
+
+    launched = []
+    monkeypatch.setattr(ast_hf.app, "launch_app", lambda demo, host, port: launched.append((demo, host, port)))
+    monkeypatch.setenv("AST_HF_MAX_SECONDS", "60")
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    space = runpy.run_path(str(Path(__file__).parents[1] / "examples" / "app.py"))
+    space["main"](["app.py", str(model_dir)])
+    demo, host, port = launched[0]
+    assert (host, port) == ("127.0.0.1", 7860)
+    assert demo.title == f"ast-hf: {model_dir}"
+    assert space["DEFAULT_MODEL"] == "MIT/ast-finetuned-audioset-10-10-0.4593"
