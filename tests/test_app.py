@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -23,7 +23,7 @@ import soundfile as sf
 
 pytest.importorskip("gradio", reason="the web app's extra is not installed (pip install 'ast-hf[app]')")
 
-from inference_helpers import RATE, speech, trained_tiny_model  # noqa: E402
+from inference_helpers import RATE, speech, trained_tiny_model
 
 MAX_SECONDS = 20.0  # the served app's limit; clips.long is beyond it
 TIMELINE_WIDTH = 1320  # 12 in at 110 dpi (plotting.plot_timeline)
@@ -250,7 +250,7 @@ def test_browser_uploads_clips_sees_results_and_messages(cli_app, clips, tmp_pat
     started = time.monotonic()
 
     def screenshot(page, name, full_page=True):
-        page.screenshot(path=tmp_path / name, full_page=full_page)
+        page.screenshot(path=tmp_path / name, full_page=full_page, animations="disabled")
         if keep:
             keep.mkdir(parents=True, exist_ok=True)
             shutil.copy(tmp_path / name, keep / name)
@@ -291,6 +291,8 @@ def test_browser_uploads_clips_sees_results_and_messages(cli_app, clips, tmp_pat
             upload_and_tag(page, clips.bad)
             toast = page.locator("[data-testid=toast-body]")
             expect(toast.first).to_contain_text("bad.wav is not audio that ast-hf can decode", timeout=60_000)
+            page.wait_for_function("() => getComputedStyle(document.querySelector('[data-testid=toast-body]'))"
+                                   ".opacity === '1'", timeout=10_000)  # faded in, for the screenshot
             screenshot(page, "app_error.png", full_page=False)  # the message is pinned to the window
             page.locator("[data-testid=toast-close]").first.click()
 
@@ -357,7 +359,7 @@ def test_the_live_tab_appears_only_with_a_streaming_tagger(monkeypatch):
     monkeypatch.setattr(ast_hf, "StreamingTagger", FakeTagger, raising=False)
     listen = live_fn(build_app(model, fe, examples=[]))
     chunk = (48000, np.zeros((24000, 2), np.int16))  # 0.5 s of browser stereo at 48 kHz
-    first, state = listen(chunk, None)
+    _, state = listen(chunk, None)
     assert state.samples == 8000  # resampled to 16 kHz and mixed to mono
     labels, state = listen(chunk, state)
     assert state.samples == 16000 and next(iter(labels)) == "tone"

@@ -297,7 +297,8 @@ def _add_recording_tab(app: AppParts) -> None:
         explanation = gr.Image(type="filepath", label="Attention rollout over the spectrogram", elem_id="explanation",
                                format="png", buttons=["download", "fullscreen"])
 
-        def analyse(path, start, progress=gr.Progress(track_tqdm=True)):
+        # Gradio finds the progress tracker by its default value; track_tqdm follows tag_long_audio's windows.
+        def analyse(path, start, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
             progress(0.0, desc="reading the header")
             try:
                 seconds, native_rate = check_recording(path, app.max_seconds)
@@ -317,7 +318,9 @@ def _add_recording_tab(app: AppParts) -> None:
                     _summary(analysis, seconds, native_rate, rate))
 
         outputs = [labels, timeline, explanation, files, summary]
-        run.click(analyse, [app.recording, explain_start], outputs, api_name="analyse")
+        # The last recording's results go first: a message about this one must not sit over that one's.
+        run.click(lambda: [None] * len(outputs), None, outputs, queue=False, api_visibility="private").then(
+            analyse, [app.recording, explain_start], outputs, api_name="analyse")
         if app.examples:
             with inputs_column:  # under the input they fill; they are built last because they name the outputs
                 gr.Examples([[str(p), 0.0] for p in app.examples], [app.recording, explain_start], outputs, analyse,
@@ -371,8 +374,7 @@ def _add_model_tab(app: AppParts) -> None:
     shown = ", ".join(names[:50]) + (f", ... ({len(names)} in all)" if len(names) > 50 else "")
     with gr.Tab("Model", id="model"):
         gr.Markdown(
-            f"| served | |\n|---|---|\n"
-            f"| model | {getattr(config, 'name_or_path', '') or 'in memory'} |\n"
+            f"| model | {getattr(config, 'name_or_path', '') or 'in memory'} |\n|---|---|\n"
             f"| layers, width | {config.num_hidden_layers}, {config.hidden_size} |\n"
             f"| input | {config.max_length} frames = {config.max_length * 0.01:g} s windows, "
             f"{app.feature_extractor.sampling_rate} Hz |\n"
@@ -440,5 +442,5 @@ def launch_app(demo, host: str = DEFAULT_HOST, port: int | None = None, share: b
     return demo.local_url
 
 
-__all__ = ["build_app", "launch_app", "check_recording", "analyse_recording", "write_example_clips", "Analysis",
-           "read_segment", "explain_seconds", "DEFAULT_MAX_SECONDS"]
+__all__ = ["DEFAULT_MAX_SECONDS", "Analysis", "analyse_recording", "build_app", "check_recording", "explain_seconds",
+           "launch_app", "read_segment", "write_example_clips"]
