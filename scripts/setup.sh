@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # Sets up everything ast-hf needs on a fresh Debian machine, idempotently:
 #   - espeak-ng, sox and ffmpeg from Debian (speech and sound generation, audio decoding),
+#   - chromium from Debian, where it installs: the web app's browser test drives it (skipped without it),
 #   - a virtual environment at .venv/ in the repository root with ast-hf and its pinned dependencies.
 # Re-running it is cheap: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+sudo_cmd=""
+[ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
 missing=()
 for program in espeak-ng sox ffmpeg; do
   command -v "$program" >/dev/null 2>&1 || missing+=("$program")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian" >&2
-  sudo_cmd=""
-  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq espeak-ng sox libsox-fmt-all ffmpeg >/dev/null
+fi
+# The browser is for one test only: a machine where it does not install still sets up (that test then skips).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium from Debian (for the web app's browser test)" >&2
+  { $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium; } \
+    >/dev/null 2>&1 || echo "setup: chromium did not install; the browser test will be skipped" >&2
 fi
 
 PYTHON=${PYTHON:-python3}

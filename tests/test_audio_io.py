@@ -145,3 +145,19 @@ def test_sampling_rates_must_be_positive_ints(tmp_path, pipe):
                 call(bad)
     with pytest.raises(CorruptAudioError, match=as_string):
         decode_audio({"array": wave, "sampling_rate": "16000"})
+
+
+@pytest.mark.parametrize("codec", ["aac", "libopus"])
+def test_probe_reads_the_length_of_formats_only_ffmpeg_decodes(tmp_path, codec):
+    """The app checks a recording's length from its header before decoding: m4a and WebM (browser recordings)
+    have no soundfile header, so ffprobe's stated duration stands in (an estimate to a few ms)."""
+    from ast_hf.audio_io import probe
+
+    wav = tmp_path / "c.wav"
+    sf.write(wav, _clip(16000, 1, seconds=2.0), 16000)
+    encoded = tmp_path / ("c.m4a" if codec == "aac" else "c.webm")
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(wav), "-c:a", codec, str(encoded)], check=True)
+    info = probe(encoded)
+    assert info.sampling_rate in (16000, 48000)  # opus runs at 48 kHz
+    assert info.frames / info.sampling_rate == pytest.approx(2.0, abs=0.05)
+    assert probe(encoded.read_bytes()).frames == info.frames

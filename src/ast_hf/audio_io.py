@@ -44,7 +44,8 @@ class TruncatedAudioWarning(UserWarning):
 
 @dataclass
 class AudioInfo:
-    """A recording's header: native `sampling_rate` (Hz) and `frames` (None when only decoding tells)."""
+    """A recording's header: native `sampling_rate` (Hz) and `frames` (None when only decoding tells; for formats
+    only ffmpeg reads, the container's stated duration x the rate)."""
 
     sampling_rate: int
     frames: int | None
@@ -219,19 +220,27 @@ def _ffmpeg_decode(source, sampling_rate: int, name: str) -> np.ndarray:
     return np.frombuffer(result.stdout, dtype=np.float32).copy()
 
 
-def _ffprobe_rate(source, name: str) -> int:
+def _ffprobe_header(source, name: str) -> AudioInfo:
+    """The first audio stream's rate and, when the container states a duration, its frames (from the stream's
+    duration, else the container's: an estimate to a few ms; None when neither is stated, as in a live WebM)."""
     if shutil.which("ffprobe") is None:
         raise ValueError(f"cannot decode {name}: soundfile does not read this format and the ffprobe binary is "
                          f"not installed (apt-get install ffmpeg)")
     data = bytes(source) if isinstance(source, (bytes, bytearray)) else None
     location = "pipe:0" if data is not None else str(source)
     result = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-                             "stream=sample_rate", "-of", "default=noprint_wrappers=1:nokey=1", location],
-                            input=data, capture_output=True, check=False)
-    rate = result.stdout.decode(errors="replace").strip()
+                             "stream=sample_rate,duration:format=duration", "-of", "default=noprint_wrappers=1",
+                             location], input=data, capture_output=True, check=False)
+    rate, durations = "", []
+    for line in result.stdout.decode(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key == "sample_rate":
+            rate = rate or value.strip()
+        elif key == "duration" and value.strip().replace(".", "", 1).isdigit():
+            durations.append(float(value))  # the stream's first, then the container's; "N/A" when not stated
     if result.returncode != 0 or not rate.isdigit():
         raise _ffmpeg_error(name, result.stderr or b"no audio stream")
-    return int(rate)
+    return AudioInfo(int(rate), round(durations[0] * int(rate)) if durations else None)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -253,7 +262,8 @@ def _checked(waveform: np.ndarray, name: str) -> np.ndarray:
 
 
 def probe(source: str | Path | bytes, name: str | None = None) -> AudioInfo:
-    """The header of a file or of encoded bytes, without decoding samples (soundfile, else ffprobe).
+    """The header of a file or of encoded bytes, without decoding samples (soundfile, else ffprobe, whose frame
+    count comes from the stated duration and is None when the container states none).
 
     Raises:
         FileNotFoundError: no such file. ValueError: neither reads it.
@@ -263,7 +273,7 @@ def probe(source: str | Path | bytes, name: str | None = None) -> AudioInfo:
     info = _soundfile_info(source)
     if info is not None:
         return AudioInfo(int(info.samplerate), int(info.frames))
-    return AudioInfo(_ffprobe_rate(source, name), None)
+    return _ffprobe_header(source, name)
 
 
 def load_audio(source: str | Path | bytes, sampling_rate: int = 16000, name: str | None = None) -> np.ndarray:

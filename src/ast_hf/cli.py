@@ -526,9 +526,49 @@ def _add_listen(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_app(sub) -> None:
+    p = sub.add_parser("app", help="a local web app (Gradio): tag, plot and explain recordings in the browser",
+                       description="Serve a Gradio page that tags uploaded or recorded audio of any length: top "
+                       "labels, the timeline over the whole recording, the attention rollout over the spectrogram, "
+                       "CSV/JSON downloads. Binds to 127.0.0.1 (this machine only) unless --host says otherwise. "
+                       "Needs the app extra: pip install 'ast-hf[app]'.")
+    p.add_argument("--model", required=True, metavar="DIR_OR_HUB_ID")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; 0.0.0.0 serves every network the machine is on)")
+    p.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
+    p.add_argument("--max-seconds", type=float, default=3600.0,
+                   help="longest recording accepted, checked from its header (default 3600)")
+    p.add_argument("--top-k", type=int, default=5, help="labels shown and written (default 5)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+    def run(args) -> int:
+        from .app import build_app, launch_app, require_gradio
+        from .model_loading import load_for_inference
+
+        if not args.max_seconds > 0:
+            raise ValueError(f"--max-seconds must be positive, got {args.max_seconds}")
+        if args.port is not None and not 0 < args.port < 65536:
+            raise ValueError(f"--port must be 1-65535, got {args.port}")
+        try:
+            require_gradio()  # before the model loads: a missing extra is said at once
+        except ImportError as error:
+            print(f"ast-hf app: error: {error}", file=sys.stderr)
+            return 1
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"ast-hf app: serving on {args.host}: anyone who can reach this machine can use the app",
+                  file=sys.stderr)
+        model, fe = load_for_inference(args.model, args.device)
+        launch_app(build_app(model, fe, max_seconds=args.max_seconds, top_k=args.top_k), host=args.host,
+                   port=args.port, share=args.share)
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # Subcommands, in the order `ast-hf --help` lists them. Add one `_add_<name>` per subcommand above and list it.
 _SUBCOMMANDS = [_add_info, _add_convert, _add_predict, _add_detect, _add_listen, _add_embed, _add_explain,
-                _add_export_onnx, _add_demo, _add_norm_stats]
+                _add_export_onnx, _add_demo, _add_norm_stats, _add_app]
 
 
 def build_parser() -> argparse.ArgumentParser:
