@@ -7,7 +7,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -110,12 +109,9 @@ def main(argv=None) -> int:
             rows += fn(args.quick, repeats)
     import transformers
 
-    from ast_hf import onednn
+    from .host import describe
 
-    cpu = platform.processor() or platform.machine()
-    # The widest SIMD torch found (AVX512 or AVX2 on x86) and whether oneDNN has bf16 units: both move the ratios.
-    simd = f"{torch.backends.cpu.get_cpu_capability()}, bf16 units {'yes' if onednn.BF16_UNITS else 'no'}"
-    header = (f"Measured {datetime.date.today()} on {cpu} ({simd}), {os.cpu_count()} CPUs, "
+    header = (f"Measured {datetime.date.today()} on {describe()}; "
               f"torch {torch.__version__} "
               f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
               f"{'quick' if args.quick else 'full'} mode, {repeats} repeats; {load_before} at the start, "

@@ -1,0 +1,80 @@
+"""What the host is, for the header of every benchmark table: figures from one host do not carry to another.
+
+CPU model and flags from /proc/cpuinfo (bf16 dot products: avx512_bf16; AMX tiles: amx_bf16 / amx_tile), the SIMD
+level torch dispatches to, any cap set through ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA (rows measured so are a
+capped run on this machine, not another machine), torch's BLAS, and the oneDNN kernels our CPU paths actually get
+for a float32 and a bfloat16 matmul (read from ONEDNN_VERBOSE in a fresh process, since oneDNN prints its choice
+only when it first builds a primitive).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+
+CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "AST_HF_ONEDNN")
+
+_PROBE = """
+import torch
+from ast_hf import onednn
+x = torch.randn(256, 768)
+w = torch.randn(3072, 768)
+print("PROBE float32", flush=True)
+onednn.linear(x, w)
+if onednn.BF16_UNITS:
+    print("PROBE bfloat16", flush=True)
+    onednn.linear(x.bfloat16(), w.bfloat16())
+"""
+
+
+def cpu_model_and_flags() -> tuple[str, set[str]]:
+    """("Intel(R) Xeon(R) ...", {"avx512f", "amx_bf16", ...}) from /proc/cpuinfo; elsewhere the platform's word."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return platform.processor() or platform.machine(), set()
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    return (model.group(1).strip() if model else platform.machine()), set(flags.group(1).split() if flags else ())
+
+
+def onednn_kernels() -> dict[str, str]:
+    """{"float32": "brg_matmul:avx512_core", "bfloat16": "brg_matmul:avx512_core_amx", ...}: the implementation
+    oneDNN picked for one matmul of each dtype our CPU paths run here (empty where oneDNN is off or absent)."""
+    env = dict(os.environ, ONEDNN_VERBOSE="1")
+    try:
+        out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, timeout=120,
+                             check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    kernels, dtype = {}, None
+    for line in out.splitlines():
+        if line.startswith("PROBE "):
+            dtype = line.split()[1]
+        elif dtype and line.startswith("onednn_verbose") and ",exec," in line and dtype not in kernels:
+            fields = line.split(",")
+            # onednn_verbose,<timestamp>,primitive,exec,cpu,<kind>,<implementation>,...
+            kernels[dtype] = f"{fields[5]}:{fields[6]}" if len(fields) > 6 else line
+    return kernels
+
+
+def describe() -> str:
+    """One line naming the host: CPU model, SIMD level (and caps), bf16/AMX units, BLAS, oneDNN kernels."""
+    import torch
+
+    model, flags = cpu_model_and_flags()
+    units = ", ".join(unit for unit, flag in (("AVX-512", "avx512f"), ("AVX-512 bf16", "avx512_bf16"),
+                                              ("AMX bf16", "amx_bf16")) if flag in flags) or "no AVX-512"
+    caps = [f"{name}={os.environ[name]}" for name in CAP_VARIABLES if name in os.environ]
+    blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    kernels = onednn_kernels()
+    parts = [f"{model} ({platform.machine()}, {os.cpu_count()} CPUs; {units})",
+             f"torch dispatches {torch.backends.cpu.get_cpu_capability()}",
+             f"BLAS {blas.group(1) if blas else 'unknown'}",
+             "oneDNN " + (", ".join(f"{k} {v}" for k, v in kernels.items()) or "not used")]
+    if caps:
+        parts.append("CAPPED RUN: " + " ".join(caps) + " (this machine with its ISA capped, not another machine)")
+    return "; ".join(parts)
