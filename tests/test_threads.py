@@ -1,0 +1,38 @@
+"""Thread choice under load: a busy neighbour process takes its core out of the count."""
+
+import multiprocessing
+import time
+
+import pytest
+
+from ast_hf.threads import busy_cores, choose_threads, usable_cores
+
+
+def _spin(stop_at: float) -> None:
+    while time.time() < stop_at:
+        pass
+
+
+def test_an_explicit_count_wins_and_is_checked():
+    assert choose_threads(3) == 3
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="threads must be a positive whole number"):
+            choose_threads(bad)
+
+
+def test_a_busy_neighbour_is_counted_and_its_core_left_to_it():
+    idle_busy = busy_cores(0.5)
+    if idle_busy > usable_cores() - 1:
+        pytest.skip(f"other processes already keep {idle_busy:.1f} of {usable_cores()} cores busy: no free core for "
+                    f"the neighbour to take")
+    neighbour = multiprocessing.get_context("spawn").Process(target=_spin, args=(time.time() + 6.0,))
+    neighbour.start()
+    try:
+        time.sleep(1.0)  # the spawned interpreter starts, then spins
+        loaded = busy_cores(0.5)
+        chosen = choose_threads()
+    finally:
+        neighbour.terminate()
+        neighbour.join()
+    assert loaded >= idle_busy + 0.6, (idle_busy, loaded)  # one core's worth more
+    assert 1 <= chosen <= usable_cores() - round(loaded - idle_busy) or chosen == 1
