@@ -82,8 +82,7 @@ def run_one(args, recipe, train, evaluation, labels, output_dir: Path, label_col
     import torch
 
     from ast_hf import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
-    from ast_hf.training import (ASTAudioCollator, ASTTrainer, ASTTrainingArguments,
-                                 compute_normalization_stats)
+    from ast_hf.training import ASTAudioCollator, ASTTrainer, ASTTrainingArguments, compute_normalization_stats
 
     max_length = args.max_length or recipe.max_length
     fe = ASTFeatureExtractor(max_length=max_length, mean=recipe.mean, std=recipe.std)

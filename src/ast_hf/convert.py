@@ -37,10 +37,22 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .atomic_io import atomic_folder, check_destination
-from .configuration_ast import (ORIGINAL_CLASSIFIER_LAYER_NORM_EPS, ORIGINAL_LAYER_NORM_EPS, POOLINGS, ASTConfig,
-                                patch_grid)
-from .labels import (DATASETS, DatasetInfo, dataset_for_name, dataset_for_num_labels, dataset_key, generic_id2label,
-                     load_label_table)
+from .configuration_ast import (
+    ORIGINAL_CLASSIFIER_LAYER_NORM_EPS,
+    ORIGINAL_LAYER_NORM_EPS,
+    POOLINGS,
+    ASTConfig,
+    patch_grid,
+)
+from .labels import (
+    DATASETS,
+    DatasetInfo,
+    dataset_for_name,
+    dataset_for_num_labels,
+    dataset_key,
+    generic_id2label,
+    load_label_table,
+)
 from .modeling_ast import ASTForAudioClassification, ASTModel, adapt_position_embeddings
 
 logger = logging.getLogger(__name__)

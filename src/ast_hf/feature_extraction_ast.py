@@ -140,7 +140,8 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         if short:
             i = short[0]
             n = int(lengths[i])
-            what = "is empty" if n == 0 else f"has {n} samples, shorter than one 25 ms frame ({self.min_samples} samples)"
+            what = ("is empty" if n == 0
+                    else f"has {n} samples, shorter than one 25 ms frame ({self.min_samples} samples)")
             raise ValueError(f"clip {i} {what}; give at least {self.min_samples} samples at {self.sampling_rate} Hz")
         low, high = torch.aminmax(waveforms)  # one pass; NaN and inf propagate (an isfinite mask: 15x slower)
         if not bool(torch.isfinite(low) & torch.isfinite(high)):

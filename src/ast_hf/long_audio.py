@@ -25,8 +25,15 @@ import torch
 
 from .atomic_io import atomic_path
 from .audio_io import audio_blocks
-from .inference import (apply_activation, featurize, label_names, model_device_dtype, resolve_activation, run_model,
-                        select_top)
+from .inference import (
+    apply_activation,
+    featurize,
+    label_names,
+    model_device_dtype,
+    resolve_activation,
+    run_model,
+    select_top,
+)
 
 DEFAULT_HOP_SECONDS = 5.0
 FRAME_SHIFT_SECONDS = 0.01  # one feature frame every 10 ms

@@ -10,7 +10,7 @@ own classes.
 
 from __future__ import annotations
 
-from transformers import (AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification)
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForAudioClassification
 from transformers.models.auto import feature_extraction_auto
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING
