@@ -36,3 +36,18 @@ def test_a_busy_neighbour_is_counted_and_its_core_left_to_it():
         neighbour.join()
     assert loaded >= idle_busy + 0.6, (idle_busy, loaded)  # one core's worth more
     assert 1 <= chosen <= usable_cores() - round(loaded - idle_busy) or chosen == 1
+
+
+def test_long_commands_take_the_thread_count_before_they_start(tmp_path):
+    import torch
+
+    from ast_hf.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        # the command fails (no such file), but only after its threads were set
+        assert main(["predict", str(tmp_path / "missing.wav"), "--model", str(tmp_path), "--threads", "1"]) == 1
+        assert torch.get_num_threads() == 1
+        assert main(["predict", str(tmp_path / "missing.wav"), "--model", str(tmp_path), "--threads", "0"]) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -70,6 +70,11 @@ def _add_convert(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_threads_option(p) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads (default: the cores other processes leave free when the command starts)")
+
+
 def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict", help="tag audio files: one recording with sliding windows, or many files into one output",
@@ -92,6 +97,7 @@ def _add_predict(sub) -> None:
                    help="windows per model call (default: one recording 2 on a CPU and 8 on a GPU; batch mode 8)")
     p.add_argument("--num-workers", type=int, default=2, help="batch mode: decoding worker processes")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; batch mode: per rank)")
+    _add_threads_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(args) -> int:
@@ -156,6 +162,7 @@ def _add_embed(sub) -> None:
     p.add_argument("--hop", type=float, help="step between windows in seconds")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device")
+    _add_threads_option(p)
 
     def run(args) -> int:
         from .batch_inference import collect_inputs
@@ -242,7 +249,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--quick", action="store_true", help="tiny data, tiny model, one epoch (a smoke test)")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty DIR")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    _add_threads_option(p)
 
     def run(args) -> int:
         import time
@@ -346,6 +353,7 @@ def _add_detect(sub) -> None:
     p.add_argument("--hop", type=float, help="step between windows in seconds (default: min(5, window / 2))")
     p.add_argument("--activation", choices=["auto", "sigmoid", "softmax", "none"], default="auto")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    _add_threads_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(args) -> int:
@@ -586,6 +594,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if hasattr(args, "threads"):  # long-running commands: the cores left free, unless --threads says
+            from .threads import use_threads
+
+            args.threads = use_threads(args.threads)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("ast-hf: interrupted; no partial output was left behind", file=sys.stderr)

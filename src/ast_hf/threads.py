@@ -48,13 +48,16 @@ def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
 
 
 def choose_threads(requested: int | None = None) -> int:
-    """`requested` when given (>= 1), else the usable cores less the busy ones (rounded), at least 1."""
+    """`requested` when given (>= 1), else the usable cores less the busy ones (rounded), at least 1; under
+    `torchrun` / `accelerate launch` each of the LOCAL_WORLD_SIZE processes of this machine takes its share (they
+    start together, so none would see the others' load)."""
     if requested is not None:
         if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
             raise ValueError(f"threads must be a positive whole number, got {requested!r}")
         return requested
     cores = usable_cores()
-    return max(1, min(cores, round(cores - min(busy_cores(), cores))))
+    free = max(1, min(cores, round(cores - min(busy_cores(), cores))))
+    return max(1, free // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def use_threads(requested: int | None = None) -> int:
