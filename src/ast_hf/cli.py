@@ -11,7 +11,8 @@ import sys
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="print the versions of ast-hf, transformers and torch, and whether CUDA is available")
+    p = sub.add_parser("info", help="print the versions of ast-hf, transformers and torch, and whether CUDA is "
+                                    "available")
 
     def run(args) -> int:
         import torch
