@@ -543,13 +543,18 @@ def _add_events_tab(app: AppParts) -> None:
             api_name="detect_events")
 
 
+def _by_onset(event: SoundEvent) -> tuple[float, str]:
+    return event.onset, event.label
+
+
 def _live_view(session: LiveSession, top_k: int, labels: list[str], finished: bool = False) -> tuple:
-    """(latest window's top labels or None, events rows [label, onset s, offset s], status line) of a session."""
+    """(latest window's top labels or None, events rows [label, onset s, offset s] by onset, status line) of a
+    session; events come final in the order they end, the table reads better in the order they began."""
     from .inference import select_top
 
     latest = session.latest
     top = None if latest is None else dict(select_top(np.asarray(latest.scores), labels, top_k))
-    rows = [[event.label, event.onset, event.offset] for event in session.events]
+    rows = [[event.label, event.onset, event.offset] for event in sorted(session.events, key=_by_onset)]
     window = session.tagger.window / session.tagger.rate
     if latest is None:
         status = (f"Heard {session.heard:.1f} s; the first tags come after one window ({window:g} s)"
