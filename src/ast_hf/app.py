@@ -1,4 +1,5 @@
-"""The web app: a Gradio page that tags a recording of any length, draws its timeline and explains it.
+"""The web app: a Gradio page that tags a recording of any length, draws its timeline, explains it, finds its sound
+events, and tags the microphone live.
 
 `build_app(model, feature_extractor, ...)` returns a `gradio.Blocks`; `launch_app` serves it on 127.0.0.1 unless
 another host (or a public `share` link) is asked for. `ast-hf app` and `examples/app.py` (a Hugging Face Space)
