@@ -23,7 +23,7 @@ import soundfile as sf
 
 pytest.importorskip("gradio", reason="the web app's extra is not installed (pip install 'ast-hf[app]')")
 
-from inference_helpers import RATE, speech, trained_tiny_model
+from inference_helpers import RATE, noise, speech, tone, trained_tiny_model
 
 MAX_SECONDS = 120.0  # the served app's limit; clips.long is beyond it
 TIMELINE_WIDTH = 1320  # 12 in at 110 dpi (plotting.plot_timeline)
@@ -46,6 +46,13 @@ class Clips:
         self.empty.write_bytes(b"")
         self.long = folder / "long.flac"  # 150 s: beyond MAX_SECONDS, refused from its header
         sf.write(self.long, np.zeros(150 * 8000, np.float32), 8000)
+        self.noise_then_tone = folder / "noise_then_tone.wav"  # white noise 0-3 s, a 440 Hz tone 3-6 s
+        sf.write(self.noise_then_tone, np.concatenate([noise(3.0, "white", seed=1), tone(3.0, 440.0)]), RATE)
+        # What chromium's fake microphone plays (in a loop): pink noise 0-2 s, a 440 Hz tone 2-4 s, at 48 kHz.
+        t = np.arange(2 * 48000) / 48000
+        self.microphone = folder / "microphone.wav"
+        sf.write(self.microphone, np.concatenate([np.repeat(noise(2.0, "pink", seed=2), 3) * 0.8,
+                                                  0.4 * np.sin(2 * np.pi * 440 * t)]), 48000, subtype="PCM_16")
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +151,8 @@ def test_client_tags_a_clip_refuses_bad_uploads_and_keeps_serving(served, clips)
 
     for path, message in [(clips.bad, "bad.wav is not audio that ast-hf can decode"),
                           (clips.empty, "empty.wav is empty (0 bytes)"),
-                          (clips.long, "long.flac is 2 min 30 s long; this app takes recordings of at most 2 min 00 s")]:
+                          (clips.long,
+                           "long.flac is 2 min 30 s long; this app takes recordings of at most 2 min 00 s")]:
         with pytest.raises(AppError, match=re.escape(message)):
             analyse(path)
     with pytest.raises(AppError, match="must start inside the recording"):
@@ -156,6 +164,42 @@ def test_client_tags_a_clip_refuses_bad_uploads_and_keeps_serving(served, clips)
     labels, *_ = analyse(clips.speech, start=0.5)
     assert labels["label"] == "speech"
     assert guard.outside == [], f"the app reached beyond the loopback: {guard.outside}"
+
+
+def test_client_finds_the_events_of_a_known_scene_and_refuses_bad_input(served, clips):
+    """Noise for 3 s, then a tone: a noise event ending and a tone event starting near 3 s, in the table, the TSV
+    and the picture; bad controls and bad files get a message and the server keeps serving."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(served[0], verbose=False)
+
+    def detect(path, on=0.4, off=0.3, median=5, shortest=0.5, gap=0.3):  # no blip at the transition
+        return client.predict(handle_file(str(path)), on, off, median, shortest, gap, api_name="/detect_events")
+
+    table, plot, tsv, summary = detect(clips.noise_then_tone)
+    assert table["headers"] == ["label", "onset (s)", "offset (s)"]
+    events = {label: (onset, offset) for label, onset, offset in table["data"]}
+    assert sorted(events) == ["noise", "tone"], table["data"]
+    assert events["noise"][0] == pytest.approx(0.0, abs=0.2) and events["noise"][1] == pytest.approx(3.0, abs=0.3)
+    assert events["tone"][0] == pytest.approx(3.0, abs=0.3) and events["tone"][1] == pytest.approx(6.0, abs=0.3)
+    lines = Path(tsv).read_text().splitlines()
+    assert Path(tsv).name == "noise_then_tone_events.tsv" and lines[0] == "filename\tonset\toffset\tevent_label"
+    assert [line.split("\t") for line in lines[1:]] == [["noise_then_tone.wav", f"{onset:.3f}", f"{offset:.3f}", label]
+                                                        for label, onset, offset in table["data"]]
+    width, height = _png_size(plot)
+    assert width == TIMELINE_WIDTH and height > 300
+    assert summary.startswith("**noise_then_tone.wav**: 2 events in 6.0 s") and "every 100 ms" in summary
+
+    for args, message in [((clips.noise_then_tone, 0.3, 0.5), "the off threshold (0.5) must not exceed the on "
+                                                               "threshold (0.3)"),
+                          ((clips.noise_then_tone, 0.5, 0.3, 4), "median_steps must be a positive odd number"),
+                          ((clips.bad,), "bad.wav is not audio that ast-hf can decode"),
+                          ((clips.long,), "long.flac is 2 min 30 s long")]:
+        with pytest.raises(AppError, match=re.escape(message)):
+            detect(*args)
+    table, *_ = detect(clips.noise_then_tone, 0.99, 0.99)  # still serving; nothing scores 0.99 for long enough
+    assert table["data"] == [] or all(label in ("noise", "tone") for label, *_ in table["data"])
 
 
 def test_concurrent_requests_are_queued_and_all_answered(served, clips):
@@ -250,12 +294,17 @@ def _rendered_image(page, selector: str) -> tuple[int, int, float]:
     return width, height, float(pixels.std())
 
 
+def _table_rows(page, selector: str) -> int:
+    """Data rows a gr.Dataframe shows (its rows are role=row elements, the header's included)."""
+    return page.locator(f"{selector} [role=row]").count() - 1
+
+
 def _top_label(page) -> str:
     lines = [line for line in page.locator("#labels").inner_text().splitlines() if line.strip()]
     return lines[1]  # the first line is the component's label
 
 
-def test_browser_uploads_clips_sees_results_and_messages(cli_app, clips, tmp_path):
+def test_browser_uploads_clips_sees_results_events_live_tags_and_messages(cli_app, clips, tmp_path):
     pytest.importorskip("playwright", reason="playwright is not installed (pip install 'ast-hf[dev]')")
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip("Debian's chromium is not installed here (scripts/setup.sh installs it where it can)")
@@ -282,7 +331,9 @@ def test_browser_uploads_clips_sees_results_and_messages(cli_app, clips, tmp_pat
 
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            args=[*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                  f"--use-file-for-fake-audio-capture={clips.microphone}"],
             viewport={"width": 1400, "height": 1000})
         try:
             page = context.new_page()
@@ -322,10 +373,33 @@ def test_browser_uploads_clips_sees_results_and_messages(cli_app, clips, tmp_pat
             _rendered_image(page, "#timeline")
             screenshot(page, "app_recording.png")
 
+            page.get_by_role("tab", name="Sound events").click()  # the events of the same recording
+            page.click("#detect-button")
+            expect(page.locator("#events-summary")).to_contain_text("scene_speech_tone_noise.wav", timeout=120_000)
+            events_shown = _table_rows(page, "#events-table")
+            assert events_shown >= 1 and "tone" in page.locator("#events-table").inner_text()
+            width, height, spread = _rendered_image(page, "#events-plot")
+            assert width == TIMELINE_WIDTH and height > 300 and spread > 5
+            tsv_link = page.locator("#events-download a[href]").first.get_attribute("href")
+            tsv_lines = page.request.get(tsv_link).text().splitlines()
+            assert tsv_lines[0] == "filename\tonset\toffset\tevent_label" and len(tsv_lines) == events_shown + 1
+            screenshot(page, "app_events.png")
+
+            # Chromium's fake microphone plays clips.microphone (noise, then a tone) into the streaming input.
+            page.get_by_role("tab", name="Live").click()
+            page.locator("#live-microphone button", has_text="Record").click()
+            expect(page.locator("#live-labels")).to_contain_text("tone", timeout=30_000)
+            expect(page.locator("#live-status")).to_contain_text("windows of 1.28 s", timeout=10_000)
+            page.wait_for_function("() => /Heard ([5-9]|\\d\\d)\\./.test(document.querySelector('#live-status')"
+                                   ".innerText)", timeout=30_000)  # the tone of the loop has ended once
+            page.locator("#live-microphone button", has_text="Stop").click()
+            expect(page.locator("#live-status")).to_contain_text("recording ended", timeout=30_000)
+            assert _table_rows(page, "#live-events") >= 1 and "tone" in page.locator("#live-events").inner_text()
+            screenshot(page, "app_live.png")
+
             page.get_by_role("tab", name="Model").click()
             expect(page.locator("#model-info")).to_contain_text("speech, tone, noise")
             screenshot(page, "app_model.png")
-            assert not page.get_by_role("tab", name="Live").count()  # no StreamingTagger in this ast_hf yet
         finally:
             context.close()
     hosts = {request.split("/")[2] for request in requested if request.startswith("http")}
@@ -349,37 +423,63 @@ def test_check_recording_messages_and_limits(clips):
         check_recording(clips.long, max_seconds=10)
 
 
-def test_the_live_tab_appears_only_with_a_streaming_tagger(monkeypatch):
-    import ast_hf
-    from ast_hf.app import build_app
+def _live_handlers(demo):
+    """The live tab's (chunk handler, end-of-recording handler), as Gradio calls them."""
+    fns = {fn.api_name: fn.fn for fn in demo.fns.values()}
+    return fns["listen"], fns["listen_end"]
+
+
+def test_the_live_handler_tags_as_the_streaming_tagger_does():
+    """Chunks through the page's handler give the windows and events of `StreamingTagger` fed the same audio:
+    exactly for a 16 kHz mono browser, up to resampling rounding for 48 kHz stereo; the end resets the session."""
+    from ast_hf import StreamingTagger
+    from ast_hf.app import LIVE_EVENTS, build_app, live_hop_seconds
+    from ast_hf.audio_io import resample
+    from ast_hf.inference import label_names, select_top
 
     model, fe = trained_tiny_model()
+    listen, end = _live_handlers(build_app(model, fe, examples=[]))
+    names = label_names(model.config)
+    top = lambda window: dict(select_top(np.asarray(window.scores), names, 5))  # noqa: E731
+    rows = lambda events: [[e.label, e.onset, e.offset] for e in sorted(events, key=lambda e: (e.onset, e.label))]  # noqa: E731
+    wave = np.concatenate([noise(2.0, "white", seed=4), tone(2.0, 440.0), noise(2.0, "pink", seed=4)])
 
-    def live_fn(demo):
-        fns = [f for f in demo.fns.values() if f.api_name == "listen"]
-        return fns[0].fn if fns else None
+    # A browser recording at 16 kHz, mono int16, half a second per chunk.
+    pcm = np.round(wave * 32767).astype(np.int16)
+    tagger = StreamingTagger(model, fe, hop=live_hop_seconds(model.config), events=LIVE_EVENTS)
+    session, latest, events = None, None, []
+    for first in range(0, len(pcm), RATE // 2):
+        labels, shown_events, status, session = listen((RATE, pcm[first:first + RATE // 2]), session)
+        windows = tagger.feed(pcm[first:first + RATE // 2] / 32768.0)
+        latest, events = (windows[-1] if windows else latest), events + tagger.pop_events()
+        assert labels == (top(latest) if latest else None) and shown_events == rows(events)
+    labels, shown_events, status, session = end(session)
+    final = tagger.flush()
+    events += tagger.pop_events()
+    assert labels == top(final[-1] if final else latest) and shown_events == rows(events)
+    assert {e.label for e in events} >= {"tone", "noise"}, events  # something to compare
+    assert session is None and status.endswith("recording ended.")  # the next recording starts afresh
 
-    if hasattr(ast_hf, "StreamingTagger"):
-        pytest.skip("ast_hf has StreamingTagger now: test the live tab with the real one")
-    assert live_fn(build_app(model, fe, examples=[])) is None
+    # A browser at 48 kHz in stereo: resampled as a stream, it is the whole recording resampled at once.
+    wave48 = resample(wave, RATE, 48000)
+    pcm48 = np.round(np.clip(wave48, -1, 1) * 32767).astype(np.int16)
+    whole = StreamingTagger(model, fe, hop=live_hop_seconds(model.config), events=LIVE_EVENTS)
+    expected = whole.feed(resample(pcm48 / 32768.0, 48000, RATE)) + whole.flush()
+    seen = []  # labels after each chunk; a quarter-second chunk completes one window at most
+    for first in range(0, len(pcm48), 12000):
+        labels, _, _, session = listen((48000, np.stack([pcm48[first:first + 12000]] * 2, axis=1)), session)
+        if labels is not None and (not seen or labels != seen[-1]):
+            seen.append(labels)
+    labels, shown_events, status, session = end(session)
+    seen.append(labels)
+    assert len(seen) == len(expected)
+    for got, window in zip(seen, expected):
+        assert list(got) == list(top(window)) and np.allclose(list(got.values()), list(top(window).values()),
+                                                               atol=1e-4)
+    assert [row[0] for row in shown_events] == [row[0] for row in rows(whole.pop_events())]
+    assert f"{len(expected)} windows" in status and "Heard 6.0 s" in status
 
-    class FakeTagger:
-        """Issue 14's interface: feed(samples) -> scored windows, each with `scores` [labels]."""
-
-        def __init__(self, model, feature_extractor):
-            self.samples = 0
-
-        def feed(self, samples):
-            self.samples += len(samples)
-            return [type("Window", (), {"scores": np.array([0.1, 0.7, 0.2])})()] if self.samples >= RATE else []
-
-    monkeypatch.setattr(ast_hf, "StreamingTagger", FakeTagger, raising=False)
-    listen = live_fn(build_app(model, fe, examples=[]))
-    chunk = (48000, np.zeros((24000, 2), np.int16))  # 0.5 s of browser stereo at 48 kHz
-    _, state = listen(chunk, None)
-    assert state.samples == 8000  # resampled to 16 kHz and mixed to mono
-    labels, state = listen(chunk, state)
-    assert state.samples == 16000 and next(iter(labels)) == "tone"
+    assert end(None)[-1] is None  # a stop with nothing recorded changes nothing
 
 
 def test_example_clips_are_made_offline(tmp_path):

@@ -1,14 +1,16 @@
-"""The web app: a Gradio page that tags a recording of any length, draws its timeline and explains it.
+"""The web app: a Gradio page that tags a recording of any length, draws its timeline, explains it, finds its sound
+events, and tags the microphone live.
 
 `build_app(model, feature_extractor, ...)` returns a `gradio.Blocks`; `launch_app` serves it on 127.0.0.1 unless
 another host (or a public `share` link) is asked for. `ast-hf app` and `examples/app.py` (a Hugging Face Space)
 are these two calls.
 
-* Each tab is one `_add_<name>_tab(app)` function, listed in `_TABS`; a tab for a feature the package may lack
-  (the live tagger) checks for it with `hasattr(ast_hf, ...)` and adds nothing when it is absent.
-* The page's work is done by plain functions that know nothing of Gradio (`check_recording`,
-  `analyse_recording`, `write_example_clips`); the handlers turn their `ValueError`s into a message in the page
-  (`gradio.Error`) and their warnings into `gradio.Warning`, so a bad upload never stops the server.
+* Each tab is one `_add_<name>_tab(app)` function, listed in `_TABS`: tag a recording, its sound events, live
+  tags from the microphone, the model.
+* The page's work is done by plain functions and classes that know nothing of Gradio (`check_recording`,
+  `analyse_recording`, `detect_recording_events`, `LiveSession`, `write_example_clips`); the handlers only
+  translate: their `ValueError`s become a message in the page (`gradio.Error`) and their warnings a
+  `gradio.Warning`, so a bad upload never stops the server.
 * One model serves everyone: requests are queued and run one at a time (`queue(default_concurrency_limit=1)`).
 * Gradio's analytics and version check are off and nothing is fetched at launch (the default theme's fonts are
   served by Gradio itself): the app runs on a machine with no internet.
@@ -22,14 +24,18 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .audio_io import AudioStream, probe
+from .audio_io import AudioStream, StreamResampler, probe
 from .inference import label_names
+from .long_audio import FRAME_SHIFT_SECONDS
+from .sound_events import EventPostprocessing, SoundEvent, detect_events, write_events_tsv
+from .streaming import ScoredWindow, StreamingTagger
 
 DEFAULT_MAX_SECONDS = 3600.0  # one hour: a longer upload is refused from its header, before decoding
 MAX_EXPLAIN_SECONDS = 30.0  # eager attention over longer segments needs gigabytes for a base-size model
@@ -37,6 +43,13 @@ MAX_QUEUE = 32  # requests waiting behind the running one; more are told the app
 KEEP_RESULTS_SECONDS = 3600.0  # result files (PNG, CSV, JSON) are deleted after an hour
 DEFAULT_HOST = "127.0.0.1"
 EXAMPLE_TEXT = "the quick brown fox jumps over the lazy dog"
+# The events tab's starting controls, for frame scores every 100 ms: hysteresis, a 0.5 s median filter, and no
+# event shorter than 0.2 s or split by a gap under 0.3 s.
+DEFAULT_EVENTS = EventPostprocessing(on_threshold=0.5, off_threshold=0.3, median_steps=5, min_duration=0.2,
+                                     merge_gap=0.3)
+# Live events: one step per window (a second apart), so no median filter (it would delay each report by steps).
+LIVE_EVENTS = EventPostprocessing(on_threshold=0.5, off_threshold=0.3)
+LIVE_HOP_FRAMES = 100  # a live window each second (10 ms frames); the CLI's up-to-5 s default is slow to watch
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -185,6 +198,149 @@ def analyse_recording(model, feature_extractor, path: str | Path, out_dir: str |
                     explanation_png=explanation_png, timeline_csv=timeline_csv, labels_json=labels_json)
 
 
+
+def event_postprocessing(on_threshold: float | None, off_threshold: float | None, median_steps: float | None,
+                         min_duration: float | None, merge_gap: float | None) -> EventPostprocessing:
+    """The events tab's controls as a checked `EventPostprocessing`: thresholds in score units, the median filter
+    in steps (odd), durations in seconds.
+
+    Raises:
+        ValueError: with a message for the page: a control left empty, off > on, an even or non-positive median
+            filter, negative durations.
+    """
+    values = {"on threshold": on_threshold, "off threshold": off_threshold, "median filter": median_steps,
+              "minimum duration": min_duration, "merge gap": merge_gap}
+    empty = [name for name, value in values.items() if value is None]
+    if empty:
+        raise ValueError(f"set the {', '.join(empty)} of the event detection")
+    if off_threshold > on_threshold:
+        raise ValueError(f"the off threshold ({off_threshold:g}) must not exceed the on threshold ({on_threshold:g}): "
+                         f"an event opens at the on threshold and stays open while the score is at least the off one")
+    steps = int(median_steps) if float(median_steps).is_integer() else median_steps
+    params = EventPostprocessing(on_threshold=float(on_threshold), off_threshold=float(off_threshold),
+                                 median_steps=steps, min_duration=float(min_duration), merge_gap=float(merge_gap))
+    params.check()
+    return params
+
+
+@dataclass
+class EventDetection:
+    """The sound events of one recording, as the events tab shows them.
+
+    Attributes:
+        events: the events (onset, offset in seconds; label; filename), sorted by onset.
+        duration: the recording's length in seconds.
+        hop: seconds per frame score (time_stride x 10 ms).
+        plot_png: frame scores as a heat map with the events outlined, above the spectrogram.
+        events_tsv: the events as DCASE TSV (filename, onset, offset, event_label).
+    """
+
+    events: list[SoundEvent]
+    duration: float
+    hop: float
+    plot_png: Path
+    events_tsv: Path
+
+
+def detect_recording_events(model, feature_extractor, path: str | Path, out_dir: str | Path,
+                            params: EventPostprocessing = DEFAULT_EVENTS, top_k: int = 5, name: str | None = None,
+                            progress: bool = False) -> EventDetection:
+    """Frame scores over a recording of any length (`ast_hf.frame_scores`), its events (`detect_events`), their
+    picture (`plot_events`) and DCASE TSV, as `ast-hf detect` does for one file.
+
+    Args:
+        path: an audio file (decoded by `ast_hf.audio_io`, streamed).
+        out_dir: folder for the PNG and TSV (named after `name`'s stem).
+        name: the recording's name in the TSV (default the file's name).
+        top_k: label rows in the picture (labels with events first).
+        progress: a tqdm bar over the windows (the page follows it).
+
+    Raises:
+        ValueError: the recording cannot be decoded or is shorter than one patch (~0.17 s); bad `params`.
+    """
+    from .frame_level import frame_scores
+    from .plotting import plot_events
+
+    out_dir, name = Path(out_dir), name or Path(path).name
+    stem = Path(name).stem
+    frames = frame_scores(model, feature_extractor, path, progress=progress)
+    events = detect_events(frames.scores, frames.labels, frames.hop, params, filename=name, duration=frames.duration)
+    plot_png = plot_events(frames, events, out_dir / f"{stem}_events.png", top_k=min(top_k, len(frames.labels)))
+    events_tsv = write_events_tsv(out_dir / f"{stem}_events.tsv", events)
+    return EventDetection(events=events, duration=frames.duration, hop=frames.hop, plot_png=plot_png,
+                          events_tsv=events_tsv)
+
+
+def live_hop_seconds(config) -> float:
+    """Seconds between live windows: 1 s, or half the model's input when that is shorter; whole 10 ms frames
+    (`StreamingTagger` slices its incremental features at frame boundaries)."""
+    return min(LIVE_HOP_FRAMES, config.max_length // 2) * FRAME_SHIFT_SECONDS
+
+
+def browser_samples(samples: np.ndarray) -> np.ndarray:
+    """Mono float32 [n] in [-1, 1] from a browser's audio chunk: integer PCM (Gradio's numpy audio is int16) or
+    float, [n] or [n, channels] (channels averaged)."""
+    array = np.asarray(samples)
+    if np.issubdtype(array.dtype, np.integer):
+        array = array / float(np.iinfo(array.dtype).max + 1)
+    array = array.astype(np.float32)
+    return array.mean(axis=1) if array.ndim == 2 else array
+
+
+class LiveSession:
+    """One listener's microphone recording, tagged as it is heard: chunks at the browser's rate in, scored windows
+    and events out (a `StreamingTagger` behind a `StreamResampler` to the model's rate).
+
+    Attributes:
+        tagger: the `StreamingTagger` (window: the model's input; hop: `live_hop_seconds`; events: `events`).
+        latest: the last scored window (`scores` [labels], `start`/`end` in seconds), None before the first.
+        windows: windows scored so far.
+        events: every event reported so far, each occurrence once (seconds of the recording).
+        heard: seconds of audio received.
+    """
+
+    def __init__(self, model, feature_extractor, events: EventPostprocessing = LIVE_EVENTS):
+        self.tagger = StreamingTagger(model, feature_extractor, hop=live_hop_seconds(model.config), events=events)
+        self.resampler: StreamResampler | None = None  # made at the first chunk, at the browser's rate
+        self.latest: ScoredWindow | None = None
+        self.windows = 0
+        self.events: list[SoundEvent] = []
+        self.heard = 0.0
+
+    def hear(self, sampling_rate: int, samples: np.ndarray) -> list[ScoredWindow]:
+        """Add a chunk (`browser_samples` formats, `sampling_rate` Hz); return the windows it completed.
+
+        Raises:
+            ValueError: the rate changed within the recording, or a bad rate or samples.
+        """
+        if self.resampler is None:
+            self.resampler = StreamResampler(sampling_rate, self.tagger.rate)
+        elif sampling_rate != self.resampler.orig_rate:
+            raise ValueError(f"the microphone's sampling rate changed from {self.resampler.orig_rate} Hz to "
+                             f"{sampling_rate} Hz within one recording; stop and record again")
+        mono = browser_samples(samples)
+        self.heard += len(mono) / sampling_rate
+        return self._scored(self.tagger.feed(self.resampler.push(mono)))
+
+    def finish(self) -> list[ScoredWindow]:
+        """End of the recording: the rest of the audio and the last window (aligned to the end, or the whole
+        recording when shorter than a window) scored, open events closed. Nothing when under one 25 ms frame was
+        heard."""
+        if self.resampler is None:
+            return []
+        windows = self.tagger.feed(self.resampler.flush())
+        if self.tagger.seconds_fed * self.tagger.rate >= self.tagger.fe.min_samples:
+            windows += self.tagger.flush()
+        return self._scored(windows)
+
+    def _scored(self, windows: list[ScoredWindow]) -> list[ScoredWindow]:
+        if windows:
+            self.latest = windows[-1]
+            self.windows += len(windows)
+        self.events += self.tagger.pop_events()
+        return windows
+
+
 def write_example_clips(folder: str | Path, sampling_rate: int = 16000) -> list[Path]:
     """Example recordings made offline by `ast_hf.synthetic` (espeak-ng speech, sox tones), as 16-bit WAVs:
     speech, a 440 Hz tone, a rising sweep, pink noise, and a 12 s scene of speech, a tone and noise in turn (a
@@ -264,6 +420,24 @@ def _fresh_folder(root: Path) -> Path:
     return Path(tempfile.mkdtemp(dir=root))
 
 
+@contextmanager
+def _messages_in_page() -> Iterator[None]:
+    """Run a handler's work so that its `ValueError`s (and `FileNotFoundError`s) become a message in the page
+    (`gradio.Error`, which stays until closed) and its `UserWarning`s (e.g. a file cut short) a `gradio.Warning`:
+    the person reads them, the server goes on."""
+    import gradio as gr
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except (ValueError, FileNotFoundError) as error:
+            raise gr.Error(str(error), duration=None, print_exception=False) from None
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            gr.Warning(str(warning.message))
+
+
 def _summary(analysis: Analysis, seconds: float, native_rate: int, target_rate: int) -> str:
     start, end = analysis.segment
     resampled = f", resampled from {native_rate} Hz to {target_rate} Hz" if native_rate != target_rate else ""
@@ -300,19 +474,10 @@ def _add_recording_tab(app: AppParts) -> None:
         # Gradio finds the progress tracker by its default value; track_tqdm follows tag_long_audio's windows.
         def analyse(path, start, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
             progress(0.0, desc="reading the header")
-            try:
+            with _messages_in_page():
                 seconds, native_rate = check_recording(path, app.max_seconds)
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    analysis = analyse_recording(app.model, app.feature_extractor, path,
-                                                 _fresh_folder(app.results_dir), float(start or 0.0), app.top_k,
-                                                 progress=True)
-            except (ValueError, FileNotFoundError) as error:
-                # It stays until closed (duration None): the person reads it, the server goes on.
-                raise gr.Error(str(error), duration=None, print_exception=False) from None
-            for warning in caught:
-                if issubclass(warning.category, UserWarning):  # e.g. a file cut short (TruncatedAudioWarning)
-                    gr.Warning(str(warning.message))
+                analysis = analyse_recording(app.model, app.feature_extractor, path, _fresh_folder(app.results_dir),
+                                             float(start or 0.0), app.top_k, progress=True)
             return (analysis.labels, str(analysis.timeline_png), str(analysis.explanation_png),
                     [str(analysis.timeline_csv), str(analysis.labels_json)],
                     _summary(analysis, seconds, native_rate, rate))
@@ -328,41 +493,125 @@ def _add_recording_tab(app: AppParts) -> None:
                             example_labels=[p.stem.replace("_", " ") for p in app.examples])
 
 
-def _add_live_tab(app: AppParts) -> None:
-    """Tags from the microphone as it hears, through issue 14's `ast_hf.StreamingTagger(model, feature_extractor)`
-    (`feed(samples) -> scored windows`, each with `scores` [labels]); absent from ast-hf versions without it."""
+def _add_events_tab(app: AppParts) -> None:
+    """Sound events of the recording tab's recording: frame scores, events with onsets and offsets (a table and
+    `plot_events`' picture), the DCASE TSV to download; thresholds, median filter and durations as controls."""
     import gradio as gr
 
-    import ast_hf
+    rate = app.feature_extractor.sampling_rate
+    hop_ms = app.model.config.time_stride * FRAME_SHIFT_SECONDS * 1000
+    with gr.Tab("Sound events", id="events"):
+        gr.Markdown(f"Events in the recording chosen in **Tag a recording** (upload, record or pick an example "
+                    f"there): the clip head scores every {hop_ms:g} ms, then per label a median filter, hysteresis "
+                    f"thresholds (an event opens at the on threshold and lasts while the score stays at or above "
+                    f"the off threshold), close events joined and short ones dropped.")
+        with gr.Row():
+            on_threshold = gr.Slider(0.0, 1.0, value=DEFAULT_EVENTS.on_threshold, step=0.01, label="On threshold",
+                                     elem_id="on-threshold")
+            off_threshold = gr.Slider(0.0, 1.0, value=DEFAULT_EVENTS.off_threshold, step=0.01,
+                                      label="Off threshold", elem_id="off-threshold")
+            median_steps = gr.Slider(1, 21, value=DEFAULT_EVENTS.median_steps, step=2,
+                                     label=f"Median filter (steps of {hop_ms:g} ms)", elem_id="median-filter")
+            min_duration = gr.Number(value=DEFAULT_EVENTS.min_duration, minimum=0.0, step=0.1,
+                                     label="Shortest event (s)", elem_id="min-duration")
+            merge_gap = gr.Number(value=DEFAULT_EVENTS.merge_gap, minimum=0.0, step=0.1,
+                                  label="Join events closer than (s)", elem_id="merge-gap")
+        run = gr.Button("Detect events", variant="primary", elem_id="detect-button")
+        summary = gr.Markdown(elem_id="events-summary")
+        with gr.Row():
+            table = gr.Dataframe(headers=["label", "onset (s)", "offset (s)"], datatype=["str", "number", "number"],
+                                 interactive=False, label="Events", elem_id="events-table", scale=3)
+            tsv = gr.File(label="Download: events TSV (DCASE)", elem_id="events-download", scale=2)
+        plot = gr.Image(type="filepath", label="Frame scores with the events (red), above the spectrogram",
+                        elem_id="events-plot", format="png", buttons=["download", "fullscreen"])
 
-    if not hasattr(ast_hf, "StreamingTagger"):
-        return
-    from .audio_io import resample
+        def detect(path, on, off, median, shortest, gap, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+            progress(0.0, desc="reading the header")
+            with _messages_in_page():
+                seconds, native_rate = check_recording(path, app.max_seconds)
+                params = event_postprocessing(on, off, median, shortest, gap)
+                detection = detect_recording_events(app.model, app.feature_extractor, path,
+                                                    _fresh_folder(app.results_dir), params, app.top_k, progress=True)
+            resampled = f", resampled from {native_rate} Hz to {rate} Hz" if native_rate != rate else ""
+            rows = [[event.label, event.onset, event.offset] for event in detection.events]
+            return (rows, str(detection.plot_png), str(detection.events_tsv),
+                    f"**{Path(path).name}**: {len(rows)} events in {_clock(detection.duration)}{resampled}; frame "
+                    f"scores every {detection.hop * 1000:g} ms.")
+
+        outputs = [table, plot, tsv, summary]
+        run.click(lambda: [None] * len(outputs), None, outputs, queue=False, api_visibility="private").then(
+            detect, [app.recording, on_threshold, off_threshold, median_steps, min_duration, merge_gap], outputs,
+            api_name="detect_events")
+
+
+def _by_onset(event: SoundEvent) -> tuple[float, str]:
+    return event.onset, event.label
+
+
+def _live_view(session: LiveSession, top_k: int, labels: list[str], finished: bool = False) -> tuple:
+    """(latest window's top labels or None, events rows [label, onset s, offset s] by onset, status line) of a
+    session; events come final in the order they end, the table reads better in the order they began."""
     from .inference import select_top
 
-    rate = app.feature_extractor.sampling_rate
+    latest = session.latest
+    top = None if latest is None else dict(select_top(np.asarray(latest.scores), labels, top_k))
+    rows = [[event.label, event.onset, event.offset] for event in sorted(session.events, key=_by_onset)]
+    window = session.tagger.window / session.tagger.rate
+    if latest is None:
+        status = (f"Heard {session.heard:.1f} s; the first tags come after one window ({window:g} s)"
+                  + (": too short to tag." if finished else "."))
+    else:
+        status = (f"Heard {session.heard:.1f} s; {session.windows} windows of {window:g} s, every "
+                  f"{session.tagger.hop / session.tagger.rate:g} s; latest {latest.start:.2f}-{latest.end:.2f} s, "
+                  f"scored in {latest.latency * 1000:.0f} ms" + ("; recording ended." if finished else "."))
+    return top, rows, status
+
+
+def _add_live_tab(app: AppParts) -> None:
+    """Tags from the microphone as it hears (`LiveSession`: `StreamingTagger` behind a resampler): the latest
+    window's labels and each event once, one session per browser tab, ended and reset when the recording stops."""
+    import gradio as gr
+
     names = label_names(app.model.config)
     with gr.Tab("Live", id="live"):
-        microphone = gr.Audio(sources=["microphone"], streaming=True, type="numpy", label="Microphone",
-                              elem_id="live-microphone")
-        live_labels = gr.Label(num_top_classes=app.top_k, label="Latest window", elem_id="live-labels")
-        tagger = gr.State(None)
+        gr.Markdown(f"Record from the microphone: a window of the model's input "
+                    f"({app.model.config.max_length * FRAME_SHIFT_SECONDS:g} s) is tagged every "
+                    f"{live_hop_seconds(app.model.config):g} s as it is heard; events (score >= "
+                    f"{LIVE_EVENTS.on_threshold:g}, lasting while >= {LIVE_EVENTS.off_threshold:g}) are listed once "
+                    f"each, when they end.")
+        with gr.Row():
+            with gr.Column(scale=2):
+                microphone = gr.Audio(sources=["microphone"], streaming=True, type="numpy", label="Microphone",
+                                      elem_id="live-microphone")
+                status = gr.Markdown(elem_id="live-status")
+            with gr.Column(scale=3):
+                live_labels = gr.Label(num_top_classes=app.top_k, label="Latest window", elem_id="live-labels")
+                live_events = gr.Dataframe(headers=["label", "onset (s)", "offset (s)"],
+                                           datatype=["str", "number", "number"], interactive=False,
+                                           label="Events heard", elem_id="live-events")
+        session = gr.State(None)  # this browser tab's LiveSession
 
-        def listen(chunk, state):
+        def listen(chunk, current):
             if chunk is None:
-                return gr.skip(), state
-            native_rate, samples = chunk  # int16 [samples] or [samples, channels] at the browser's rate
-            samples = np.asarray(samples, dtype=np.float32) / 32768.0
-            samples = samples.mean(axis=1) if samples.ndim == 2 else samples
-            state = state or ast_hf.StreamingTagger(app.model, app.feature_extractor)
-            windows = state.feed(resample(samples, native_rate, rate))
-            if not windows:
-                return gr.skip(), state
-            return dict(select_top(np.asarray(windows[-1].scores), names, app.top_k)), state
+                return gr.skip(), gr.skip(), gr.skip(), current
+            current = current or LiveSession(app.model, app.feature_extractor)
+            with _messages_in_page():
+                current.hear(*chunk)  # (rate in Hz, int16 [samples] or [samples, channels])
+            return (*_live_view(current, app.top_k, names), current)
 
-        microphone.stream(listen, [microphone, tagger], [live_labels, tagger], stream_every=0.5,
-                          concurrency_limit=1, concurrency_id="live", api_name="listen")
-        microphone.stop_recording(lambda: None, None, tagger)  # the next recording starts a fresh tagger
+        def stop(current):
+            if current is None:
+                return gr.skip(), gr.skip(), gr.skip(), None
+            with _messages_in_page():
+                current.finish()
+            return (*_live_view(current, app.top_k, names, finished=True), None)  # the next recording starts afresh
+
+        outputs = [live_labels, live_events, status, session]
+        # One queue for both: the end of a recording is handled after its last chunk.
+        microphone.stream(listen, [microphone, session], outputs, stream_every=0.5, concurrency_limit=1,
+                          concurrency_id="live", api_name="listen")
+        microphone.stop_recording(stop, session, outputs, concurrency_limit=1, concurrency_id="live",
+                                  api_name="listen_end")
 
 
 def _add_model_tab(app: AppParts) -> None:
@@ -385,7 +634,7 @@ def _add_model_tab(app: AppParts) -> None:
 
 
 # Tabs, in page order. Add one `_add_<name>_tab` per tab above and list it.
-_TABS = [_add_recording_tab, _add_live_tab, _add_model_tab]
+_TABS = [_add_recording_tab, _add_events_tab, _add_live_tab, _add_model_tab]
 
 
 def build_app(model, feature_extractor, max_seconds: float = DEFAULT_MAX_SECONDS, top_k: int = 5,
@@ -415,8 +664,9 @@ def build_app(model, feature_extractor, max_seconds: float = DEFAULT_MAX_SECONDS
     app = AppParts(model=model, feature_extractor=feature_extractor, max_seconds=float(max_seconds), top_k=top_k,
                    results_dir=root / "results", examples=[Path(p) for p in examples])
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(600, KEEP_RESULTS_SECONDS)) as demo:
-        gr.Markdown(f"## {title}\nTags a recording of any length with sliding windows, draws the labels over time "
-                    f"and shows where the model looks (attention rollout).")
+        gr.Markdown(f"## {title}\nTags a recording of any length with sliding windows, draws the labels over time, "
+                    f"shows where the model looks (attention rollout), finds its sound events, and tags the "
+                    f"microphone live.")
         for add in _TABS:
             add(app)
     demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
@@ -442,5 +692,7 @@ def launch_app(demo, host: str = DEFAULT_HOST, port: int | None = None, share: b
     return demo.local_url
 
 
-__all__ = ["DEFAULT_MAX_SECONDS", "Analysis", "analyse_recording", "build_app", "check_recording", "explain_seconds",
-           "launch_app", "read_segment", "write_example_clips"]
+__all__ = ["DEFAULT_MAX_SECONDS", "DEFAULT_EVENTS", "LIVE_EVENTS", "Analysis", "EventDetection", "LiveSession",
+           "analyse_recording", "browser_samples", "build_app", "check_recording", "detect_recording_events",
+           "event_postprocessing", "explain_seconds", "launch_app", "live_hop_seconds", "read_segment",
+           "write_example_clips"]

@@ -76,41 +76,69 @@ def resample(waveform: np.ndarray | torch.Tensor, orig_rate: int, target_rate: i
     return AF.resample(torch.from_numpy(array), orig_rate, target_rate).numpy()
 
 
-def _resample_stream(blocks: Iterable[np.ndarray], orig: int, new: int) -> Iterator[np.ndarray]:
-    """Resample a stream of mono blocks with torchaudio's sinc resampler, block by block.
+class StreamResampler:
+    """Resample a mono stream pushed block by block (blocks of any sizes) with torchaudio's sinc resampler.
 
     Each block is resampled with `margin` samples of real context on both sides, cut at whole resampler periods,
-    so the output equals resampling the whole recording at once (up to float rounding).
+    so the blocks returned by `push` and then `flush` join into the resampling of the whole stream at once (up to
+    float rounding). Output lags input by about `margin` samples until `flush`.
     """
+
+    def __init__(self, orig_rate: int, target_rate: int):
+        self.orig_rate = check_sampling_rate(orig_rate, "orig_rate")
+        self.target_rate = check_sampling_rate(target_rate, "target_rate")
+        g = math.gcd(self.orig_rate, self.target_rate)
+        self._step_in, self._step_out = self.orig_rate // g, self.target_rate // g
+        # torchaudio's kernel reaches ceil(6 * orig / (0.99 * new)) input samples each way: keep more than that.
+        need = 16 * math.ceil(self.orig_rate / self.target_rate) + 64
+        self._margin = math.ceil(need / self._step_in) * self._step_in
+        self._history = np.zeros(0, np.float32)  # up to `margin` samples before `pending`
+        self._pending = np.zeros(0, np.float32)  # not yet emitted; starts on a whole period
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        import torchaudio.functional as AF
+
+        return AF.resample(torch.from_numpy(chunk), self.orig_rate, self.target_rate).numpy()
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        """Add mono samples [n] at `orig_rate`; return the float32 samples [m] at `target_rate` now final."""
+        block = np.asarray(block, dtype=np.float32)
+        if self.orig_rate == self.target_rate:
+            return block
+        self._pending = np.concatenate([self._pending, block])
+        ready = (len(self._pending) - self._margin) // self._step_in * self._step_in
+        if ready <= 0:
+            return np.zeros(0, np.float32)
+        skip = len(self._history) // self._step_in * self._step_out
+        out = self._run(np.concatenate([self._history, self._pending[:ready + self._margin]]))
+        self._history = np.concatenate([self._history, self._pending[:ready]])[-self._margin:]
+        self._pending = self._pending[ready:]
+        return out[skip:skip + ready // self._step_in * self._step_out]
+
+    def flush(self) -> np.ndarray:
+        """End of the stream: the rest of the resampled samples [m]; the resampler is then ready for a new one."""
+        out = np.zeros(0, np.float32)
+        if len(self._pending):
+            skip = len(self._history) // self._step_in * self._step_out
+            out = self._run(np.concatenate([self._history, self._pending]))[skip:]
+        self._history = self._pending = np.zeros(0, np.float32)
+        return out
+
+
+def _resample_stream(blocks: Iterable[np.ndarray], orig: int, new: int) -> Iterator[np.ndarray]:
+    """Resample a stream of mono blocks block by block (`StreamResampler`); the blocks join into the whole
+    recording resampled at once (up to float rounding)."""
     if orig == new:
         yield from blocks
         return
-    import torchaudio.functional as AF
-
-    g = math.gcd(orig, new)
-    step_in, step_out = orig // g, new // g
-    # torchaudio's kernel reaches ceil(6 * orig / (0.99 * new)) input samples each way: keep more than that.
-    need = 16 * math.ceil(orig / new) + 64
-    margin = math.ceil(need / step_in) * step_in
-    history = np.zeros(0, np.float32)  # up to `margin` samples before `pending`
-    pending = np.zeros(0, np.float32)  # not yet emitted; starts on a whole period
-
-    def run(chunk: np.ndarray) -> np.ndarray:
-        return AF.resample(torch.from_numpy(chunk), orig, new).numpy()
-
+    resampler = StreamResampler(orig, new)
     for block in blocks:
-        pending = np.concatenate([pending, block])
-        ready = (len(pending) - margin) // step_in * step_in
-        if ready <= 0:
-            continue
-        skip = len(history) // step_in * step_out
-        out = run(np.concatenate([history, pending[:ready + margin]]))
-        yield out[skip:skip + ready // step_in * step_out]
-        history = np.concatenate([history, pending[:ready]])[-margin:]
-        pending = pending[ready:]
-    if len(pending):
-        skip = len(history) // step_in * step_out
-        yield run(np.concatenate([history, pending]))[skip:]
+        out = resampler.push(block)
+        if len(out):
+            yield out
+    tail = resampler.flush()
+    if len(tail):
+        yield tail
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -383,5 +411,5 @@ def audio_blocks(audio, sampling_rate: int | None, target_rate: int) -> tuple[It
     return [waveform], len(waveform) / target_rate, "the waveform"
 
 
-__all__ = ["load_audio", "AudioStream", "audio_blocks", "probe", "AudioInfo", "resample", "check_sampling_rate",
-           "decoder_samples", "TruncatedAudioWarning"]
+__all__ = ["load_audio", "AudioStream", "audio_blocks", "probe", "AudioInfo", "resample", "StreamResampler",
+           "check_sampling_rate", "decoder_samples", "TruncatedAudioWarning"]
