@@ -55,6 +55,10 @@ class ASTConfig(PreTrainedConfig):
         max_length: number of frames (10 ms each) the position embeddings were learned for; inputs of
             other lengths are accepted and the embeddings adapted on the fly.
         num_mel_bins: number of mel bins of the input spectrogram.
+        frame_head: add a frame-level head beside the clip head: `ASTForAudioClassification` then also returns
+            `frame_logits` [batch, time columns, num_labels], one row per patch column (`time_stride` x 10 ms),
+            trained with per-frame BCE from strong labels (`frame_labels`). False (default) builds exactly the
+            model without it.
     """
 
     model_type = "audio-spectrogram-transformer"
@@ -75,6 +79,7 @@ class ASTConfig(PreTrainedConfig):
     time_stride: int = 10
     max_length: int = 1024
     num_mel_bins: int = 128
+    frame_head: bool = False
 
     def validate_architecture(self):
         """Part of `@strict` validation: the shapes must describe a buildable model."""
