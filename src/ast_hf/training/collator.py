@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..configuration_ast import ASTConfig
 from ..feature_extraction_ast import ASTFeatureExtractor
 from .augment import feature_noise, mix_targets, mix_waveforms, sample_mixup, spec_augment, time_shift
 from .data import CorruptAudioError, audio_name, decode_audio
+from .strong_labels import column_seconds, frame_targets
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,16 @@ class ASTAudioCollator:
         training: apply the augmentations; `ASTTrainer` hands a `.train()` copy to the training loader and an
             `.eval()` copy to evaluation.
         device: where to compute the features (default CPU; the model moves them itself).
+        events_column: a column of strong labels (per clip a list of {"onset", "offset", "event_label"}, seconds;
+            `load_event_dataset` makes it). The batch then also holds `frame_labels` [batch, time columns, labels]
+            (`frame_targets`), and `labels` are the clip's multi-hot event classes; `label2id` is required. Mixup
+            mixes frame targets with the clip's own lambda (the partner's events stay at their times, as its
+            waveform does). SpecAugment leaves the targets as they are: a masked span (< `timem` frames) hides
+            part of a sound, not the sound, and labelling it off would teach the model to split events at every
+            dropout. The noise recipe's time shift is refused: it moves sounds by up to `max_shift` frames away
+            from their targets.
+        model_config: the model's `ASTConfig` (needed with `events_column`): its patch grid gives the number and
+            length of the time columns. `ASTTrainer` fills it in from the model.
     """
 
     feature_extractor: ASTFeatureExtractor
@@ -66,6 +78,8 @@ class ASTAudioCollator:
     allow_upsampling: bool = False
     training: bool = False
     device: str | torch.device | None = None
+    events_column: str | None = None
+    model_config: ASTConfig | None = None
 
     def __post_init__(self):
         if self.num_labels < 1:
@@ -76,6 +90,13 @@ class ASTAudioCollator:
             bad = {k: v for k, v in self.label2id.items() if not 0 <= int(v) < self.num_labels}
             if bad:
                 raise ValueError(f"label2id maps {bad} outside [0, {self.num_labels})")
+        if self.events_column is not None:
+            if self.label2id is None:
+                raise ValueError("events_column needs label2id: the map from event labels to target columns")
+            if self.noise:
+                raise ValueError("noise=True also shifts every clip in time by up to max_shift frames, which moves "
+                                 "its sounds away from their frame targets; leave noise off with events_column "
+                                 "(mixup and SpecAugment keep targets aligned)")
 
     # ----------------------------------------------------------------------------------------------------------
     def train(self) -> ASTAudioCollator:
@@ -92,6 +113,8 @@ class ASTAudioCollator:
 
     @property
     def returns_one_hot(self) -> bool:
+        if self.events_column is not None:  # a recording holds any number of event classes
+            return True
         return self.one_hot if self.one_hot is not None else (self.multi_label or self.mixup > 0)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -127,6 +150,19 @@ class ASTAudioCollator:
                 indices.append(index)
         return indices
 
+    def num_columns(self) -> int:
+        """Time columns of the frame targets: the model's patch grid over `max_length` frames."""
+        if self.model_config is None:
+            raise ValueError("events_column needs model_config (the model's ASTConfig) to place frame targets on "
+                             "its time columns; ASTTrainer fills it in from the model")
+        return self.model_config.patch_grid(self.max_length or self.feature_extractor.max_length)[1]
+
+    def _frame_targets(self, event_lists: Sequence[Sequence[Mapping]]) -> torch.Tensor:
+        """[batch, time columns, num_labels] frame targets of each clip's events."""
+        columns, seconds = self.num_columns(), column_seconds(self.model_config.time_stride)
+        return torch.stack([frame_targets(events, self.label2id, columns, seconds, self.num_labels)
+                            for events in event_lists])
+
     def _targets(self, label_lists: Sequence[list[int]]) -> torch.Tensor:
         if not self.returns_one_hot:
             return torch.tensor([x[0] for x in label_lists], dtype=torch.long)
@@ -138,7 +174,7 @@ class ASTAudioCollator:
     # ----------------------------------------------------------------------------------------------------------
     def __call__(self, examples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         fe = self.feature_extractor
-        waveforms, label_lists = [], []
+        waveforms, label_lists, event_lists = [], [], []
         for i, example in enumerate(examples):
             audio = example[self.audio_column]
             try:
@@ -150,6 +186,12 @@ class ASTAudioCollator:
                     raise
                 logger.warning("skipping %s", error)
                 continue
+            if self.events_column is not None:
+                events = example.get(self.events_column) or []
+                event_lists.append(events)
+                label_lists.append(self.label_indices([e["event_label"] for e in events], audio_name(audio, i)))
+                waveforms.append(torch.from_numpy(waveform))
+                continue
             labels = example.get(self.label_column)
             label_lists.append(self.label_indices(labels, audio_name(audio, i)) if labels is not None else None)
             waveforms.append(torch.from_numpy(waveform))
@@ -157,12 +199,15 @@ class ASTAudioCollator:
             raise ValueError("every clip of this batch failed to decode; see the warnings above")
         has_labels = all(x is not None for x in label_lists)
         targets = self._targets(label_lists) if has_labels else None
+        frames = self._frame_targets(event_lists) if self.events_column is not None else None
 
         if self.training and self.mixup > 0 and len(waveforms) > 1:
             partner, lam = sample_mixup(len(waveforms), self.mixup, self.mixup_alpha)
             waveforms = mix_waveforms(waveforms, partner, lam)
             if targets is not None:
                 targets = mix_targets(targets, partner, lam)
+            if frames is not None:
+                frames = mix_targets(frames, partner, lam)
 
         # Cut to max_length as the authors' loader does (asked for, so no per-batch warning).
         features = fe(waveforms, sampling_rate=fe.sampling_rate, padding="max_length", max_length=self.max_length,
@@ -176,6 +221,8 @@ class ASTAudioCollator:
         batch = {"input_values": features}
         if targets is not None:
             batch["labels"] = targets
+        if frames is not None:
+            batch["frame_labels"] = frames
         return batch
 
 

@@ -15,7 +15,7 @@ checkpointing and resuming), it adds:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import Trainer, TrainingArguments
@@ -52,6 +52,26 @@ class ASTTrainingArguments(TrainingArguments):
         "help": "Last epoch (1-based, inclusive) of the average; None: the last epoch."})
 
 
+def _collator_for_frame_head(collator: ASTAudioCollator, config) -> ASTAudioCollator:
+    """A collator of strong labels checked against the model (frame head, multi-label clip head, same time
+    columns), with `model_config` filled in from it when unset."""
+    if not config.frame_head:
+        raise ValueError("the collator makes frame targets (events_column) but the model has no frame head; build or "
+                         "load it with frame_head=True")
+    if config.problem_type != "multi_label_classification":
+        raise ValueError(f"with events_column the clip head learns the classes present in each recording (multi-hot, "
+                         f"BCE); the model's problem_type is {config.problem_type!r}: set multi_label_classification")
+    if collator.model_config is None:
+        return replace(collator, model_config=config)
+    ours, theirs = (c.patch_grid(collator.max_length or collator.feature_extractor.max_length)[1]
+                    for c in (collator.model_config, config))
+    if (ours, collator.model_config.time_stride) != (theirs, config.time_stride):
+        stride = collator.model_config.time_stride
+        raise ValueError(f"the collator's model_config gives {ours} time columns of stride {stride}, the model "
+                         f"{theirs} of stride {config.time_stride}; pass the model's config")
+    return collator
+
+
 class ASTTrainer(Trainer):
     """`Trainer` for `ASTForAudioClassification` fed by an `ASTAudioCollator`.
 
@@ -80,8 +100,10 @@ class ASTTrainer(Trainer):
                 raise ValueError(f"the model takes {cfg.num_mel_bins} mel bins, the feature extractor makes "
                                  f"{data_collator.feature_extractor.num_mel_bins}")
             if cfg.problem_type is None:
-                cfg.problem_type = ("multi_label_classification" if data_collator.multi_label
-                                    else "single_label_classification")
+                multi_label = data_collator.multi_label or data_collator.events_column is not None
+                cfg.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
+            if data_collator.events_column is not None:
+                data_collator = _collator_for_frame_head(data_collator, cfg)
         callbacks = list(callbacks or [])
         if isinstance(args, ASTTrainingArguments) and args.weight_averaging_start is not None:
             callbacks.append(WeightAveragingCallback(args.weight_averaging_start, args.weight_averaging_end))
