@@ -189,7 +189,8 @@ class ASTAudioCollator:
             if self.events_column is not None:
                 events = example.get(self.events_column) or []
                 event_lists.append(events)
-                label_lists.append(self.label_indices([e["event_label"] for e in events], audio_name(audio, i)))
+                name = audio_name(audio, i)
+                label_lists.append(sorted({self.label_indices(e["event_label"], name)[0] for e in events}))
                 waveforms.append(torch.from_numpy(waveform))
                 continue
             labels = example.get(self.label_column)
