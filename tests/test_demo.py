@@ -56,8 +56,7 @@ def test_events_demo_quick_writes_metrics_plot_events_and_model(tmp_path, capsys
     assert main(["demo", "--task", "events", "--out", str(out), "--quick"]) == 0
     assert "column_scores: event F1" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("event_f1", "segment_f1", "seconds"):
-        assert 0.0 <= metrics[key] <= (1.0 if key != "seconds" else 60.0), key
+    assert 0.0 <= metrics["event_f1"] <= 1.0 and 0.0 <= metrics["segment_f1"] <= 1.0 and metrics["seconds"] > 0
     for method in ("frame_head", "column_scores"):
         assert {"event_f1", "segment_f1", "event_f1_macro", "segment_f1_macro"} <= set(metrics[method])
     assert metrics["event_f1"] == metrics["frame_head"]["event_f1"]

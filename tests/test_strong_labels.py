@@ -161,3 +161,4 @@ def test_sed_eval_scores_of_known_events():
     assert scores["event_f1"] == pytest.approx(0.5)  # 1 of 2 within the 200 ms collar
     assert sed_scores(reference, reference, LABELS)["event_f1"] == pytest.approx(1.0)
     assert sed_scores(reference, reference, LABELS)["segment_f1"] == pytest.approx(1.0)
+    assert sed_scores(reference, {}, LABELS)["event_f1"] == 0.0  # nothing estimated: F1 0, not NaN

@@ -2,7 +2,9 @@
 
 Per batch: decode and resample every clip to 16 kHz (`decode_audio`), mixup on the waveforms, one batched
 `ASTFeatureExtractor` call (the Kaldi filterbank of the whole batch in one go, on `device`), SpecAugment,
-then the Speech Commands noise and time shift. Features are computed in the collator rather than once with
+then the Speech Commands noise and time shift. With strong labels (`events_column`) it also makes frame targets
+[batch, time columns, labels] at the model's patch-column rate (`strong_labels.frame_targets`), mixed like the
+clip targets. Features are computed in the collator rather than once with
 `datasets.map` because mixup draws new pairs every epoch and a 10 s AudioSet clip's features (1024 x 128
 float32, 512 kB) take 16 times the room of its 16-bit waveform; the measured cost is in docs/training.md.
 """
@@ -186,15 +188,14 @@ class ASTAudioCollator:
                     raise
                 logger.warning("skipping %s", error)
                 continue
-            if self.events_column is not None:
+            if self.events_column is not None:  # strong labels: the clip's classes are those of its events
                 events = example.get(self.events_column) or []
                 event_lists.append(events)
                 name = audio_name(audio, i)
                 label_lists.append(sorted({self.label_indices(e["event_label"], name)[0] for e in events}))
-                waveforms.append(torch.from_numpy(waveform))
-                continue
-            labels = example.get(self.label_column)
-            label_lists.append(self.label_indices(labels, audio_name(audio, i)) if labels is not None else None)
+            else:
+                labels = example.get(self.label_column)
+                label_lists.append(self.label_indices(labels, audio_name(audio, i)) if labels is not None else None)
             waveforms.append(torch.from_numpy(waveform))
         if not waveforms:
             raise ValueError("every clip of this batch failed to decode; see the warnings above")

@@ -246,7 +246,7 @@ def run_event_demo(out_dir: str | Path, quick: bool = False, force: bool = False
         train = load_event_dataset(staging / "data" / "train", staging / "data" / "train.tsv", labels)
         test = load_event_dataset(staging / "data" / "test", staging / "data" / "test.tsv", labels)
         fe = ASTFeatureExtractor(num_mel_bins=settings.num_mel_bins, max_length=settings.max_length)
-        compute_normalization_stats(train, fe)
+        compute_normalization_stats(train, fe, num_clips=64)  # 64 scenes of 10 s pin mean and std well enough
         config = ASTConfig(
             hidden_size=settings.hidden_size, num_hidden_layers=settings.num_hidden_layers,
             num_attention_heads=settings.num_attention_heads, intermediate_size=settings.intermediate_size,

@@ -17,6 +17,8 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from ..event_tsv import SoundEvent
 
 
@@ -49,8 +51,9 @@ def sed_scores(reference: Mapping[str, Sequence[SoundEvent]], estimated: Mapping
     out = {}
     for prefix, metric in (("event", events), ("segment", segments)):
         overall, classwise = metric.results_overall_metrics(), metric.results_class_wise_average_metrics()
-        out[f"{prefix}_f1"] = float(overall["f_measure"]["f_measure"])
-        out[f"{prefix}_f1_macro"] = float(classwise["f_measure"]["f_measure"])
+        # sed_eval gives NaN when nothing was estimated (precision 0 / 0); with reference events that F1 is 0
+        out[f"{prefix}_f1"] = float(np.nan_to_num(overall["f_measure"]["f_measure"]))
+        out[f"{prefix}_f1_macro"] = float(np.nan_to_num(classwise["f_measure"]["f_measure"]))
         out[f"{prefix}_error_rate"] = float(overall["error_rate"]["error_rate"])
     return out
 
