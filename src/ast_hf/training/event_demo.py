@@ -56,9 +56,9 @@ class EventDemoSettings:
     intermediate_size: int = 512
     patch_size: int = 16
     frequency_stride: int = 16
-    time_stride: int = 10
-    epochs: int = 10
-    batch_size: int = 16
+    time_stride: int = 16
+    epochs: int = 20
+    batch_size: int = 8
     learning_rate: float = 1e-3
     weight_decay: float = 0.05
     warmup_ratio: float = 0.1
