@@ -50,6 +50,11 @@ _EXPORTS = {
     "ASTEnsemble": "ensemble",
     "ASTEnsembleOutput": "ensemble",
     "ASTAudioClassificationPipeline": "pipeline",
+    # when: strong labels (DCASE TSV) and frame scores without a trained frame head
+    "SoundEvent": "event_tsv",
+    "read_event_tsv": "event_tsv",
+    "write_event_tsv": "event_tsv",
+    "column_scores": "column_scores",
     # fine-tuning (imports Trainer and datasets)
     "ASTTrainer": "training",
     "ASTTrainingArguments": "training",
