@@ -107,6 +107,8 @@ def test_collator_gives_frame_targets_and_clip_labels(scenes):
     assert batch["frame_labels"][0, :, 0].nonzero().flatten().tolist() == [5]
     assert batch["frame_labels"][1].sum() == 0
     assert torch.equal(batch["labels"], torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    alone = _collator(clip_labels=False)([data[0], data[1]])  # the frame head trained alone
+    assert "labels" not in alone and torch.equal(alone["frame_labels"], batch["frame_labels"])
 
 
 def test_mixup_mixes_frame_targets_with_the_clip_targets_lambda(scenes, monkeypatch):

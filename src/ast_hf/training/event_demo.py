@@ -223,7 +223,7 @@ def fit_clip_head(model, fe, dataset, label2id: dict[str, int], steps: int, batc
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return float(loss)
+    return loss.item()
 
 
 def _score_scenes(model, fe, dataset, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
