@@ -67,36 +67,36 @@ def test_frame_loss_is_bce_over_real_columns_only():
     mask = torch.ones(2, FRAMES, dtype=torch.long)
     mask[1, 70:] = 0  # clip 1 has 70 real frames: (70 - 16) // 10 + 1 = 6 real columns
     targets = (torch.rand(2, 12, 5) > 0.7).float()
-    out = model(x, attention_mask=mask, frame_labels=targets)
+    out = model(x, attention_mask=mask, frame_targets=targets)
     per_cell = F.binary_cross_entropy_with_logits(out.frame_logits, targets, reduction="none")
     expected = torch.cat([per_cell[0].flatten(), per_cell[1, :6].flatten()]).mean()
     torch.testing.assert_close(out.loss, expected)
     changed = targets.clone()
     changed[1, 6:] = 1 - changed[1, 6:]  # padded columns: no effect
-    torch.testing.assert_close(model(x, attention_mask=mask, frame_labels=changed).loss, out.loss)
+    torch.testing.assert_close(model(x, attention_mask=mask, frame_targets=changed).loss, out.loss)
     changed[1, 5] = 1 - changed[1, 5]  # the last real column counts
-    assert not torch.isclose(model(x, attention_mask=mask, frame_labels=changed).loss, out.loss)
+    assert not torch.isclose(model(x, attention_mask=mask, frame_targets=changed).loss, out.loss)
     # clip and frame losses add up
     clip = torch.tensor([[1.0, 0, 0, 1, 0], [0, 1, 0, 0, 0]])
     model.config.problem_type = "multi_label_classification"
-    both = model(x, attention_mask=mask, labels=clip, frame_labels=targets)
+    both = model(x, attention_mask=mask, labels=clip, frame_targets=targets)
     torch.testing.assert_close(both.loss, out.loss + F.binary_cross_entropy_with_logits(both.logits, clip))
 
 
 def test_frame_loss_trains_the_backbone_and_frame_head_not_the_clip_head():
     model = _model(frame_head=True).train()
-    model(torch.randn(2, FRAMES, 128), frame_labels=torch.ones(2, 12, 5)).loss.backward()
+    model(torch.randn(2, FRAMES, 128), frame_targets=torch.ones(2, 12, 5)).loss.backward()
     assert model.frame_classifier.dense.weight.grad.abs().sum() > 0
     assert model.audio_spectrogram_transformer.encoder.layer[0].intermediate.dense.weight.grad.abs().sum() > 0
     assert model.classifier.dense.weight.grad is None
 
 
-def test_wrong_frame_labels_are_refused():
+def test_wrong_frame_targets_are_refused():
     x = torch.randn(1, FRAMES, 128)
-    with pytest.raises(ValueError, match=r"frame_labels have shape \(1, 10, 5\) but the frame head gives \(1, 12, 5\)"):
-        _model(frame_head=True)(x, frame_labels=torch.zeros(1, 10, 5))
+    with pytest.raises(ValueError, match=r"frame_targets have shape \(1, 10, 5\) but the frame head gives \(1, 12, 5\)"):
+        _model(frame_head=True)(x, frame_targets=torch.zeros(1, 10, 5))
     with pytest.raises(ValueError, match="no frame head; build or load it with frame_head=True"):
-        _model()(x, frame_labels=torch.zeros(1, 12, 5))
+        _model()(x, frame_targets=torch.zeros(1, 12, 5))
 
 
 def test_save_and_from_pretrained_round_trip(tmp_path):

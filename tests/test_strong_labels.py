@@ -102,13 +102,13 @@ def test_collator_gives_frame_targets_and_clip_labels(scenes):
     data = load_event_dataset(scenes, scenes / "gt.tsv", LABELS)
     batch = _collator()([data[0], data[1]])
     assert batch["input_values"].shape == (2, 128, 128)
-    assert batch["frame_labels"].shape == (2, 12, 2)  # (128 - 16) // 10 + 1 columns of 100 ms
-    assert batch["frame_labels"][0, :, 1].nonzero().flatten().tolist() == [3, 4, 5, 6, 7]
-    assert batch["frame_labels"][0, :, 0].nonzero().flatten().tolist() == [5]
-    assert batch["frame_labels"][1].sum() == 0
+    assert batch["frame_targets"].shape == (2, 12, 2)  # (128 - 16) // 10 + 1 columns of 100 ms
+    assert batch["frame_targets"][0, :, 1].nonzero().flatten().tolist() == [3, 4, 5, 6, 7]
+    assert batch["frame_targets"][0, :, 0].nonzero().flatten().tolist() == [5]
+    assert batch["frame_targets"][1].sum() == 0
     assert torch.equal(batch["labels"], torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
     alone = _collator(clip_labels=False)([data[0], data[1]])  # the frame head trained alone
-    assert "labels" not in alone and torch.equal(alone["frame_labels"], batch["frame_labels"])
+    assert "labels" not in alone and torch.equal(alone["frame_targets"], batch["frame_targets"])
 
 
 def test_mixup_mixes_frame_targets_with_the_clip_targets_lambda(scenes, monkeypatch):
@@ -119,8 +119,8 @@ def test_mixup_mixes_frame_targets_with_the_clip_targets_lambda(scenes, monkeypa
     plan = (torch.tensor([1, 0]), torch.tensor([0.7, 0.4]))
     monkeypatch.setattr(collator_module, "sample_mixup", lambda *args: plan)
     mixed = _collator(mixup=1.0).train()([data[0], data[1]])
-    y = plain["frame_labels"]
-    torch.testing.assert_close(mixed["frame_labels"], torch.stack([0.7 * y[0] + 0.3 * y[1], 0.4 * y[1] + 0.6 * y[0]]))
+    y = plain["frame_targets"]
+    torch.testing.assert_close(mixed["frame_targets"], torch.stack([0.7 * y[0] + 0.3 * y[1], 0.4 * y[1] + 0.6 * y[0]]))
     c = plain["labels"]
     torch.testing.assert_close(mixed["labels"], torch.stack([0.7 * c[0] + 0.3 * c[1], 0.4 * c[1] + 0.6 * c[0]]))
 
@@ -152,6 +152,10 @@ def test_trainer_checks_the_model_has_a_frame_head(scenes, tmp_path):
     assert model.config.problem_type == "multi_label_classification"
     trainer.train()
     assert np.isfinite(trainer.state.log_history[-1]["train_loss"])
+    assert {"eval_loss", "eval_accuracy"} <= set(trainer.evaluate(data))  # clip metrics, loss with frame targets
+    alone = ASTTrainer(model=model, args=args, data_collator=_collator(model_config=None, clip_labels=False))
+    metrics = alone.evaluate(data)
+    assert "eval_loss" in metrics and "eval_accuracy" not in metrics  # frame loss only
 
 
 def test_sed_eval_scores_of_known_events():

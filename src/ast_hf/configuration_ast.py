@@ -57,7 +57,7 @@ class ASTConfig(PreTrainedConfig):
         num_mel_bins: number of mel bins of the input spectrogram.
         frame_head: add a frame-level head beside the clip head: `ASTForAudioClassification` then also returns
             `frame_logits` [batch, time columns, num_labels], one row per patch column (`time_stride` x 10 ms),
-            trained with per-frame BCE from strong labels (`frame_labels`). False (default) builds exactly the
+            trained with per-frame BCE from strong labels (`frame_targets`). False (default) builds exactly the
             model without it.
     """
 

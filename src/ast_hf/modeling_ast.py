@@ -346,18 +346,18 @@ def column_mask(config: ASTConfig, frames_per_clip: torch.Tensor | None, num_col
     return torch.arange(num_columns, device=real.device)[None, :] < real.clamp(max=num_columns)[:, None]
 
 
-def frame_loss(frame_logits: torch.Tensor, frame_labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def frame_loss(frame_logits: torch.Tensor, frame_targets: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """BCE with logits per frame and label, averaged over the real columns only.
 
     Args:
-        frame_logits: [batch, columns, labels]. frame_labels: the same shape, 0/1 or soft (mixup) targets.
+        frame_logits: [batch, columns, labels]. frame_targets: the same shape, 0/1 or soft (mixup) targets.
         mask: [batch, columns] bool, True = real column (None: all real); padded columns add nothing.
     """
-    if frame_labels.shape != frame_logits.shape:
-        raise ValueError(f"frame_labels have shape {tuple(frame_labels.shape)} but the frame head gives "
+    if frame_targets.shape != frame_logits.shape:
+        raise ValueError(f"frame_targets have shape {tuple(frame_targets.shape)} but the frame head gives "
                          f"{tuple(frame_logits.shape)} [batch, time columns, labels]; make the targets at the "
                          f"model's column rate (time_stride x 10 ms) for inputs of this many frames")
-    per_cell = F.binary_cross_entropy_with_logits(frame_logits.float(), frame_labels.float(), reduction="none")
+    per_cell = F.binary_cross_entropy_with_logits(frame_logits.float(), frame_targets.float(), reduction="none")
     if mask is None:
         return per_cell.mean()
     weight = mask.unsqueeze(-1).to(per_cell.dtype)
@@ -703,7 +703,7 @@ class ASTForAudioClassification(ASTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        frame_labels: torch.Tensor | None = None,
+        frame_targets: torch.Tensor | None = None,
         **kwargs,
     ) -> ASTAudioClassificationOutput | tuple:
         """
@@ -712,7 +712,7 @@ class ASTForAudioClassification(ASTPreTrainedModel):
                 optional [batch, frames] frame mask.
             labels: [batch] class indices, [batch, num_labels] soft/multi-hot targets, or [batch] floats
                 (regression).
-            frame_labels: [batch, time columns, num_labels] 0/1 or soft frame targets (frame head only), one row
+            frame_targets: [batch, time columns, num_labels] 0/1 or soft frame targets (frame head only), one row
                 per patch column of `time_stride` x 10 ms; BCE per frame, padded columns (`attention_mask`) left out.
 
         Returns:
@@ -730,13 +730,13 @@ class ASTForAudioClassification(ASTPreTrainedModel):
             frames = input_values.shape[1]
             frame_logits = self.frame_classifier(patch_columns(outputs.last_hidden_state,
                                                                self.config.patch_grid(frames)))
-            if frame_labels is not None:
+            if frame_targets is not None:
                 mask = column_mask(self.config, frames_from_attention_mask(attention_mask, input_values),
                                    frame_logits.shape[1])
-                frames_loss = frame_loss(frame_logits, frame_labels, mask)
+                frames_loss = frame_loss(frame_logits, frame_targets, mask)
                 loss = frames_loss if loss is None else loss + frames_loss
-        elif frame_labels is not None:
-            raise ValueError("frame_labels were given but the model has no frame head; build or load it with "
+        elif frame_targets is not None:
+            raise ValueError("frame_targets were given but the model has no frame head; build or load it with "
                              "frame_head=True")
         out = ASTAudioClassificationOutput(loss=loss, logits=logits, frame_logits=frame_logits,
                                            hidden_states=outputs.hidden_states, attentions=outputs.attentions)

@@ -51,13 +51,13 @@ class ASTAudioCollator:
             `.eval()` copy to evaluation.
         device: where to compute the features (default CPU; the model moves them itself).
         events_column: a column of strong labels (per clip a list of {"onset", "offset", "event_label"}, seconds;
-            `load_event_dataset` makes it). The batch then also holds `frame_labels` [batch, time columns, labels]
-            (`frame_targets`), and `labels` are the clip's multi-hot event classes; `label2id` is required. Mixup
-            mixes frame targets with the clip's own lambda (the partner's events stay at their times, as its
-            waveform does). SpecAugment leaves the targets as they are: a masked span (< `timem` frames) hides
-            part of a sound, not the sound, and labelling it off would teach the model to split events at every
-            dropout. The noise recipe's time shift is refused: it moves sounds by up to `max_shift` frames away
-            from their targets.
+            `load_event_dataset` makes it). The batch then also holds `frame_targets` [batch, time columns, labels]
+            (`strong_labels.frame_targets`), and `labels` are the clip's multi-hot event classes; `label2id` is
+            required. Mixup mixes frame targets with the clip's own lambda (the partner's events stay at their
+            times, as its waveform does). SpecAugment leaves the targets as they are: a masked span (< `timem`
+            frames) hides part of a sound, not the sound, and labelling it off would teach the model to split
+            events at every dropout. The noise recipe's time shift is refused: it moves sounds by up to
+            `max_shift` frames away from their targets.
         model_config: the model's `ASTConfig` (needed with `events_column`): its patch grid gives the number and
             length of the time columns. `ASTTrainer` fills it in from the model.
         clip_labels: with `events_column`, also return the clip's classes as `labels` (the clip head trains beside
@@ -228,7 +228,7 @@ class ASTAudioCollator:
         if targets is not None:
             batch["labels"] = targets
         if frames is not None:
-            batch["frame_labels"] = frames
+            batch["frame_targets"] = frames
         return batch
 
 

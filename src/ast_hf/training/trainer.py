@@ -78,7 +78,9 @@ class ASTTrainer(Trainer):
     Args are those of `Trainer`; `data_collator` must be an `ASTAudioCollator`. `processing_class` defaults to
     the collator's feature extractor (so checkpoints hold `preprocessor_config.json`) and `compute_metrics` to
     accuracy / mAP / mAUC / d-prime. When the model's `problem_type` is unset it is set from the collator:
-    multi-label (BCE) or single-label (cross-entropy, soft targets under mixup).
+    multi-label (BCE) or single-label (cross-entropy, soft targets under mixup). A collator of strong labels
+    (`events_column`) needs a model with a frame head; evaluation then also passes `frame_targets` (so the loss
+    includes the frame loss), and without clip labels (`clip_labels=False`) no clip metrics are computed.
     """
 
     def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
@@ -104,6 +106,8 @@ class ASTTrainer(Trainer):
                 cfg.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
             if data_collator.events_column is not None:
                 data_collator = _collator_for_frame_head(data_collator, cfg)
+        if compute_metrics is _DEFAULT and data_collator.events_column is not None and not data_collator.clip_labels:
+            compute_metrics = None  # clip metrics need clip labels; evaluation reports the frame loss
         callbacks = list(callbacks or [])
         if isinstance(args, ASTTrainingArguments) and args.weight_averaging_start is not None:
             callbacks.append(WeightAveragingCallback(args.weight_averaging_start, args.weight_averaging_end))
@@ -112,6 +116,9 @@ class ASTTrainer(Trainer):
                          processing_class=processing_class or data_collator.feature_extractor,
                          compute_metrics=ast_compute_metrics if compute_metrics is _DEFAULT else compute_metrics,
                          callbacks=callbacks, **kwargs)
+        if self.args.label_names is None and data_collator.events_column is not None:
+            # evaluation then passes the frame targets (not a `*label*` argument of the model) and computes the loss
+            self.label_names = ["labels", "frame_targets"] if data_collator.clip_labels else ["frame_targets"]
         self._steps_per_epoch: int | None = None
 
     # ---- the collator in training or evaluation mode -----------------------------------------------------------
