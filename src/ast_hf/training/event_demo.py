@@ -351,5 +351,5 @@ def run_event_demo(out_dir: str | Path, quick: bool = False, force: bool = False
     return metrics
 
 
-__all__ = ["run_event_demo", "make_event_scenes", "compose_scene", "threshold_events", "fit_clip_head", "EventDemoSettings",
-           "QUICK_EVENTS", "LABELS"]
+__all__ = ["run_event_demo", "make_event_scenes", "compose_scene", "threshold_events", "fit_clip_head",
+           "EventDemoSettings", "QUICK_EVENTS", "LABELS"]
