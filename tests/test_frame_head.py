@@ -93,7 +93,7 @@ def test_frame_loss_trains_the_backbone_and_frame_head_not_the_clip_head():
 
 def test_wrong_frame_targets_are_refused():
     x = torch.randn(1, FRAMES, 128)
-    with pytest.raises(ValueError, match=r"frame_targets have shape \(1, 10, 5\) but the frame head gives \(1, 12, 5\)"):
+    with pytest.raises(ValueError, match=r"frame_targets have shape \(1, 10, 5\) but the frame head gives \(1, 12"):
         _model(frame_head=True)(x, frame_targets=torch.zeros(1, 10, 5))
     with pytest.raises(ValueError, match="no frame head; build or load it with frame_head=True"):
         _model()(x, frame_targets=torch.zeros(1, 12, 5))

@@ -204,7 +204,8 @@ class ASTAudioCollator:
         if not waveforms:
             raise ValueError("every clip of this batch failed to decode; see the warnings above")
         has_labels = all(x is not None for x in label_lists)
-        targets = self._targets(label_lists) if has_labels and (self.clip_labels or self.events_column is None) else None
+        wants_clip_targets = has_labels and (self.clip_labels or self.events_column is None)
+        targets = self._targets(label_lists) if wants_clip_targets else None
         frames = self._frame_targets(event_lists) if self.events_column is not None else None
 
         if self.training and self.mixup > 0 and len(waveforms) > 1:
