@@ -46,3 +46,26 @@ def test_norm_stats_command(tmp_path):
     fe = ASTFeatureExtractor(max_length=64)
     mean, std = compute_normalization_stats(load_audio_dataset(tmp_path / "data", split="train"), fe)
     assert (saved.mean, saved.std, saved.max_length) == pytest.approx((mean, std, 64))
+
+
+def test_events_demo_quick_writes_metrics_plot_events_and_model(tmp_path, capsys):
+    from ast_hf import ASTForAudioClassification
+    from ast_hf.event_tsv import read_event_tsv
+
+    out = tmp_path / "events"
+    assert main(["demo", "--task", "events", "--out", str(out), "--quick"]) == 0
+    assert "column_scores: event F1" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["event_f1"] <= 1.0 and 0.0 <= metrics["segment_f1"] <= 1.0 and metrics["seconds"] > 0
+    for method in ("frame_head", "column_scores"):
+        assert {"event_f1", "segment_f1", "event_f1_macro", "segment_f1_macro"} <= set(metrics[method])
+    assert metrics["event_f1"] == metrics["frame_head"]["event_f1"]
+    assert metrics["metric_settings"] == {"t_collar": 0.2, "percentage_of_length": 0.2, "segment_seconds": 1.0,
+                                          "library": "sed_eval"}
+    assert sorted(p.name for p in out.iterdir()) == ["data", "metrics.json", "model", "scene.png", "test_events.tsv"]
+    truth = read_event_tsv(out / "data" / "test.tsv", metrics["labels"])
+    assert len(truth) == 2 and sum(map(len, truth.values())) == metrics["num_test_events"] > 0
+    assert set(read_event_tsv(out / "test_events.tsv", metrics["labels"])) <= set(truth)
+    assert ASTForAudioClassification.from_pretrained(out / "model").config.frame_head
+    assert (out / "scene.png").stat().st_size > 10_000
+    assert not list(tmp_path.glob(".events.*"))  # no staging folder left behind

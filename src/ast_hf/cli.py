@@ -245,8 +245,12 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="offline demo: make a spoken-word/sound data set, fine-tune an AST on the CPU",
                        description="Generate a labelled data set (espeak-ng words, sox sounds; test voices never "
                        "heard in training), train a small AST with Trainer on the CPU, evaluate it, save DIR/model, "
-                       "reload it through pipeline('audio-classification') and write DIR/metrics.json.")
+                       "reload it through pipeline('audio-classification') and write DIR/metrics.json. With --task "
+                       "events: 10 s scenes with timed words and sounds, a frame head trained from strong labels, "
+                       "sed_eval event/segment F1 in DIR/metrics.json and DIR/scene.png.")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (written atomically)")
+    p.add_argument("--task", choices=["classify", "events"], default="classify",
+                   help="classify: one label per clip (default); events: onsets and offsets in 10 s scenes")
     p.add_argument("--quick", action="store_true", help="tiny data, tiny model, one epoch (a smoke test)")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty DIR")
     p.add_argument("--seed", type=int, default=0)
@@ -256,7 +260,10 @@ def _add_demo(sub) -> None:
         import time
 
         started = time.perf_counter()
-        from .training.demo import run_demo
+        if args.task == "events":
+            from .training.event_demo import run_event_demo as run_demo
+        else:
+            from .training.demo import run_demo
 
         run_demo(args.out, quick=args.quick, force=args.force, seed=args.seed, num_threads=args.threads,
                  started=started)

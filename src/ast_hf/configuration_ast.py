@@ -78,6 +78,10 @@ class ASTConfig(PreTrainedConfig):
             `ft_avgtok`: mean of the patch tokens after the final LayerNorm, over each clip's real patches).
         num_prefix_tokens: tokens before the patches: 2 (cls + distillation, distilled DeiTs) or 1 (cls only,
             SSAST `base_nokd`).
+        frame_head: add a frame-level head beside the clip head: `ASTForAudioClassification` then also returns
+            `frame_logits` [batch, time columns, num_labels], one row per patch column (`time_stride` x 10 ms),
+            trained with per-frame BCE from strong labels (`frame_targets`). False (default) builds exactly the
+            model without it.
     """
 
     model_type = "audio-spectrogram-transformer"
@@ -100,6 +104,7 @@ class ASTConfig(PreTrainedConfig):
     num_mel_bins: int = 128
     pooling: str = "cls"
     num_prefix_tokens: int = NUM_PREFIX_TOKENS
+    frame_head: bool = False
 
     def __post_init__(self, **kwargs):
         # One spelling per patch: a square pair is the int transformers' AST reads, a pair is a tuple.
@@ -133,8 +138,10 @@ class ASTConfig(PreTrainedConfig):
 
     @property
     def is_transformers_compatible(self) -> bool:
-        """Whether `transformers`' own AST computes this model: square patches, 2 prefix tokens, "cls" pooling."""
-        return isinstance(self.patch_size, int) and self.num_prefix_tokens == 2 and self.pooling == "cls"
+        """Whether `transformers`' own AST computes this model: square patches, 2 prefix tokens, "cls" pooling, no
+        frame head (transformers would load the clip head and drop the frame head without a word)."""
+        return (isinstance(self.patch_size, int) and self.num_prefix_tokens == 2 and self.pooling == "cls"
+                and not self.frame_head)
 
     def to_dict(self) -> dict:
         output = super().to_dict()

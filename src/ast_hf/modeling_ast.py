@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -331,6 +332,60 @@ class ASTMLPHead(nn.Module):
         return self.dense(self.layernorm(pooled))
 
 
+class ASTFrameHead(ASTMLPHead):
+    """Frame-level head (`config.frame_head`): each time column's patch tokens averaged over frequency, then
+    LayerNorm + Linear: [batch, f, t, D] -> logits [batch, t, num_labels], one row per `time_stride` x 10 ms."""
+
+    def forward(self, columns: torch.Tensor) -> torch.Tensor:
+        return super().forward(columns.mean(dim=1))
+
+
+def patch_columns(sequence_output: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Tokens [batch, prefix + f * t, D] (after the final LayerNorm) -> patch tokens by position [batch, f, t, D].
+
+    `grid` is the input's (f, t) patch grid (`config.patch_grid(frames)`); patches are frequency-major and come
+    last, after the prefix tokens (however many the model has)."""
+    batch, _, dim = sequence_output.shape
+    return sequence_output[:, -grid[0] * grid[1]:].reshape(batch, grid[0], grid[1], dim)
+
+
+def column_mask(config: ASTConfig, frames_per_clip: torch.Tensor | None, num_columns: int) -> torch.Tensor | None:
+    """[batch, num_columns] bool, True for the time columns of each clip's real frames (None: all real).
+
+    `frames_per_clip` [batch] is `frames_from_attention_mask`'s count; a clip's columns are those of its own grid."""
+    if frames_per_clip is None:
+        return None
+    real = torch.tensor([config.patch_grid(int(n))[1] for n in frames_per_clip.clamp(min=config.patch_size)],
+                        device=frames_per_clip.device)
+    return torch.arange(num_columns, device=real.device)[None, :] < real.clamp(max=num_columns)[:, None]
+
+
+def frame_loss(frame_logits: torch.Tensor, frame_targets: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """BCE with logits per frame and label, averaged over the real columns only.
+
+    Args:
+        frame_logits: [batch, columns, labels]. frame_targets: the same shape, 0/1 or soft (mixup) targets.
+        mask: [batch, columns] bool, True = real column (None: all real); padded columns add nothing.
+    """
+    if frame_targets.shape != frame_logits.shape:
+        raise ValueError(f"frame_targets have shape {tuple(frame_targets.shape)} but the frame head gives "
+                         f"{tuple(frame_logits.shape)} [batch, time columns, labels]; make the targets at the "
+                         f"model's column rate (time_stride x 10 ms) for inputs of this many frames")
+    per_cell = F.binary_cross_entropy_with_logits(frame_logits.float(), frame_targets.float(), reduction="none")
+    if mask is None:
+        return per_cell.mean()
+    weight = mask.unsqueeze(-1).to(per_cell.dtype)
+    return (per_cell * weight).sum() / (weight.sum() * per_cell.shape[-1]).clamp(min=1.0)
+
+
+@dataclass
+class ASTAudioClassificationOutput(SequenceClassifierOutput):
+    """`SequenceClassifierOutput` plus `frame_logits` [batch, time columns, num_labels] from the frame head
+    (None when `config.frame_head` is False)."""
+
+    frame_logits: torch.FloatTensor | None = None
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Pre-trained models
 # --------------------------------------------------------------------------------------------------------------
@@ -415,17 +470,21 @@ def _held_load_report():
         logger.handle(record)
 
 
+# Weights of the heads (clip and frame): a fresh head may be missing from, or shaped unlike, the checkpoint.
+_HEADS = ("classifier.", "frame_classifier.")
+
+
 def _check_weights_match(model_class: type, source: str, info: dict, new_head: bool, allow_mismatch: bool) -> None:
     """Strict loading: ValueError when the checkpoint lacks weights the model needs, holds weights it does not use,
     or holds weights of other shapes (a config.json that does not fit the weights). A missing head is allowed for
     a fresh head and for a backbone-only checkpoint; the head's shapes may differ only for a fresh head."""
-    backbone_only = all(k.startswith("classifier.") for k in info["missing_keys"])
+    backbone_only = all(k.startswith(_HEADS) for k in info["missing_keys"])
     head_may_be_missing = new_head or backbone_only
-    missing = sorted(k for k in info["missing_keys"] if not (k.startswith("classifier.") and head_may_be_missing))
+    missing = sorted(k for k in info["missing_keys"] if not (k.startswith(_HEADS) and head_may_be_missing))
     unexpected = sorted(info["unexpected_keys"])
     mismatched = sorted(f"{k} {'x'.join(map(str, saved))} (config.json: {'x'.join(map(str, wanted))})"
                         for k, saved, wanted in info["mismatched_keys"]
-                        if not (allow_mismatch or (k.startswith("classifier.") and new_head)))
+                        if not (allow_mismatch or (k.startswith(_HEADS) and new_head)))
     if not (missing or unexpected or mismatched):
         return
     problems = [f"{len(keys)} {what} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
@@ -596,7 +655,7 @@ class ASTModel(ASTPreTrainedModel):
     """The AST backbone: [batch, frames, mel bins] -> tokens [batch, prefix + f * t, D] and pooled [batch, D]."""
 
     # The backbone of a classification checkpoint leaves its head behind: expected, not worth a report.
-    _keys_to_ignore_on_load_unexpected = [r"^classifier\."]
+    _keys_to_ignore_on_load_unexpected = [r"^classifier\.", r"^frame_classifier\."]
 
     def __init__(self, config: ASTConfig):
         super().__init__(config)
@@ -692,6 +751,8 @@ class ASTForAudioClassification(ASTPreTrainedModel):
         self.num_labels = config.num_labels
         self.audio_spectrogram_transformer = ASTModel(config)
         self.classifier = ASTMLPHead(config)
+        if config.frame_head:
+            self.frame_classifier = ASTFrameHead(config)
         self.post_init()
 
     def get_input_embeddings(self) -> ASTPatchEmbeddings:
@@ -736,17 +797,21 @@ class ASTForAudioClassification(ASTPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        frame_targets: torch.Tensor | None = None,
         **kwargs,
-    ) -> SequenceClassifierOutput | tuple:
+    ) -> ASTAudioClassificationOutput | tuple:
         """
         Args:
             input_values: [batch, frames, mel bins], any float dtype (see `ASTModel.forward`). attention_mask:
                 optional [batch, frames] frame mask.
             labels: [batch] class indices, [batch, num_labels] soft/multi-hot targets, or [batch] floats
                 (regression).
+            frame_targets: [batch, time columns, num_labels] 0/1 or soft frame targets (frame head only), one row
+                per patch column of `time_stride` x 10 ms; BCE per frame, padded columns (`attention_mask`) left out.
 
         Returns:
-            `SequenceClassifierOutput` with `logits` [batch, num_labels] and `loss` when labels are given.
+            `ASTAudioClassificationOutput` with `logits` [batch, num_labels], `frame_logits` [batch, time columns,
+            num_labels] with a frame head, and `loss` (clip loss + frame loss, of the targets given).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.audio_spectrogram_transformer(
@@ -754,9 +819,23 @@ class ASTForAudioClassification(ASTPreTrainedModel):
             output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
         loss = self.compute_loss(logits, labels) if labels is not None else None
-        out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                       attentions=outputs.attentions)
+        frame_logits = None
+        if self.config.frame_head:
+            frames = input_values.shape[1]
+            frame_logits = self.frame_classifier(patch_columns(outputs.last_hidden_state,
+                                                               self.config.patch_grid(frames)))
+            if frame_targets is not None:
+                mask = column_mask(self.config, frames_from_attention_mask(attention_mask, input_values),
+                                   frame_logits.shape[1])
+                frames_loss = frame_loss(frame_logits, frame_targets, mask)
+                loss = frames_loss if loss is None else loss + frames_loss
+        elif frame_targets is not None:
+            raise ValueError("frame_targets were given but the model has no frame head; build or load it with "
+                             "frame_head=True")
+        out = ASTAudioClassificationOutput(loss=loss, logits=logits, frame_logits=frame_logits,
+                                           hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         return out if return_dict else out.to_tuple()
 
 
-__all__ = ["ASTModel", "ASTForAudioClassification", "ASTPreTrainedModel", "adapt_position_embeddings", "pool_tokens"]
+__all__ = ["ASTModel", "ASTForAudioClassification", "ASTPreTrainedModel", "adapt_position_embeddings", "pool_tokens",
+           "ASTAudioClassificationOutput", "ASTFrameHead", "patch_columns", "column_mask", "frame_loss"]

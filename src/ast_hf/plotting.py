@@ -181,4 +181,36 @@ def explanation_figure(explanation, title: str | None = None, max_layers: int = 
     return fig
 
 
-__all__ = ["plot_timeline", "plot_explanation", "explanation_figure", "patch_map_to_pixels", "draw_spectrogram"]
+def plot_frame_events(path: str | Path, spectrogram: np.ndarray, scores: np.ndarray, labels: list[str],
+                      column_seconds: float, reference: list, estimated: list, title: str | None = None) -> Path:
+    """Frame scores and events of one recording above its spectrogram, sharing the time axis in seconds.
+
+    Args:
+        spectrogram: [mel bins, frames] log-mel, 10 ms per frame. scores: [time columns, labels] in [0, 1].
+        labels: one name per score column. column_seconds: seconds per time column.
+        reference, estimated: `SoundEvent`s (onset, offset, label); drawn as bars on each label's row, the
+            reference's thick and light, the estimate's thin and dark, over the score heat map.
+    """
+    duration = spectrogram.shape[1] * 0.01
+    fig, (ax_scores, ax_spec) = _figure([1.0, 1.0], height=3.0 + 0.3 * len(labels) + 2.5)
+    edges = np.arange(scores.shape[0] + 1) * column_seconds
+    mesh = ax_scores.pcolormesh(edges, np.arange(len(labels) + 1), scores.T, cmap="viridis", vmin=0.0, vmax=1.0,
+                                shading="flat")
+    row = {name: i for i, name in enumerate(labels)}
+    for events, color, width, offset, name in ((reference, "white", 7, 0.35, "reference"),
+                                               (estimated, "red", 2.5, 0.65, "estimated")):
+        for number, event in enumerate(events):
+            ax_scores.plot([event.onset, event.offset], [row[event.label] + offset] * 2, color=color,
+                           linewidth=width, solid_capstyle="butt", label=name if number == 0 else None)
+    ax_scores.set_yticks(np.arange(len(labels)) + 0.5, [_short(x) for x in labels])
+    ax_scores.invert_yaxis()
+    ax_scores.legend(loc="upper right", fontsize=8, framealpha=0.6)
+    fig.colorbar(mesh, ax=ax_scores, label="frame score", pad=0.01, fraction=0.04)
+    ax_scores.set_title(title or "frame scores and events")
+    draw_spectrogram(fig, ax_spec, spectrogram, 0.01)
+    ax_spec.set_xlim(0.0, duration)
+    return _save(fig, path)
+
+
+__all__ = ["plot_timeline", "plot_explanation", "explanation_figure", "patch_map_to_pixels", "draw_spectrogram",
+           "plot_frame_events"]

@@ -69,4 +69,16 @@ def add_noise(waveform: np.ndarray, snr_db: float, rng: np.random.Generator) -> 
     return (waveform + noise).astype(np.float32)
 
 
-__all__ = ["espeak_voices", "speak", "sox_synth", "add_noise"]
+def trim_silence(waveform: np.ndarray, sampling_rate: int = 16000, floor_db: float = -35.0) -> np.ndarray:
+    """The waveform from its first to its last 10 ms frame whose RMS is within `floor_db` dB of the loudest
+    frame's: the sound's own extent, so that a ground-truth onset and offset placed with it are exact."""
+    hop = max(1, sampling_rate // 100)
+    frames = len(waveform) // hop
+    if frames == 0:
+        return waveform
+    rms = np.sqrt(np.mean(np.square(waveform[: frames * hop].reshape(frames, hop)), axis=1))
+    loud = np.flatnonzero(rms >= rms.max() * 10 ** (floor_db / 20))
+    return waveform[loud[0] * hop:(loud[-1] + 1) * hop]
+
+
+__all__ = ["espeak_voices", "speak", "sox_synth", "add_noise", "trim_silence"]

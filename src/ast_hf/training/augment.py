@@ -76,8 +76,9 @@ def mix_waveforms(waveforms: list[torch.Tensor], partner: torch.Tensor, lam: tor
 
 
 def mix_targets(targets: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """Soft targets [B, C]: lam_i y_i + (1 - lam_i) y_partner(i) (a label both clips share keeps weight 1)."""
-    lam = lam.to(targets.dtype).unsqueeze(1)
+    """Soft targets [B, C] (or frame targets [B, T, C]): lam_i y_i + (1 - lam_i) y_partner(i) (a label both clips
+    share, at the same frame, keeps weight 1)."""
+    lam = lam.to(targets.dtype).view(-1, *[1] * (targets.ndim - 1))
     return lam * targets + (1.0 - lam) * targets[partner]
 
 

@@ -2,7 +2,9 @@
 
 Per batch: decode and resample every clip to 16 kHz (`decode_audio`), mixup on the waveforms, one batched
 `ASTFeatureExtractor` call (the Kaldi filterbank of the whole batch in one go, on `device`), SpecAugment,
-then the Speech Commands noise and time shift. Features are computed in the collator rather than once with
+then the Speech Commands noise and time shift. With strong labels (`events_column`) it also makes frame targets
+[batch, time columns, labels] at the model's patch-column rate (`strong_labels.frame_targets`), mixed like the
+clip targets. Features are computed in the collator rather than once with
 `datasets.map` because mixup draws new pairs every epoch and a 10 s AudioSet clip's features (1024 x 128
 float32, 512 kB) take 16 times the room of its 16-bit waveform; the measured cost is in docs/training.md.
 """
@@ -17,9 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..configuration_ast import ASTConfig
 from ..feature_extraction_ast import ASTFeatureExtractor
 from .augment import feature_noise, mix_targets, mix_waveforms, sample_mixup, spec_augment, time_shift
 from .data import CorruptAudioError, audio_name, decode_audio
+from .strong_labels import column_seconds, frame_targets
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,19 @@ class ASTAudioCollator:
         training: apply the augmentations; `ASTTrainer` hands a `.train()` copy to the training loader and an
             `.eval()` copy to evaluation.
         device: where to compute the features (default CPU; the model moves them itself).
+        events_column: a column of strong labels (per clip a list of {"onset", "offset", "event_label"}, seconds;
+            `load_event_dataset` makes it). The batch then also holds `frame_targets` [batch, time columns, labels]
+            (`strong_labels.frame_targets`), and `labels` are the clip's multi-hot event classes; `label2id` is
+            required. Mixup mixes frame targets with the clip's own lambda (the partner's events stay at their
+            times, as its waveform does). SpecAugment leaves the targets as they are: a masked span (< `timem`
+            frames) hides part of a sound, not the sound, and labelling it off would teach the model to split
+            events at every dropout. The noise recipe's time shift is refused: it moves sounds by up to
+            `max_shift` frames away from their targets.
+        model_config: the model's `ASTConfig` (needed with `events_column`): its patch grid gives the number and
+            length of the time columns. `ASTTrainer` fills it in from the model.
+        clip_labels: with `events_column`, also return the clip's classes as `labels` (the clip head trains beside
+            the frame head); False trains the frame head alone (in the events demo the clip loss held the frame
+            head back: event F1 0.14 after 800 joint updates, docs/training.md).
     """
 
     feature_extractor: ASTFeatureExtractor
@@ -66,6 +83,9 @@ class ASTAudioCollator:
     allow_upsampling: bool = False
     training: bool = False
     device: str | torch.device | None = None
+    events_column: str | None = None
+    model_config: ASTConfig | None = None
+    clip_labels: bool = True
 
     def __post_init__(self):
         if self.num_labels < 1:
@@ -76,6 +96,13 @@ class ASTAudioCollator:
             bad = {k: v for k, v in self.label2id.items() if not 0 <= int(v) < self.num_labels}
             if bad:
                 raise ValueError(f"label2id maps {bad} outside [0, {self.num_labels})")
+        if self.events_column is not None:
+            if self.label2id is None:
+                raise ValueError("events_column needs label2id: the map from event labels to target columns")
+            if self.noise:
+                raise ValueError("noise=True also shifts every clip in time by up to max_shift frames, which moves "
+                                 "its sounds away from their frame targets; leave noise off with events_column "
+                                 "(mixup and SpecAugment keep targets aligned)")
 
     # ----------------------------------------------------------------------------------------------------------
     def train(self) -> ASTAudioCollator:
@@ -92,6 +119,8 @@ class ASTAudioCollator:
 
     @property
     def returns_one_hot(self) -> bool:
+        if self.events_column is not None:  # a recording holds any number of event classes
+            return True
         return self.one_hot if self.one_hot is not None else (self.multi_label or self.mixup > 0)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -127,6 +156,19 @@ class ASTAudioCollator:
                 indices.append(index)
         return indices
 
+    def num_columns(self) -> int:
+        """Time columns of the frame targets: the model's patch grid over `max_length` frames."""
+        if self.model_config is None:
+            raise ValueError("events_column needs model_config (the model's ASTConfig) to place frame targets on "
+                             "its time columns; ASTTrainer fills it in from the model")
+        return self.model_config.patch_grid(self.max_length or self.feature_extractor.max_length)[1]
+
+    def _frame_targets(self, event_lists: Sequence[Sequence[Mapping]]) -> torch.Tensor:
+        """[batch, time columns, num_labels] frame targets of each clip's events."""
+        columns, seconds = self.num_columns(), column_seconds(self.model_config.time_stride)
+        return torch.stack([frame_targets(events, self.label2id, columns, seconds, self.num_labels)
+                            for events in event_lists])
+
     def _targets(self, label_lists: Sequence[list[int]]) -> torch.Tensor:
         if not self.returns_one_hot:
             return torch.tensor([x[0] for x in label_lists], dtype=torch.long)
@@ -138,7 +180,7 @@ class ASTAudioCollator:
     # ----------------------------------------------------------------------------------------------------------
     def __call__(self, examples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         fe = self.feature_extractor
-        waveforms, label_lists = [], []
+        waveforms, label_lists, event_lists = [], [], []
         for i, example in enumerate(examples):
             audio = example[self.audio_column]
             try:
@@ -150,19 +192,29 @@ class ASTAudioCollator:
                     raise
                 logger.warning("skipping %s", error)
                 continue
-            labels = example.get(self.label_column)
-            label_lists.append(self.label_indices(labels, audio_name(audio, i)) if labels is not None else None)
+            if self.events_column is not None:  # strong labels: the clip's classes are those of its events
+                events = example.get(self.events_column) or []
+                event_lists.append(events)
+                name = audio_name(audio, i)
+                label_lists.append(sorted({self.label_indices(e["event_label"], name)[0] for e in events}))
+            else:
+                labels = example.get(self.label_column)
+                label_lists.append(self.label_indices(labels, audio_name(audio, i)) if labels is not None else None)
             waveforms.append(torch.from_numpy(waveform))
         if not waveforms:
             raise ValueError("every clip of this batch failed to decode; see the warnings above")
         has_labels = all(x is not None for x in label_lists)
-        targets = self._targets(label_lists) if has_labels else None
+        wants_clip_targets = has_labels and (self.clip_labels or self.events_column is None)
+        targets = self._targets(label_lists) if wants_clip_targets else None
+        frames = self._frame_targets(event_lists) if self.events_column is not None else None
 
         if self.training and self.mixup > 0 and len(waveforms) > 1:
             partner, lam = sample_mixup(len(waveforms), self.mixup, self.mixup_alpha)
             waveforms = mix_waveforms(waveforms, partner, lam)
             if targets is not None:
                 targets = mix_targets(targets, partner, lam)
+            if frames is not None:
+                frames = mix_targets(frames, partner, lam)
 
         # Cut to max_length as the authors' loader does (asked for, so no per-batch warning).
         features = fe(waveforms, sampling_rate=fe.sampling_rate, padding="max_length", max_length=self.max_length,
@@ -176,6 +228,8 @@ class ASTAudioCollator:
         batch = {"input_values": features}
         if targets is not None:
             batch["labels"] = targets
+        if frames is not None:
+            batch["frame_targets"] = frames
         return batch
 
 

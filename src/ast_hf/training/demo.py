@@ -126,6 +126,15 @@ def _place(clip: np.ndarray, rng: np.random.Generator, seconds: float) -> np.nda
     return np.clip(add_noise(out, float(rng.uniform(10, 30)), rng), -1, 1)
 
 
+def voice_split(rng: np.random.Generator, voices: list[str], test_variants: int
+                ) -> tuple[list[str], dict[str, list[tuple[str, str]]]]:
+    """Hold out `test_variants` voice variants: (their names, {"train": [(voice, variant)], "test": [...]}),
+    so that no test voice (voice + variant) is heard in training."""
+    held_out = sorted(rng.choice(VARIANTS, size=test_variants, replace=False).tolist())
+    return held_out, {"train": [(v, x) for v in voices for x in VARIANTS if x not in held_out],
+                      "test": [(v, x) for v in voices for x in VARIANTS if x in held_out]}
+
+
 def make_demo_data(folder: Path, settings: DemoSettings, workers: int = 2) -> dict:
     """Write the demo's audiofolder (folder/{train,test}/<label>/*.wav); returns a description of the split."""
     import soundfile as sf
@@ -135,9 +144,7 @@ def make_demo_data(folder: Path, settings: DemoSettings, workers: int = 2) -> di
 
     rng = np.random.default_rng(settings.seed)
     voices = espeak_voices("en")
-    test_variants = sorted(rng.choice(VARIANTS, size=settings.test_variants, replace=False).tolist())
-    pools = {"train": [(v, x) for v in voices for x in VARIANTS if x not in test_variants],
-             "test": [(v, x) for v in voices for x in VARIANTS if x in test_variants]}
+    test_variants, pools = voice_split(rng, voices, settings.test_variants)
     counts = {"train": settings.train_per_class, "test": settings.test_per_class}
     word_jobs, sound_jobs = [], []
     for split, pool in pools.items():
@@ -286,4 +293,4 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed
     return metrics
 
 
-__all__ = ["run_demo", "make_demo_data", "DemoSettings", "QUICK", "confusion_table"]
+__all__ = ["run_demo", "make_demo_data", "voice_split", "DemoSettings", "QUICK", "confusion_table"]

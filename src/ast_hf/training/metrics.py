@@ -125,12 +125,15 @@ def classification_metrics(scores, targets) -> dict[str, float]:
 def compute_metrics(eval_prediction) -> dict[str, float]:
     """`compute_metrics` for `transformers.Trainer`: accuracy, mAP, mAUC and d_prime of an `EvalPrediction`.
 
-    The predictions are the model's logits [N, C]; the label ids class indices [N] or targets [N, C].
+    The predictions are the model's logits [N, C]; the label ids class indices [N] or targets [N, C]. With a
+    frame head both come as tuples (clip first, then frames); the clip-level pair is scored.
     """
-    logits = eval_prediction.predictions
+    logits, label_ids = eval_prediction.predictions, eval_prediction.label_ids
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
-    return classification_metrics(logits, eval_prediction.label_ids)
+    if isinstance(label_ids, (tuple, list)):
+        label_ids = label_ids[0]
+    return classification_metrics(logits, label_ids)
 
 
 def metric_path() -> str:

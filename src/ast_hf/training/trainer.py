@@ -15,7 +15,7 @@ checkpointing and resuming), it adds:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import Trainer, TrainingArguments
@@ -52,13 +52,35 @@ class ASTTrainingArguments(TrainingArguments):
         "help": "Last epoch (1-based, inclusive) of the average; None: the last epoch."})
 
 
+def _collator_for_frame_head(collator: ASTAudioCollator, config) -> ASTAudioCollator:
+    """A collator of strong labels checked against the model (frame head, multi-label clip head, same time
+    columns), with `model_config` filled in from it when unset."""
+    if not config.frame_head:
+        raise ValueError("the collator makes frame targets (events_column) but the model has no frame head; build or "
+                         "load it with frame_head=True")
+    if config.problem_type != "multi_label_classification":
+        raise ValueError(f"with events_column the clip head learns the classes present in each recording (multi-hot, "
+                         f"BCE); the model's problem_type is {config.problem_type!r}: set multi_label_classification")
+    if collator.model_config is None:
+        return replace(collator, model_config=config)
+    ours, theirs = (c.patch_grid(collator.max_length or collator.feature_extractor.max_length)[1]
+                    for c in (collator.model_config, config))
+    if (ours, collator.model_config.time_stride) != (theirs, config.time_stride):
+        stride = collator.model_config.time_stride
+        raise ValueError(f"the collator's model_config gives {ours} time columns of stride {stride}, the model "
+                         f"{theirs} of stride {config.time_stride}; pass the model's config")
+    return collator
+
+
 class ASTTrainer(Trainer):
     """`Trainer` for `ASTForAudioClassification` fed by an `ASTAudioCollator`.
 
     Args are those of `Trainer`; `data_collator` must be an `ASTAudioCollator`. `processing_class` defaults to
     the collator's feature extractor (so checkpoints hold `preprocessor_config.json`) and `compute_metrics` to
     accuracy / mAP / mAUC / d-prime. When the model's `problem_type` is unset it is set from the collator:
-    multi-label (BCE) or single-label (cross-entropy, soft targets under mixup).
+    multi-label (BCE) or single-label (cross-entropy, soft targets under mixup). A collator of strong labels
+    (`events_column`) needs a model with a frame head; evaluation then also passes `frame_targets` (so the loss
+    includes the frame loss), and without clip labels (`clip_labels=False`) no clip metrics are computed.
     """
 
     def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
@@ -80,8 +102,12 @@ class ASTTrainer(Trainer):
                 raise ValueError(f"the model takes {cfg.num_mel_bins} mel bins, the feature extractor makes "
                                  f"{data_collator.feature_extractor.num_mel_bins}")
             if cfg.problem_type is None:
-                cfg.problem_type = ("multi_label_classification" if data_collator.multi_label
-                                    else "single_label_classification")
+                multi_label = data_collator.multi_label or data_collator.events_column is not None
+                cfg.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
+            if data_collator.events_column is not None:
+                data_collator = _collator_for_frame_head(data_collator, cfg)
+        if compute_metrics is _DEFAULT and data_collator.events_column is not None and not data_collator.clip_labels:
+            compute_metrics = None  # clip metrics need clip labels; evaluation reports the frame loss
         callbacks = list(callbacks or [])
         if isinstance(args, ASTTrainingArguments) and args.weight_averaging_start is not None:
             callbacks.append(WeightAveragingCallback(args.weight_averaging_start, args.weight_averaging_end))
@@ -90,6 +116,9 @@ class ASTTrainer(Trainer):
                          processing_class=processing_class or data_collator.feature_extractor,
                          compute_metrics=ast_compute_metrics if compute_metrics is _DEFAULT else compute_metrics,
                          callbacks=callbacks, **kwargs)
+        if self.args.label_names is None and data_collator.events_column is not None:
+            # evaluation then passes the frame targets (not a `*label*` argument of the model) and computes the loss
+            self.label_names = ["labels", "frame_targets"] if data_collator.clip_labels else ["frame_targets"]
         self._steps_per_epoch: int | None = None
 
     # ---- the collator in training or evaluation mode -----------------------------------------------------------

@@ -1,0 +1,170 @@
+"""Strong labels: the DCASE TSV reader and its errors, frame targets at the patch-column rate, event data sets,
+and the collator's frame targets under mixup; sed_eval metrics on known events."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from ast_hf import ASTFeatureExtractor
+from ast_hf.event_tsv import EventTableError, SoundEvent, read_event_tsv, write_event_tsv
+from ast_hf.training import ASTAudioCollator
+from ast_hf.training.strong_labels import event_columns, frame_targets, load_event_dataset
+from conftest import tiny_config
+
+HEADER = "filename\tonset\toffset\tevent_label\n"
+LABELS = ["dog", "speech"]
+
+
+def test_tsv_reads_events_sorted_and_files_without_events(tmp_path):
+    path = tmp_path / "gt.tsv"
+    path.write_text(HEADER + "a.wav\t2.5\t3.0\tspeech\na.wav\t0.25\t1.0\tdog\nb.wav\n\nc.wav\t\t\t\n")
+    table = read_event_tsv(path, LABELS)
+    assert table == {"a.wav": [SoundEvent(0.25, 1.0, "dog"), SoundEvent(2.5, 3.0, "speech")], "b.wav": [],
+                     "c.wav": []}
+    write_event_tsv(tmp_path / "out.tsv", table)
+    assert read_event_tsv(tmp_path / "out.tsv") == table
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gt.tsv", "out.tsv"]  # no temporary file left
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("a.wav\t1.0\t2.0\n", r"line 3: expected 4 tab-separated fields .* got 3"),
+    ("a.wav\t1.0\t2.0\tcat\n", r"line 3: unknown event label 'cat'; known labels: dog, speech"),
+    ("a.wav\t2.0\t2.0\tdog\n", r"line 3: onset 2.0 s is not before offset 2.0 s"),
+    ("a.wav\t-0.5\t2.0\tdog\n", r"line 3: onset '-0.5' must be a finite time >= 0 seconds"),
+    ("a.wav\tsoon\t2.0\tdog\n", r"line 3: onset 'soon' is not a number of seconds"),
+    ("a.wav\t1.0\tnan\tdog\n", r"line 3: offset 'nan' must be a finite time"),
+    ("\t1.0\t2.0\tdog\n", r"line 3: the filename is empty"),
+])
+def test_tsv_errors_name_the_file_and_line(tmp_path, rows, message):
+    path = tmp_path / "bad.tsv"
+    path.write_text(HEADER + "ok.wav\t0.0\t1.0\tdog\n" + rows)
+    with pytest.raises(EventTableError, match=message) as error:
+        read_event_tsv(path, LABELS)
+    assert str(path) in str(error.value)
+
+
+def test_tsv_without_header_is_refused(tmp_path):
+    path = tmp_path / "bare.tsv"
+    path.write_text("a.wav\t0.0\t1.0\tdog\n")
+    with pytest.raises(EventTableError, match=r"bare.tsv, line 1: expected the header"):
+        read_event_tsv(path)
+
+
+def test_frame_targets_mark_the_columns_whose_centres_an_event_covers():
+    # 100 ms columns: column k stands for [0.1 k, 0.1 (k + 1)), centre 0.1 k + 0.05
+    assert list(event_columns(0.3, 0.8, 20, 0.1)) == [3, 4, 5, 6, 7]
+    assert list(event_columns(0.25, 0.65, 20, 0.1)) == [2, 3, 4, 5]  # centres 0.25 (on the onset) .. 0.55
+    assert list(event_columns(1.0, 1.04, 20, 0.1)) == [10]  # covers no centre: the column of its midpoint
+    assert list(event_columns(1.9, 2.5, 20, 0.1)) == [19]  # cut at the last column
+    assert list(event_columns(3.0, 4.0, 20, 0.1)) == []  # after the end
+    events = [{"onset": 0.3, "offset": 0.8, "event_label": "speech"}, SoundEvent(0.5, 0.6, "dog")]
+    targets = frame_targets(events, {"dog": 0, "speech": 1}, 12, 0.1)
+    expected = torch.zeros(12, 2)
+    expected[3:8, 1] = 1
+    expected[5, 0] = 1
+    assert torch.equal(targets, expected)
+    with pytest.raises(ValueError, match="event label 'cat' is not in the label map"):
+        frame_targets([SoundEvent(0, 1, "cat")], {"dog": 0}, 12, 0.1)
+
+
+@pytest.fixture
+def scenes(tmp_path):
+    """Two 1.28 s recordings and their events."""
+    rng = np.random.default_rng(0)
+    for name in ("a.wav", "b.wav"):
+        sf.write(tmp_path / name, (0.1 * rng.standard_normal(20480)).astype(np.float32), 16000)
+    (tmp_path / "gt.tsv").write_text(HEADER + "a.wav\t0.3\t0.8\tspeech\na.wav\t0.5\t0.6\tdog\n")
+    return tmp_path
+
+
+def test_event_dataset_lists_every_audio_file_with_its_events(scenes):
+    data = load_event_dataset(scenes, scenes / "gt.tsv", LABELS)
+    assert [a["path"].rsplit("/", 1)[-1] for a in data["audio"]] == ["a.wav", "b.wav"]
+    assert data["events"][0] == [{"onset": 0.3, "offset": 0.8, "event_label": "speech"},
+                                 {"onset": 0.5, "offset": 0.6, "event_label": "dog"}]  # by onset
+    assert data["events"][1] == []
+    (scenes / "gt.tsv").write_text(HEADER + "missing.wav\t0.3\t0.8\tspeech\n")
+    with pytest.raises(EventTableError, match=r"names 1 file\(s\) not under .*: missing.wav"):
+        load_event_dataset(scenes, scenes / "gt.tsv", LABELS)
+
+
+def _collator(**overrides):
+    fields = dict(num_labels=2, label2id={"dog": 0, "speech": 1}, events_column="events",
+                  model_config=tiny_config(max_length=128, num_labels=2, frame_head=True))
+    fields.update(overrides)
+    return ASTAudioCollator(ASTFeatureExtractor(max_length=128), **fields)
+
+
+def test_collator_gives_frame_targets_and_clip_labels(scenes):
+    data = load_event_dataset(scenes, scenes / "gt.tsv", LABELS)
+    batch = _collator()([data[0], data[1]])
+    assert batch["input_values"].shape == (2, 128, 128)
+    assert batch["frame_targets"].shape == (2, 12, 2)  # (128 - 16) // 10 + 1 columns of 100 ms
+    assert batch["frame_targets"][0, :, 1].nonzero().flatten().tolist() == [3, 4, 5, 6, 7]
+    assert batch["frame_targets"][0, :, 0].nonzero().flatten().tolist() == [5]
+    assert batch["frame_targets"][1].sum() == 0
+    assert torch.equal(batch["labels"], torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    alone = _collator(clip_labels=False)([data[0], data[1]])  # the frame head trained alone
+    assert "labels" not in alone and torch.equal(alone["frame_targets"], batch["frame_targets"])
+
+
+def test_mixup_mixes_frame_targets_with_the_clip_targets_lambda(scenes, monkeypatch):
+    import ast_hf.training.collator as collator_module
+
+    data = load_event_dataset(scenes, scenes / "gt.tsv", LABELS)
+    plain = _collator()([data[0], data[1]])
+    plan = (torch.tensor([1, 0]), torch.tensor([0.7, 0.4]))
+    monkeypatch.setattr(collator_module, "sample_mixup", lambda *args: plan)
+    mixed = _collator(mixup=1.0).train()([data[0], data[1]])
+    y = plain["frame_targets"]
+    torch.testing.assert_close(mixed["frame_targets"], torch.stack([0.7 * y[0] + 0.3 * y[1], 0.4 * y[1] + 0.6 * y[0]]))
+    c = plain["labels"]
+    torch.testing.assert_close(mixed["labels"], torch.stack([0.7 * c[0] + 0.3 * c[1], 0.4 * c[1] + 0.6 * c[0]]))
+
+
+def test_collator_refuses_time_shift_and_needs_the_model_grid(scenes):
+    with pytest.raises(ValueError, match="moves its sounds away from their frame targets"):
+        _collator(noise=True)
+    with pytest.raises(ValueError, match="events_column needs label2id"):
+        _collator(label2id=None)
+    data = load_event_dataset(scenes, scenes / "gt.tsv", LABELS)
+    with pytest.raises(ValueError, match="events_column needs model_config"):
+        _collator(model_config=None)([data[0]])
+    with pytest.raises(ValueError, match=r"event label 'cat' is not in the label map|label 'cat' of .*a.wav"):
+        _collator()([{"audio": data[0]["audio"], "events": [{"onset": 0.1, "offset": 0.2, "event_label": "cat"}]}])
+
+
+def test_trainer_checks_the_model_has_a_frame_head(scenes, tmp_path):
+    from ast_hf import ASTForAudioClassification
+    from ast_hf.training import ASTTrainer, ASTTrainingArguments
+
+    data = load_event_dataset(scenes, scenes / "gt.tsv", LABELS)
+    args = ASTTrainingArguments(str(tmp_path / "run"), use_cpu=True, max_steps=2, per_device_train_batch_size=2,
+                                learning_rate=1e-3, disable_tqdm=True, report_to="none")
+    with pytest.raises(ValueError, match="the model has no frame head"):
+        ASTTrainer(model=ASTForAudioClassification(tiny_config(max_length=128, num_labels=2)), args=args,
+                   data_collator=_collator(model_config=None), train_dataset=data)
+    model = ASTForAudioClassification(tiny_config(max_length=128, num_labels=2, frame_head=True))
+    trainer = ASTTrainer(model=model, args=args, data_collator=_collator(model_config=None), train_dataset=data)
+    assert model.config.problem_type == "multi_label_classification"
+    trainer.train()
+    assert np.isfinite(trainer.state.log_history[-1]["train_loss"])
+    assert {"eval_loss", "eval_accuracy"} <= set(trainer.evaluate(data))  # clip metrics, loss with frame targets
+    alone = ASTTrainer(model=model, args=args, data_collator=_collator(model_config=None, clip_labels=False))
+    metrics = alone.evaluate(data)
+    assert "eval_loss" in metrics and "eval_accuracy" not in metrics  # frame loss only
+
+
+def test_sed_eval_scores_of_known_events():
+    from ast_hf.training.sed_metrics import sed_scores
+
+    reference = {"a.wav": [SoundEvent(1.0, 2.0, "dog"), SoundEvent(3.0, 3.5, "speech")], "b.wav": []}
+    estimated = {"a.wav": [SoundEvent(1.1, 2.1, "dog"), SoundEvent(3.4, 3.9, "speech")]}  # speech 400 ms late
+    scores = sed_scores(reference, estimated, LABELS)
+    assert scores["event_f1"] == pytest.approx(0.5)  # 1 of 2 within the 200 ms collar
+    assert sed_scores(reference, reference, LABELS)["event_f1"] == pytest.approx(1.0)
+    assert sed_scores(reference, reference, LABELS)["segment_f1"] == pytest.approx(1.0)
+    assert sed_scores(reference, {}, LABELS)["event_f1"] == 0.0  # nothing estimated: F1 0, not NaN
