@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -105,9 +106,72 @@ class ASTPatchEmbeddings(nn.Module):
         return self.projection(image).flatten(2).transpose(1, 2)
 
 
+@dataclass(frozen=True)
+class Patchout:
+    """PaSST's patchout (Koutini et al. 2021): patches left out of the token sequence while training.
+
+    Args:
+        time: whole time columns of the patch grid to drop (structured); at least one column is kept.
+        freq: whole frequency rows of the patch grid to drop (structured); at least one row is kept.
+        random: fraction in [0, 1) of the patches left after the structured drops to drop too (unstructured),
+            rounded down; at least one patch is kept.
+
+    One drop is drawn per batch from torch's global generator (which `Trainer` seeds), the same for every clip so
+    that the batch stays rectangular, after the position embeddings are added: every kept patch carries the
+    position embedding of its place in the full grid. The prefix tokens are never dropped. In a right-padded batch
+    the token mask is cut the same way; a clip may then keep only padding patches, which "cls" pooling does not
+    see (it reads the prefix tokens).
+    """
+
+    time: int = 0
+    freq: int = 0
+    random: float = 0.0
+
+    def __post_init__(self):
+        for name in ("time", "freq"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"patchout {name} is a count of patch {'columns' if name == 'time' else 'rows'} "
+                                 f"to drop, a whole number >= 0; got {value!r}")
+        if not 0.0 <= self.random < 1.0:
+            raise ValueError(f"patchout random is the fraction of patches to drop, in [0, 1); got {self.random!r}")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.time or self.freq or self.random)
+
+    def kept_patches(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """Indices [kept] (ascending, frequency-major: fi * t + ti) of the patches of a (f, t) grid that stay."""
+        f, t = grid
+        keep = torch.ones(f, t, dtype=torch.bool)
+        if self.time:
+            keep[:, torch.randperm(t)[:min(self.time, t - 1)]] = False
+        if self.freq:
+            keep[torch.randperm(f)[:min(self.freq, f - 1)]] = False
+        kept = keep.flatten().nonzero().squeeze(1)
+        if self.random:
+            count = max(1, kept.numel() - int(self.random * kept.numel()))
+            kept = kept[torch.randperm(kept.numel())[:count]].sort().values
+        return kept.to(device)
+
+    def apply(self, tokens: torch.Tensor, token_mask: torch.Tensor | None, grid: tuple[int, int],
+              num_prefix_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """tokens [batch, prefix + f * t, D] (and token mask [batch, prefix + f * t]) -> the prefix tokens and the
+        kept patches [batch, prefix + kept, D] (and their mask)."""
+        kept = self.kept_patches(grid, tokens.device) + num_prefix_tokens
+        index = torch.cat([torch.arange(num_prefix_tokens, device=tokens.device), kept])
+        return tokens[:, index], None if token_mask is None else token_mask[:, index]
+
+
+NO_PATCHOUT = Patchout()
+
+
 class ASTEmbeddings(nn.Module):
     """Patch tokens + prefix tokens (cls, and distillation unless `num_prefix_tokens` is 1) + (adapted) position
-    embeddings."""
+    embeddings; in training, `patchout` (default: none) leaves patches out after the position embeddings are
+    added."""
+
+    patchout: Patchout = NO_PATCHOUT
 
     def __init__(self, config: ASTConfig):
         super().__init__()
@@ -150,7 +214,8 @@ class ASTEmbeddings(nn.Module):
             frames_per_clip: [batch] real frames of each clip when the batch is right-padded (None: all real).
 
         Returns:
-            embeddings [batch, prefix + f * t, D] and a token mask [batch, prefix + f * t] (True = real) or None.
+            embeddings [batch, prefix + f * t, D] and a token mask [batch, prefix + f * t] (True = real) or None;
+            in training with `patchout` active, [batch, prefix + kept, D] and [batch, prefix + kept].
         """
         batch, frames, _ = input_values.shape
         cfg = self.config
@@ -187,6 +252,8 @@ class ASTEmbeddings(nn.Module):
             time_index = torch.arange(t, device=tokens.device).repeat(f)  # frequency-major token order
             token_mask = torch.cat([torch.ones(batch, prefix, dtype=torch.bool, device=tokens.device),
                                     time_index.unsqueeze(0) < clip_t.unsqueeze(1)], dim=1)
+        if self.training and self.patchout.active:
+            tokens, token_mask = self.patchout.apply(tokens, token_mask, grid, prefix)
         return self.dropout(tokens), token_mask
 
 
@@ -549,6 +616,14 @@ class ASTPreTrainedModel(PreTrainedModel):
         model._backbone().load_state_dict(state_dict, strict=True)
         return model
 
+    def set_patchout(self, time: int = 0, freq: int = 0, random: float = 0.0) -> None:
+        """Leave patches out of the token sequence in training (PaSST's patchout, see `Patchout`); all 0: off.
+
+        A training switch, not part of the model: it is not saved with the config. `ASTTrainer` sets it from
+        `ASTTrainingArguments.patchout_time` / `patchout_freq` / `patchout_random`. Never applied in eval mode.
+        """
+        self._embeddings().patchout = Patchout(time, freq, random)
+
     def _backbone(self) -> ASTModel:
         return self if isinstance(self, ASTModel) else getattr(self, self.base_model_prefix)
 
@@ -759,4 +834,5 @@ class ASTForAudioClassification(ASTPreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
-__all__ = ["ASTModel", "ASTForAudioClassification", "ASTPreTrainedModel", "adapt_position_embeddings", "pool_tokens"]
+__all__ = ["ASTModel", "ASTForAudioClassification", "ASTPreTrainedModel", "Patchout", "adapt_position_embeddings",
+           "pool_tokens"]

@@ -8,6 +8,8 @@ checkpointing and resuming), it adds:
 * the authors' step decay after a linear warm-up (`lr_decay_start`, `lr_decay_every`, `lr_decay_factor`);
 * balanced sampling for multi-label data (`balanced_sampling=True`);
 * weight averaging over epochs `weight_averaging_start..weight_averaging_end`, loaded into the model at the end;
+* patchout (PaSST: time columns, frequency rows and random patches left out of training batches;
+  `patchout_time`, `patchout_freq`, `patchout_random`), set on the model with `set_patchout`;
 * `compute_metrics` = accuracy, mAP, mAUC, d-prime, unless another is given;
 * `learning_rate` defaults to 1e-5, the authors' rate for fine-tuning the AudioSet model (ESC-50, AudioSet);
   raise it for a model trained from scratch or for Speech Commands (2.5e-4).
@@ -50,6 +52,12 @@ class ASTTrainingArguments(TrainingArguments):
         "help": "First epoch (1-based) whose end-of-epoch weights enter the average; None: no averaging."})
     weight_averaging_end: int | None = field(default=None, metadata={
         "help": "Last epoch (1-based, inclusive) of the average; None: the last epoch."})
+    patchout_time: int = field(default=0, metadata={
+        "help": "Patchout (PaSST): whole time columns of the patch grid left out of each training batch; 0: none."})
+    patchout_freq: int = field(default=0, metadata={
+        "help": "Patchout (PaSST): whole frequency rows of the patch grid left out of each training batch; 0: none."})
+    patchout_random: float = field(default=0.0, metadata={
+        "help": "Patchout (PaSST): fraction in [0, 1) of the remaining patches left out at random; 0: none."})
 
 
 class ASTTrainer(Trainer):
@@ -82,6 +90,8 @@ class ASTTrainer(Trainer):
             if cfg.problem_type is None:
                 cfg.problem_type = ("multi_label_classification" if data_collator.multi_label
                                     else "single_label_classification")
+            if isinstance(args, ASTTrainingArguments):  # training only: the model applies it in train mode
+                model.set_patchout(args.patchout_time, args.patchout_freq, args.patchout_random)
         callbacks = list(callbacks or [])
         if isinstance(args, ASTTrainingArguments) and args.weight_averaging_start is not None:
             callbacks.append(WeightAveragingCallback(args.weight_averaging_start, args.weight_averaging_end))
