@@ -5,7 +5,7 @@ torch's default BLAS path on AMD EPYC, bfloat16 at ~2x (benchmarks/). `AST_HF_ON
 import) sends the model back to plain torch ops.
 
 The paths, all measured in benchmarks/ and tested against the plain ones, apply to CPU inference (no autograd)
-in a dtype of `DTYPES`, outside torch.compile and ONNX export (`cpu_inference`):
+in a dtype of `DTYPES`, outside CPU autocast, torch.compile and ONNX export (`cpu_inference`):
 - linears through oneDNN with the GELU fused (`linear_layer`, on top of the raw `linear`);
 - bfloat16 attention as per-head oneDNN matmuls (`attention_per_head`);
 - the encoder run over a few clips at a time (`clips_per_call`, `CPU_TOKENS_PER_CALL`).
@@ -46,9 +46,12 @@ CPU_TOKENS_PER_CALL = 2560
 
 
 def cpu_inference(x: torch.Tensor) -> bool:
-    """True where the fast paths apply to `x`: CPU inference in a dtype of `DTYPES`, outside torch.compile (inductor
-    only lowers the oneDNN linear for weights it froze as constants) and ONNX export (no ONNX translation)."""
+    """True where the fast paths apply to `x`: CPU inference in a dtype of `DTYPES`, outside CPU autocast (the raw
+    oneDNN ops do not cast: under `Trainer(bf16=True)` evaluation a bf16 activation met an fp32 weight and oneDNN
+    refused the pair; torch's ops cast as autocast asks), torch.compile (inductor only lowers the oneDNN linear for
+    weights it froze as constants) and ONNX export (no ONNX translation)."""
     return (x.device.type == "cpu" and x.dtype in DTYPES and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
 
 
