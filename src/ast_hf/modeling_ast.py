@@ -339,8 +339,63 @@ class ASTLayer(GradientCheckpointingLayer):
         return hidden_states + self.dropout(mlp), weights
 
 
+@dataclass(frozen=True)
+class TokenReduction:
+    """Inference-time patch dropping guided by the prefix tokens' attention (opt-in; see `set_token_reduction`).
+
+    Args:
+        keep: fraction in (0, 1) of each clip's patch tokens that go on through the later layers (rounded, >= 1).
+        after_layer: layers (>= 0) that run over every token first. Before the next layer, each patch is scored by
+            the attention the prefix tokens pay it in that layer (its own query and key projections on its
+            LayerNorm'd input, softmax over all real tokens, mean over heads and prefix tokens); the top `keep`
+            patches of each clip and the prefix tokens run through the remaining layers, the others keep the
+            state they had at that point.
+        num_prefix_tokens: the model's prefix tokens (cls, distillation), which always go on.
+    """
+
+    keep: float
+    after_layer: int
+    num_prefix_tokens: int = NUM_PREFIX_TOKENS
+
+    def __post_init__(self):
+        if not 0.0 < self.keep < 1.0:
+            raise ValueError(f"token reduction keep is the fraction of patches kept, in (0, 1); got {self.keep!r}")
+        if isinstance(self.after_layer, bool) or not isinstance(self.after_layer, int) or self.after_layer < 0:
+            raise ValueError(f"token reduction after_layer is a layer count >= 0, got {self.after_layer!r}")
+
+    def kept_tokens(self, layer: ASTLayer, hidden_states: torch.Tensor,
+                    token_mask: torch.Tensor | None) -> torch.Tensor:
+        """Indices [batch, prefix + kept] (ascending) of the tokens of `hidden_states` [batch, tokens, D] that go
+        through `layer` and the layers after it; padded patches (`token_mask` False) are dropped first."""
+        attention = layer.attention.attention
+        num_prefix_tokens = self.num_prefix_tokens
+        batch, tokens, _ = hidden_states.shape
+        heads, head_dim = attention.num_heads, attention.head_dim
+        normed = layer.layernorm_before(hidden_states)
+        query = F.linear(normed[:, :num_prefix_tokens], attention.query.weight, attention.query.bias)
+        key = F.linear(normed, attention.key.weight, attention.key.bias)
+        query = query.view(batch, num_prefix_tokens, heads, head_dim).transpose(1, 2)
+        key = key.view(batch, tokens, heads, head_dim).transpose(1, 2)
+        scores = (query @ key.transpose(-2, -1)).float() * head_dim ** -0.5  # [batch, heads, prefix, tokens]
+        if token_mask is not None:
+            scores = scores.masked_fill(~token_mask[:, None, None, :], float("-inf"))
+        importance = scores.softmax(dim=-1).mean(dim=(1, 2))[:, num_prefix_tokens:]  # [batch, patches]
+        if token_mask is not None:
+            importance = importance.masked_fill(~token_mask[:, num_prefix_tokens:], -1.0)
+        patches = tokens - num_prefix_tokens
+        count = min(patches, max(1, round(self.keep * patches)))
+        kept = importance.topk(count, dim=1).indices.sort(dim=1).values + num_prefix_tokens
+        prefix = torch.arange(num_prefix_tokens, device=kept.device).expand(batch, -1)
+        return torch.cat([prefix, kept], dim=1)
+
+
 class ASTEncoder(nn.Module):
-    """The stack of `ASTLayer`s over embeddings [batch, tokens, D]; padded tokens are zeroed after every layer."""
+    """The stack of `ASTLayer`s over embeddings [batch, tokens, D]; padded tokens are zeroed after every layer.
+
+    `token_reduction` (default None: off) drops patch tokens part-way through in eval mode (`TokenReduction`).
+    """
+
+    token_reduction: TokenReduction | None = None
 
     def __init__(self, config: ASTConfig):
         super().__init__()
@@ -357,6 +412,8 @@ class ASTEncoder(nn.Module):
             `BaseModelOutput`: `last_hidden_state` [batch, tokens, D] (before the final LayerNorm), `hidden_states`
             (the input and each layer's output) and `attentions` ([batch, heads, tokens, tokens] per layer) when
             asked for. In CPU inference without either, the layers run over `onednn.clips_per_call` clips at a time.
+            With `token_reduction` set, in eval mode and without either, dropped tokens come out with the state they
+            had when they were dropped.
         """
         batch = hidden_states.shape[0]
         per_call = batch if output_attentions or output_hidden_states else onednn.clips_per_call(hidden_states)
@@ -375,7 +432,19 @@ class ASTEncoder(nn.Module):
         keep = None if token_mask is None else token_mask.unsqueeze(-1).to(hidden_states.dtype)
         all_hidden = (hidden_states,) if output_hidden_states else None
         attentions = () if output_attentions else None
-        for layer in self.layer:
+        reduction = self.token_reduction
+        reduce_before = (reduction.after_layer if reduction is not None and not self.training
+                         and not (output_attentions or output_hidden_states) else None)
+        all_tokens = kept = None
+        for index, layer in enumerate(self.layer):
+            if index == reduce_before:
+                all_tokens = hidden_states
+                kept = reduction.kept_tokens(layer, hidden_states, token_mask).unsqueeze(-1)
+                hidden_states = hidden_states.gather(1, kept.expand(-1, -1, hidden_states.shape[-1]))
+                if token_mask is not None:
+                    token_mask = token_mask.gather(1, kept.squeeze(-1))
+                    key_mask = token_mask[:, None, None, :]
+                    keep = token_mask.unsqueeze(-1).to(hidden_states.dtype)
             hidden_states, weights = layer(hidden_states, key_mask, output_attentions)
             if keep is not None:  # padded patches carry nothing forward
                 hidden_states = hidden_states * keep
@@ -383,6 +452,8 @@ class ASTEncoder(nn.Module):
                 all_hidden += (hidden_states,)
             if output_attentions:
                 attentions += (weights,)
+        if all_tokens is not None:  # the kept tokens back among the dropped ones, in their places
+            hidden_states = all_tokens.scatter(1, kept.expand(-1, -1, hidden_states.shape[-1]), hidden_states)
         return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden, attentions=attentions)
 
 
@@ -624,6 +695,25 @@ class ASTPreTrainedModel(PreTrainedModel):
         """
         self._embeddings().patchout = Patchout(time, freq, random)
 
+    def set_token_reduction(self, keep: float | None = None, after_layer: int = 4) -> None:
+        """Opt-in inference speed-up: after `after_layer` layers, only the prefix tokens and the `keep` fraction of
+        each clip's patches that the prefix tokens attend to most go on (`TokenReduction`); `keep=None` (or 1):
+        off, the model exactly as before. Applied in eval mode when neither attentions nor hidden states are
+        asked for; not saved with the config.
+
+        Raises:
+            ValueError: `keep` outside (0, 1], or `after_layer` not below the number of layers.
+        """
+        encoder = self._backbone().encoder
+        if keep is None or keep == 1:
+            encoder.token_reduction = None
+            return
+        layers = self.config.num_hidden_layers
+        if not 0 <= after_layer < layers:
+            raise ValueError(f"token reduction after_layer must leave a layer to run: 0..{layers - 1}, got "
+                             f"{after_layer}")
+        encoder.token_reduction = TokenReduction(keep, after_layer, self.config.num_prefix_tokens)
+
     def _backbone(self) -> ASTModel:
         return self if isinstance(self, ASTModel) else getattr(self, self.base_model_prefix)
 
@@ -834,5 +924,5 @@ class ASTForAudioClassification(ASTPreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
-__all__ = ["ASTModel", "ASTForAudioClassification", "ASTPreTrainedModel", "Patchout", "adapt_position_embeddings",
-           "pool_tokens"]
+__all__ = ["ASTModel", "ASTForAudioClassification", "ASTPreTrainedModel", "Patchout", "TokenReduction",
+           "adapt_position_embeddings", "pool_tokens"]
