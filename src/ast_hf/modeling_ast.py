@@ -119,8 +119,8 @@ class Patchout:
     One drop is drawn per batch from torch's global generator (which `Trainer` seeds), the same for every clip so
     that the batch stays rectangular, after the position embeddings are added: every kept patch carries the
     position embedding of its place in the full grid. The prefix tokens are never dropped. In a right-padded batch
-    the token mask is cut the same way; a clip may then keep only padding patches, which "cls" pooling does not
-    see (it reads the prefix tokens).
+    the token mask is cut the same way, and the first time column (real in every clip) is never dropped, so that
+    every clip keeps at least one real patch ("mean" pooling divides by their count).
     """
 
     time: int = 0
@@ -140,25 +140,30 @@ class Patchout:
     def active(self) -> bool:
         return bool(self.time or self.freq or self.random)
 
-    def kept_patches(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
-        """Indices [kept] (ascending, frequency-major: fi * t + ti) of the patches of a (f, t) grid that stay."""
+    def kept_patches(self, grid: tuple[int, int], device: torch.device, keep_first_column: bool = False
+                     ) -> torch.Tensor:
+        """Indices [kept] (ascending, frequency-major: fi * t + ti) of the patches of a (f, t) grid that stay;
+        with `keep_first_column`, none of time column 0 is dropped."""
         f, t = grid
         keep = torch.ones(f, t, dtype=torch.bool)
         if self.time:
-            keep[:, torch.randperm(t)[:min(self.time, t - 1)]] = False
+            first = int(keep_first_column)
+            keep[:, first + torch.randperm(t - first)[:min(self.time, t - 1)]] = False
         if self.freq:
             keep[torch.randperm(f)[:min(self.freq, f - 1)]] = False
         kept = keep.flatten().nonzero().squeeze(1)
         if self.random:
-            count = max(1, kept.numel() - int(self.random * kept.numel()))
-            kept = kept[torch.randperm(kept.numel())[:count]].sort().values
+            droppable = (kept % t != 0).nonzero().squeeze(1) if keep_first_column else torch.arange(kept.numel())
+            count = min(int(self.random * kept.numel()), droppable.numel(), kept.numel() - 1)
+            dropped = droppable[torch.randperm(droppable.numel())[:count]]
+            kept = kept[torch.ones(kept.numel(), dtype=torch.bool).index_fill_(0, dropped, False)]
         return kept.to(device)
 
     def apply(self, tokens: torch.Tensor, token_mask: torch.Tensor | None, grid: tuple[int, int],
               num_prefix_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """tokens [batch, prefix + f * t, D] (and token mask [batch, prefix + f * t]) -> the prefix tokens and the
         kept patches [batch, prefix + kept, D] (and their mask)."""
-        kept = self.kept_patches(grid, tokens.device) + num_prefix_tokens
+        kept = self.kept_patches(grid, tokens.device, keep_first_column=token_mask is not None) + num_prefix_tokens
         index = torch.cat([torch.arange(num_prefix_tokens, device=tokens.device), kept])
         return tokens[:, index], None if token_mask is None else token_mask[:, index]
 
