@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification
 from ast_hf.modeling_ast import Patchout
 from ast_hf.training import ASTAudioCollator, ASTTrainer, ASTTrainingArguments
+from conftest import tiny_config
 
 pytestmark = pytest.mark.numeric
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
 
 from ast_hf import ASTForAudioClassification
 from ast_hf.modeling_ast import TokenReduction
+from conftest import tiny_config
 
 pytestmark = pytest.mark.numeric
 
