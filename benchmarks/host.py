@@ -4,7 +4,7 @@ CPU model and flags from /proc/cpuinfo (bf16 dot products: avx512_bf16; AMX tile
 level torch dispatches to, any cap set through ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA (rows measured so are a
 capped run on this machine, not another machine), torch's BLAS, and the oneDNN kernels our CPU paths actually get
 for a float32 and a bfloat16 matmul (read from ONEDNN_VERBOSE in a fresh process, since oneDNN prints its choice
-only when it first builds a primitive).
+only when it first builds a primitive), and how a bf16 model computes here (`onednn.bf16_policy`).
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def describe() -> str:
     """One line naming the host: CPU model, SIMD level (and caps), bf16/AMX units, BLAS, oneDNN kernels."""
     import torch
 
+    from ast_hf import onednn
+
     model, flags = cpu_model_and_flags()
     units = ", ".join(unit for unit, flag in (("AVX-512", "avx512f"), ("AVX-512 bf16", "avx512_bf16"),
                                               ("AMX bf16", "amx_bf16")) if flag in flags) or "no AVX-512"
@@ -75,6 +77,10 @@ def describe() -> str:
              f"torch dispatches {torch.backends.cpu.get_cpu_capability()}",
              f"BLAS {blas.group(1) if blas else 'unknown'}",
              "oneDNN " + (", ".join(f"{k} {v}" for k, v in kernels.items()) or "not used")]
+    if onednn.DTYPES and onednn.BF16_UNITS:
+        policy = onednn.bf16_policy()
+        parts.append(f"bf16 models: {policy.matmul} matmuls, {policy.attention} attention (AST_HF_BF16_MATMUL="
+                     f"{os.environ.get('AST_HF_BF16_MATMUL', 'auto')})")
     if caps:
         parts.append("CAPPED RUN: " + " ".join(caps) + " (this machine with its ISA capped, not another machine)")
     return "; ".join(parts)

@@ -189,6 +189,43 @@ def training_step(quick: bool, repeats: int) -> list[dict]:
                  theirs=t["theirs"], per=batch)]
 
 
+def token_reduction(quick: bool, repeats: int) -> list[dict]:
+    """Opt-in token reduction at inference (`set_token_reduction`): ast-hf with patches dropped after 4 layers (1
+    with --quick) against the same ast-hf model in full, fp32 sdpa, batch 2 on the CPU; the "transformers" column
+    holds the full model, so the ratio is the speed-up. The note gives the logit cosine to the full model (random
+    weights here: the accuracy cost on a trained model is the demo's to measure) and the tokens per later layer."""
+    from ast_hf import ASTForAudioClassification
+
+    config = model_config(quick, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = ASTForAudioClassification(config).eval()
+    after_layer = 1 if quick else 4
+    x = torch.randn(2, config.max_length, config.num_mel_bins)
+    f, t = config.patch_grid()
+    rows = []
+    with torch.inference_mode():
+        full = model(x).logits
+        for keep in (0.75, 0.5, 0.25):
+            model.set_token_reduction(keep=keep, after_layer=after_layer)
+            reduced = model(x).logits
+            cosine = torch.nn.functional.cosine_similarity(reduced, full, dim=-1).min().item()
+            calls = {}
+            for name, setting in (("ours", keep), ("theirs", None)):
+                def call(setting=setting):
+                    model.set_token_reduction(keep=setting, after_layer=after_layer)
+                    return model(x)
+
+                calls[name] = call
+            timing = interleaved(calls, repeats)
+            model.set_token_reduction(None)
+            rows.append(dict(section="tokens", case=f"keep {keep:.0%} of patches after layer {after_layer} of "
+                                                    f"{config.num_hidden_layers}, batch 2, fp32",
+                             ours=timing["ours"], theirs=timing["theirs"], per=2,
+                             note=f"transformers column: the full ast-hf model; logit cosine to it >= {cosine:.4f}; "
+                                  f"{2 + round(keep * f * t)} of {2 + f * t} tokens in the later layers"))
+    return rows
+
+
 def gemm_efficiency(quick: bool, repeats: int, forward_rows: list[dict]) -> list[dict]:
     """Achieved GFLOP/s of the batch-8 fp32 sdpa forward against a same-shape GEMM (the MLP's first matmul),
     measured in the same run through torch's default BLAS (`a @ b`) and through oneDNN; the faster is the
@@ -357,6 +394,7 @@ SECTIONS = {
     "longaudio": long_audio,
     "train": training_step,
     "events": events,
+    "tokens": token_reduction,
 }
 
 

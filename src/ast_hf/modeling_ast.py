@@ -106,9 +106,77 @@ class ASTPatchEmbeddings(nn.Module):
         return self.projection(image).flatten(2).transpose(1, 2)
 
 
+@dataclass(frozen=True)
+class Patchout:
+    """PaSST's patchout (Koutini et al. 2021): patches left out of the token sequence while training.
+
+    Args:
+        time: whole time columns of the patch grid to drop (structured); at least one column is kept.
+        freq: whole frequency rows of the patch grid to drop (structured); at least one row is kept.
+        random: fraction in [0, 1) of the patches left after the structured drops to drop too (unstructured),
+            rounded down; at least one patch is kept.
+
+    One drop is drawn per batch from torch's global generator (which `Trainer` seeds), the same for every clip so
+    that the batch stays rectangular, after the position embeddings are added: every kept patch carries the
+    position embedding of its place in the full grid. The prefix tokens are never dropped. In a right-padded batch
+    the token mask is cut the same way, and the first time column (real in every clip) is never dropped, so that
+    every clip keeps at least one real patch ("mean" pooling divides by their count).
+    """
+
+    time: int = 0
+    freq: int = 0
+    random: float = 0.0
+
+    def __post_init__(self):
+        for name in ("time", "freq"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"patchout {name} is a count of patch {'columns' if name == 'time' else 'rows'} "
+                                 f"to drop, a whole number >= 0; got {value!r}")
+        if not 0.0 <= self.random < 1.0:
+            raise ValueError(f"patchout random is the fraction of patches to drop, in [0, 1); got {self.random!r}")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.time or self.freq or self.random)
+
+    def kept_patches(self, grid: tuple[int, int], device: torch.device, keep_first_column: bool = False
+                     ) -> torch.Tensor:
+        """Indices [kept] (ascending, frequency-major: fi * t + ti) of the patches of a (f, t) grid that stay;
+        with `keep_first_column`, none of time column 0 is dropped."""
+        f, t = grid
+        keep = torch.ones(f, t, dtype=torch.bool)
+        if self.time:
+            first = int(keep_first_column)
+            keep[:, first + torch.randperm(t - first)[:min(self.time, t - 1)]] = False
+        if self.freq:
+            keep[torch.randperm(f)[:min(self.freq, f - 1)]] = False
+        kept = keep.flatten().nonzero().squeeze(1)
+        if self.random:
+            droppable = (kept % t != 0).nonzero().squeeze(1) if keep_first_column else torch.arange(kept.numel())
+            count = min(int(self.random * kept.numel()), droppable.numel(), kept.numel() - 1)
+            dropped = droppable[torch.randperm(droppable.numel())[:count]]
+            kept = kept[torch.ones(kept.numel(), dtype=torch.bool).index_fill_(0, dropped, False)]
+        return kept.to(device)
+
+    def apply(self, tokens: torch.Tensor, token_mask: torch.Tensor | None, grid: tuple[int, int],
+              num_prefix_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """tokens [batch, prefix + f * t, D] (and token mask [batch, prefix + f * t]) -> the prefix tokens and the
+        kept patches [batch, prefix + kept, D] (and their mask)."""
+        kept = self.kept_patches(grid, tokens.device, keep_first_column=token_mask is not None) + num_prefix_tokens
+        index = torch.cat([torch.arange(num_prefix_tokens, device=tokens.device), kept])
+        return tokens[:, index], None if token_mask is None else token_mask[:, index]
+
+
+NO_PATCHOUT = Patchout()
+
+
 class ASTEmbeddings(nn.Module):
     """Patch tokens + prefix tokens (cls, and distillation unless `num_prefix_tokens` is 1) + (adapted) position
-    embeddings."""
+    embeddings; in training, `patchout` (default: none) leaves patches out after the position embeddings are
+    added."""
+
+    patchout: Patchout = NO_PATCHOUT
 
     def __init__(self, config: ASTConfig):
         super().__init__()
@@ -151,7 +219,8 @@ class ASTEmbeddings(nn.Module):
             frames_per_clip: [batch] real frames of each clip when the batch is right-padded (None: all real).
 
         Returns:
-            embeddings [batch, prefix + f * t, D] and a token mask [batch, prefix + f * t] (True = real) or None.
+            embeddings [batch, prefix + f * t, D] and a token mask [batch, prefix + f * t] (True = real) or None;
+            in training with `patchout` active, [batch, prefix + kept, D] and [batch, prefix + kept].
         """
         batch, frames, _ = input_values.shape
         cfg = self.config
@@ -188,6 +257,8 @@ class ASTEmbeddings(nn.Module):
             time_index = torch.arange(t, device=tokens.device).repeat(f)  # frequency-major token order
             token_mask = torch.cat([torch.ones(batch, prefix, dtype=torch.bool, device=tokens.device),
                                     time_index.unsqueeze(0) < clip_t.unsqueeze(1)], dim=1)
+        if self.training and self.patchout.active:
+            tokens, token_mask = self.patchout.apply(tokens, token_mask, grid, prefix)
         return self.dropout(tokens), token_mask
 
 
@@ -225,7 +296,7 @@ class ASTSelfAttention(nn.Module):
         dropout = self.config.attention_probs_dropout_prob if self.training else 0.0
         weights = None
         if not output_attentions and dropout == 0.0 and q.dtype == torch.bfloat16 and onednn.cpu_inference(q):
-            return onednn.attention_per_head(q, k, v, key_mask), None  # eager's arithmetic, faster than both backends
+            return onednn.bf16_attention(q, k, v, key_mask), None  # the host's fastest bf16 attention (bf16_policy)
         if self.config._attn_implementation == "sdpa" and not output_attentions:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
         else:
@@ -273,8 +344,63 @@ class ASTLayer(GradientCheckpointingLayer):
         return hidden_states + self.dropout(mlp), weights
 
 
+@dataclass(frozen=True)
+class TokenReduction:
+    """Inference-time patch dropping guided by the prefix tokens' attention (opt-in; see `set_token_reduction`).
+
+    Args:
+        keep: fraction in (0, 1) of each clip's patch tokens that go on through the later layers (rounded, >= 1).
+        after_layer: layers (>= 0) that run over every token first. Before the next layer, each patch is scored by
+            the attention the prefix tokens pay it in that layer (its own query and key projections on its
+            LayerNorm'd input, softmax over all real tokens, mean over heads and prefix tokens); the top `keep`
+            patches of each clip and the prefix tokens run through the remaining layers, the others keep the
+            state they had at that point.
+        num_prefix_tokens: the model's prefix tokens (cls, distillation), which always go on.
+    """
+
+    keep: float
+    after_layer: int
+    num_prefix_tokens: int = NUM_PREFIX_TOKENS
+
+    def __post_init__(self):
+        if not 0.0 < self.keep < 1.0:
+            raise ValueError(f"token reduction keep is the fraction of patches kept, in (0, 1); got {self.keep!r}")
+        if isinstance(self.after_layer, bool) or not isinstance(self.after_layer, int) or self.after_layer < 0:
+            raise ValueError(f"token reduction after_layer is a layer count >= 0, got {self.after_layer!r}")
+
+    def kept_tokens(self, layer: ASTLayer, hidden_states: torch.Tensor,
+                    token_mask: torch.Tensor | None) -> torch.Tensor:
+        """Indices [batch, prefix + kept] (ascending) of the tokens of `hidden_states` [batch, tokens, D] that go
+        through `layer` and the layers after it; padded patches (`token_mask` False) are dropped first."""
+        attention = layer.attention.attention
+        num_prefix_tokens = self.num_prefix_tokens
+        batch, tokens, _ = hidden_states.shape
+        heads, head_dim = attention.num_heads, attention.head_dim
+        normed = layer.layernorm_before(hidden_states)
+        query = F.linear(normed[:, :num_prefix_tokens], attention.query.weight, attention.query.bias)
+        key = F.linear(normed, attention.key.weight, attention.key.bias)
+        query = query.view(batch, num_prefix_tokens, heads, head_dim).transpose(1, 2)
+        key = key.view(batch, tokens, heads, head_dim).transpose(1, 2)
+        scores = (query @ key.transpose(-2, -1)).float() * head_dim ** -0.5  # [batch, heads, prefix, tokens]
+        if token_mask is not None:
+            scores = scores.masked_fill(~token_mask[:, None, None, :], float("-inf"))
+        importance = scores.softmax(dim=-1).mean(dim=(1, 2))[:, num_prefix_tokens:]  # [batch, patches]
+        if token_mask is not None:
+            importance = importance.masked_fill(~token_mask[:, num_prefix_tokens:], -1.0)
+        patches = tokens - num_prefix_tokens
+        count = min(patches, max(1, round(self.keep * patches)))
+        kept = importance.topk(count, dim=1).indices.sort(dim=1).values + num_prefix_tokens
+        prefix = torch.arange(num_prefix_tokens, device=kept.device).expand(batch, -1)
+        return torch.cat([prefix, kept], dim=1)
+
+
 class ASTEncoder(nn.Module):
-    """The stack of `ASTLayer`s over embeddings [batch, tokens, D]; padded tokens are zeroed after every layer."""
+    """The stack of `ASTLayer`s over embeddings [batch, tokens, D]; padded tokens are zeroed after every layer.
+
+    `token_reduction` (default None: off) drops patch tokens part-way through in eval mode (`TokenReduction`).
+    """
+
+    token_reduction: TokenReduction | None = None
 
     def __init__(self, config: ASTConfig):
         super().__init__()
@@ -291,6 +417,8 @@ class ASTEncoder(nn.Module):
             `BaseModelOutput`: `last_hidden_state` [batch, tokens, D] (before the final LayerNorm), `hidden_states`
             (the input and each layer's output) and `attentions` ([batch, heads, tokens, tokens] per layer) when
             asked for. In CPU inference without either, the layers run over `onednn.clips_per_call` clips at a time.
+            With `token_reduction` set, in eval mode and without either, dropped tokens come out with the state they
+            had when they were dropped.
         """
         batch = hidden_states.shape[0]
         per_call = batch if output_attentions or output_hidden_states else onednn.clips_per_call(hidden_states)
@@ -309,7 +437,19 @@ class ASTEncoder(nn.Module):
         keep = None if token_mask is None else token_mask.unsqueeze(-1).to(hidden_states.dtype)
         all_hidden = (hidden_states,) if output_hidden_states else None
         attentions = () if output_attentions else None
-        for layer in self.layer:
+        reduction = self.token_reduction
+        reduce_before = (reduction.after_layer if reduction is not None and not self.training
+                         and not (output_attentions or output_hidden_states) else None)
+        all_tokens = kept = None
+        for index, layer in enumerate(self.layer):
+            if index == reduce_before:
+                all_tokens = hidden_states
+                kept = reduction.kept_tokens(layer, hidden_states, token_mask).unsqueeze(-1)
+                hidden_states = hidden_states.gather(1, kept.expand(-1, -1, hidden_states.shape[-1]))
+                if token_mask is not None:
+                    token_mask = token_mask.gather(1, kept.squeeze(-1))
+                    key_mask = token_mask[:, None, None, :]
+                    keep = token_mask.unsqueeze(-1).to(hidden_states.dtype)
             hidden_states, weights = layer(hidden_states, key_mask, output_attentions)
             if keep is not None:  # padded patches carry nothing forward
                 hidden_states = hidden_states * keep
@@ -317,6 +457,8 @@ class ASTEncoder(nn.Module):
                 all_hidden += (hidden_states,)
             if output_attentions:
                 attentions += (weights,)
+        if all_tokens is not None:  # the kept tokens back among the dropped ones, in their places
+            hidden_states = all_tokens.scatter(1, kept.expand(-1, -1, hidden_states.shape[-1]), hidden_states)
         return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden, attentions=attentions)
 
 
@@ -608,6 +750,33 @@ class ASTPreTrainedModel(PreTrainedModel):
         model._backbone().load_state_dict(state_dict, strict=True)
         return model
 
+    def set_patchout(self, time: int = 0, freq: int = 0, random: float = 0.0) -> None:
+        """Leave patches out of the token sequence in training (PaSST's patchout, see `Patchout`); all 0: off.
+
+        A training switch, not part of the model: it is not saved with the config. `ASTTrainer` sets it from
+        `ASTTrainingArguments.patchout_time` / `patchout_freq` / `patchout_random`. Never applied in eval mode.
+        """
+        self._embeddings().patchout = Patchout(time, freq, random)
+
+    def set_token_reduction(self, keep: float | None = None, after_layer: int = 4) -> None:
+        """Opt-in inference speed-up: after `after_layer` layers, only the prefix tokens and the `keep` fraction of
+        each clip's patches that the prefix tokens attend to most go on (`TokenReduction`); `keep=None` (or 1):
+        off, the model exactly as before. Applied in eval mode when neither attentions nor hidden states are
+        asked for; not saved with the config.
+
+        Raises:
+            ValueError: `keep` outside (0, 1], or `after_layer` not below the number of layers.
+        """
+        encoder = self._backbone().encoder
+        if keep is None or keep == 1:
+            encoder.token_reduction = None
+            return
+        layers = self.config.num_hidden_layers
+        if not 0 <= after_layer < layers:
+            raise ValueError(f"token reduction after_layer must leave a layer to run: 0..{layers - 1}, got "
+                             f"{after_layer}")
+        encoder.token_reduction = TokenReduction(keep, after_layer, self.config.num_prefix_tokens)
+
     def _backbone(self) -> ASTModel:
         return self if isinstance(self, ASTModel) else getattr(self, self.base_model_prefix)
 
@@ -837,5 +1006,6 @@ class ASTForAudioClassification(ASTPreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
-__all__ = ["ASTModel", "ASTForAudioClassification", "ASTPreTrainedModel", "adapt_position_embeddings", "pool_tokens",
-           "ASTAudioClassificationOutput", "ASTFrameHead", "patch_columns", "column_mask", "frame_loss"]
+__all__ = ["ASTModel", "ASTForAudioClassification", "ASTPreTrainedModel", "Patchout", "TokenReduction",
+           "adapt_position_embeddings", "pool_tokens", "ASTAudioClassificationOutput", "ASTFrameHead", "patch_columns",
+           "column_mask", "frame_loss"]

@@ -5,15 +5,22 @@ torch's default BLAS path on AMD EPYC, bfloat16 at ~2x (benchmarks/). `AST_HF_ON
 import) sends the model back to plain torch ops.
 
 The paths, all measured in benchmarks/ and tested against the plain ones, apply to CPU inference (no autograd)
-in a dtype of `DTYPES`, outside torch.compile and ONNX export (`cpu_inference`):
+in a dtype of `DTYPES`, outside CPU autocast, torch.compile and ONNX export (`cpu_inference`):
 - linears through oneDNN with the GELU fused (`linear_layer`, on top of the raw `linear`);
 - bfloat16 attention as per-head oneDNN matmuls (`attention_per_head`);
-- the encoder run over a few clips at a time (`clips_per_call`, `CPU_TOKENS_PER_CALL`).
+- the encoder run over a few clips at a time (`clips_per_call`, `CPU_TOKENS_PER_CALL`);
+- for bfloat16 models, a per-host choice of arithmetic (`bf16_policy`): CPUs whose bf16 GEMM is slower than their
+  fp32 GEMM (bf16 dot products without AMX on some Intel Xeons) run a bf16 model's matmuls in float32 with the
+  weights upcast once; the others run them in bf16, with attention through whichever of torch's fused kernel and
+  per-head oneDNN matmuls is faster here.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +53,12 @@ CPU_TOKENS_PER_CALL = 2560
 
 
 def cpu_inference(x: torch.Tensor) -> bool:
-    """True where the fast paths apply to `x`: CPU inference in a dtype of `DTYPES`, outside torch.compile (inductor
-    only lowers the oneDNN linear for weights it froze as constants) and ONNX export (no ONNX translation)."""
+    """True where the fast paths apply to `x`: CPU inference in a dtype of `DTYPES`, outside CPU autocast (the raw
+    oneDNN ops do not cast: under `Trainer(bf16=True)` evaluation a bf16 activation met an fp32 weight and oneDNN
+    refused the pair; torch's ops cast as autocast asks), torch.compile (inductor only lowers the oneDNN linear for
+    weights it froze as constants) and ONNX export (no ONNX translation)."""
     return (x.device.type == "cpu" and x.dtype in DTYPES and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
 
 
@@ -62,15 +72,131 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
                                               "none" if gelu else "")
 
 
+# `AST_HF_BF16_MATMUL`: "auto" (default: measure at first use), "bf16" or "fp32" (force one branch).
+BF16_MATMUL_CHOICES = ("auto", "bf16", "fp32")
+# The probe's GEMM: a 2048-token slice through the MLP's first matmul at base width (768 -> 3072).
+PROBE_GEMM_SHAPE = (2048, 768, 3072)
+# The probe's attention: one clip of 10.24 s (1214 tokens) and two heads of 64 dims.
+PROBE_ATTENTION_SHAPE = (1, 2, 1214, 64)
+
+
+@dataclass(frozen=True)
+class BF16Policy:
+    """How a bfloat16 model computes in CPU inference here.
+
+    matmul: "bf16" (bf16 GEMMs) or "fp32" (activations upcast, weights upcast once and cached, fp32 GEMMs, results
+        rounded back to bf16). attention: "fused" (torch's `scaled_dot_product_attention` in bf16), "per_head"
+        (`attention_per_head`, oneDNN bf16 matmuls) or "fp32" (the fused kernel in float32).
+    seconds: {probe: best wall seconds} of what was measured to decide.
+    """
+
+    matmul: str
+    attention: str
+    seconds: dict
+
+
+def _best_seconds(fn, repeats: int = 3) -> float:
+    fn()  # oneDNN builds its primitive on the first call
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _measure_gemms() -> dict[str, float]:
+    """Best wall seconds of one `PROBE_GEMM_SHAPE` GEMM in float32 and in bfloat16 through oneDNN."""
+    tokens, width, out = PROBE_GEMM_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(tokens, width, generator=generator)
+    w = torch.randn(out, width, generator=generator)
+    a16, w16 = a.bfloat16(), w.bfloat16()
+    with torch.no_grad():
+        return {"gemm fp32": _best_seconds(lambda: linear(a, w)), "gemm bf16": _best_seconds(lambda: linear(a16, w16))}
+
+
+def _measure_attention() -> dict[str, float]:
+    """Best wall seconds of one bf16 `PROBE_ATTENTION_SHAPE` attention through torch's fused kernel and per head."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(PROBE_ATTENTION_SHAPE, generator=generator).bfloat16() for _ in range(3))
+    with torch.no_grad():
+        return {"attention fused": _best_seconds(lambda: F.scaled_dot_product_attention(q, k, v)),
+                "attention per head": _best_seconds(lambda: attention_per_head(q, k, v))}
+
+
+@functools.cache
+def bf16_policy() -> BF16Policy:
+    """This host's `BF16Policy`, decided at the first bf16 use and kept for the process.
+
+    "auto" (`AST_HF_BF16_MATMUL` unset): one GEMM of `PROBE_GEMM_SHAPE` in both dtypes (best of 3 after a warm-up,
+    a fraction of a second); bf16 matmuls where bf16 is faster, else float32. With bf16 matmuls the attention is
+    measured too (`PROBE_ATTENTION_SHAPE`, fused kernel against per-head oneDNN). `AST_HF_BF16_MATMUL=bf16` or
+    `fp32` forces the matmul branch. `bf16_policy.cache_clear()` forgets the choice.
+    """
+    choice = os.environ.get("AST_HF_BF16_MATMUL", "auto").lower()
+    if choice not in BF16_MATMUL_CHOICES:
+        raise ValueError(f"AST_HF_BF16_MATMUL={choice!r}: use one of {', '.join(BF16_MATMUL_CHOICES)}")
+    seconds = _measure_gemms() if choice == "auto" else {}
+    if choice == "fp32" or (seconds and seconds["gemm bf16"] >= seconds["gemm fp32"]):
+        return BF16Policy("fp32", "fp32", seconds)
+    seconds |= _measure_attention()
+    attention = "fused" if seconds["attention fused"] < seconds["attention per head"] else "per_head"
+    return BF16Policy("bf16", attention, seconds)
+
+
+# Attribute of a bf16 weight holding (data pointer, version, float32 copy) for the "fp32" policy: the copy lives
+# and dies with its weight.
+FLOAT32_COPY_ATTRIBUTE = "_ast_hf_float32_copy"
+
+
+def _float32_copy(weight: torch.Tensor | None) -> torch.Tensor | None:
+    """`weight` in float32, made once and kept until the weight is written (its version counter or storage
+    changes)."""
+    if weight is None:
+        return None
+    entry = getattr(weight, FLOAT32_COPY_ATTRIBUTE, None)
+    if entry is None or entry[0] != weight.data_ptr() or entry[1] != weight._version:
+        entry = (weight.data_ptr(), weight._version, weight.detach().float())
+        setattr(weight, FLOAT32_COPY_ATTRIBUTE, entry)
+    return entry[2]
+
+
 def linear_layer(x: torch.Tensor, layer: nn.Module, gelu: bool = False) -> torch.Tensor:
-    """`layer(x)` (then exact GELU if `gelu`): oneDNN with the GELU fused in CPU fp32/bf16 inference, else torch."""
+    """`layer(x)` (then exact GELU if `gelu`): oneDNN with the GELU fused in CPU fp32/bf16 inference, else torch.
+
+    A bf16 layer on a host whose `bf16_policy` is "fp32" computes in float32 and returns bf16."""
     if not isinstance(layer, nn.Linear):  # e.g. an int8 dynamically quantised Linear: it runs its own kernel
         out = layer(x)
         return F.gelu(out) if gelu else out
     if cpu_inference(x):
+        if x.dtype == torch.bfloat16 and layer.weight.dtype == torch.bfloat16 and bf16_policy().matmul == "fp32":
+            out = linear(x.float(), _float32_copy(layer.weight), _float32_copy(layer.bias), gelu)
+            return out.to(torch.bfloat16)
         return linear(x, layer.weight, layer.bias, gelu)
     out = F.linear(x, layer.weight, layer.bias)
     return F.gelu(out) if gelu else out
+
+
+def bf16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(head_dim)) v for bf16 CPU inference, the way `bf16_policy` chose for this host.
+
+    Args:
+        q, k, v: [batch, heads, tokens, head_dim], bfloat16.
+        key_mask: [batch, 1, 1, tokens] bool, True where a token may be attended to; None: all.
+
+    Returns:
+        context [batch, tokens, heads * head_dim], bfloat16.
+    """
+    attention = bf16_policy().attention
+    if attention == "per_head":
+        return attention_per_head(q, k, v, key_mask)
+    if attention == "fp32":
+        q, k, v = q.float(), k.float(), v.float()
+    batch, heads, tokens, head_dim = q.shape
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+    return context.transpose(1, 2).reshape(batch, tokens, heads * head_dim).to(torch.bfloat16)
 
 
 def attention_per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -8,6 +8,8 @@ checkpointing and resuming), it adds:
 * the authors' step decay after a linear warm-up (`lr_decay_start`, `lr_decay_every`, `lr_decay_factor`);
 * balanced sampling for multi-label data (`balanced_sampling=True`);
 * weight averaging over epochs `weight_averaging_start..weight_averaging_end`, loaded into the model at the end;
+* patchout (PaSST: time columns, frequency rows and random patches left out of training batches;
+  `patchout_time`, `patchout_freq`, `patchout_random`), set on the model with `set_patchout`;
 * `compute_metrics` = accuracy, mAP, mAUC, d-prime, unless another is given;
 * `learning_rate` defaults to 1e-5, the authors' rate for fine-tuning the AudioSet model (ESC-50, AudioSet);
   raise it for a model trained from scratch or for Speech Commands (2.5e-4).
@@ -50,6 +52,12 @@ class ASTTrainingArguments(TrainingArguments):
         "help": "First epoch (1-based) whose end-of-epoch weights enter the average; None: no averaging."})
     weight_averaging_end: int | None = field(default=None, metadata={
         "help": "Last epoch (1-based, inclusive) of the average; None: the last epoch."})
+    patchout_time: int = field(default=0, metadata={
+        "help": "Patchout (PaSST): whole time columns of the patch grid left out of each training batch; 0: none."})
+    patchout_freq: int = field(default=0, metadata={
+        "help": "Patchout (PaSST): whole frequency rows of the patch grid left out of each training batch; 0: none."})
+    patchout_random: float = field(default=0.0, metadata={
+        "help": "Patchout (PaSST): fraction in [0, 1) of the remaining patches left out at random; 0: none."})
 
 
 def _collator_for_frame_head(collator: ASTAudioCollator, config) -> ASTAudioCollator:
@@ -106,6 +114,12 @@ class ASTTrainer(Trainer):
                 cfg.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
             if data_collator.events_column is not None:
                 data_collator = _collator_for_frame_head(data_collator, cfg)
+            if isinstance(args, ASTTrainingArguments):  # training only: the model applies it in train mode
+                patchout = args.patchout_time or args.patchout_freq or args.patchout_random
+                if patchout and getattr(cfg, "frame_head", False):
+                    raise ValueError("patchout drops patches, and the frame head scores every time column: train a "
+                                     "frame head with patchout_time = patchout_freq = patchout_random = 0")
+                model.set_patchout(args.patchout_time, args.patchout_freq, args.patchout_random)
         if compute_metrics is _DEFAULT and data_collator.events_column is not None and not data_collator.clip_labels:
             compute_metrics = None  # clip metrics need clip labels; evaluation reports the frame loss
         callbacks = list(callbacks or [])
@@ -134,10 +148,12 @@ class ASTTrainer(Trainer):
         return self._with_collator(self.data_collator.train(), super().get_train_dataloader)
 
     def get_eval_dataloader(self, eval_dataset=None):
-        return self._with_collator(self.data_collator.eval(), lambda: super(ASTTrainer, self).get_eval_dataloader(eval_dataset))
+        return self._with_collator(self.data_collator.eval(),
+                                   lambda: super(ASTTrainer, self).get_eval_dataloader(eval_dataset))
 
     def get_test_dataloader(self, test_dataset):
-        return self._with_collator(self.data_collator.eval(), lambda: super(ASTTrainer, self).get_test_dataloader(test_dataset))
+        return self._with_collator(self.data_collator.eval(),
+                                   lambda: super(ASTTrainer, self).get_test_dataloader(test_dataset))
 
     # ---- balanced sampling ------------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):

@@ -1,0 +1,95 @@
+"""The per-host bf16 policy: both matmul branches and every attention branch stay within bf16 rounding of float32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ast_hf import ASTForAudioClassification, onednn
+from conftest import tiny_config
+
+pytestmark = [pytest.mark.numeric,
+              pytest.mark.skipif(not onednn.BF16_UNITS, reason="no bf16 units: bf16 models stay on torch's ops")]
+
+BF16_LOGIT_TOLERANCE = 3e-2  # the forward benchmark's bf16 models sit 2-3e-2 from float32
+
+
+@pytest.fixture
+def policy(monkeypatch):
+    """Force `AST_HF_BF16_MATMUL` to a value; the cached policy is forgotten before and after."""
+    def force(value: str) -> onednn.BF16Policy:
+        monkeypatch.setenv("AST_HF_BF16_MATMUL", value)
+        onednn.bf16_policy.cache_clear()
+        return onednn.bf16_policy()
+
+    yield force
+    onednn.bf16_policy.cache_clear()
+
+
+@pytest.fixture
+def models():
+    torch.manual_seed(0)
+    full = ASTForAudioClassification(tiny_config(max_length=256)).eval()
+    half = ASTForAudioClassification(tiny_config(max_length=256)).eval()
+    half.load_state_dict(full.state_dict())
+    return full, half.bfloat16()
+
+
+@pytest.mark.parametrize("matmul", ["bf16", "fp32"])
+def test_forced_branch_runs_and_stays_within_bf16_tolerance(policy, models, matmul):
+    full, half = models
+    chosen = policy(matmul)
+    assert chosen.matmul == matmul and chosen.attention in (("fused", "per_head") if matmul == "bf16" else ("fp32",))
+    x = torch.randn(3, 256, 128)
+    with torch.no_grad():
+        want = full(x).logits
+        got = half(x).logits
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=BF16_LOGIT_TOLERANCE)
+    encoder = [m.weight for m in half.audio_spectrogram_transformer.encoder.modules() if isinstance(m, torch.nn.Linear)]
+    upcast = [hasattr(weight, onednn.FLOAT32_COPY_ATTRIBUTE) for weight in encoder]
+    # fp32 branch: every encoder linear ran on an upcast copy of its weight; bf16 branch: none did
+    assert all(upcast) if matmul == "fp32" else not any(upcast)
+
+
+def test_auto_measures_and_chooses_the_faster_gemm(policy):
+    chosen = policy("auto")
+    faster = "bf16" if chosen.seconds["gemm bf16"] < chosen.seconds["gemm fp32"] else "fp32"
+    assert chosen.matmul == faster
+    assert (set(chosen.seconds) > {"attention fused", "attention per head"}) == (faster == "bf16")
+
+
+@pytest.mark.parametrize("attention", ["fused", "per_head", "fp32"])
+def test_every_attention_branch_matches_float32_with_a_key_mask(monkeypatch, attention):
+    monkeypatch.setattr(onednn, "bf16_policy", lambda: onednn.BF16Policy("bf16", attention, {}))
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 40, 16) for _ in range(3))
+    key_mask = torch.ones(2, 1, 1, 40, dtype=torch.bool)
+    key_mask[1, ..., 25:] = False
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+    got = onednn.bf16_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), key_mask)
+    assert got.dtype == torch.bfloat16 and got.shape == (2, 40, 48)
+    torch.testing.assert_close(got.float(), want.transpose(1, 2).reshape(2, 40, 48), rtol=0, atol=2e-2)
+
+
+def test_upcast_weights_follow_updates():
+    layer = torch.nn.Linear(8, 4).bfloat16()
+    first = onednn._float32_copy(layer.weight)
+    assert first.dtype == torch.float32 and torch.equal(first, layer.weight.float())
+    assert onednn._float32_copy(layer.weight) is first  # made once
+    with torch.no_grad():
+        layer.weight.add_(1)
+    assert torch.equal(onednn._float32_copy(layer.weight), layer.weight.float())
+
+
+def test_onednn_off_leaves_bf16_models_to_torch(policy, models, monkeypatch):
+    policy("fp32")
+    monkeypatch.setattr(onednn, "DTYPES", ())  # what AST_HF_ONEDNN=0 sets at import
+    with torch.no_grad():
+        models[1](torch.randn(1, 256, 128))
+    assert not any(hasattr(p, onednn.FLOAT32_COPY_ATTRIBUTE) for p in models[1].parameters())
+
+
+def test_unknown_setting_is_refused(policy):
+    with pytest.raises(ValueError, match="AST_HF_BF16_MATMUL"):
+        policy("fast")
