@@ -46,7 +46,7 @@ LABELS = WORDS + SOUNDS
 class EventDemoSettings:
     """Everything the events demo's result depends on (recorded in metrics.json)."""
 
-    train_scenes: int = 320
+    train_scenes: int = 480
     test_scenes: int = 60
     val_scenes: int = 40
     scene_seconds: float = 10.0
