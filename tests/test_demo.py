@@ -59,10 +59,15 @@ def test_events_demo_quick_writes_metrics_plot_events_and_model(tmp_path, capsys
     assert 0.0 <= metrics["event_f1"] <= 1.0 and 0.0 <= metrics["segment_f1"] <= 1.0 and metrics["seconds"] > 0
     for method in ("frame_head", "column_scores"):
         assert {"event_f1", "segment_f1", "event_f1_macro", "segment_f1_macro"} <= set(metrics[method])
+        # thresholds tuned on the validation scenes (training voices), one per label, from the quick grid
+        assert set(metrics[method]["on_thresholds"]) == set(metrics["labels"])
+        assert set(metrics[method]["on_thresholds"].values()) <= {0.3, 0.5}
     assert metrics["event_f1"] == metrics["frame_head"]["event_f1"]
     assert metrics["metric_settings"] == {"t_collar": 0.2, "percentage_of_length": 0.2, "segment_seconds": 1.0,
                                           "library": "sed_eval"}
     assert sorted(p.name for p in out.iterdir()) == ["data", "metrics.json", "model", "scene.png", "test_events.tsv"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["test", "test.tsv", "train", "train.tsv", "val",
+                                                                "val.tsv"]
     truth = read_event_tsv(out / "data" / "test.tsv", metrics["labels"])
     assert len(truth) == 2 and sum(map(len, truth.values())) == metrics["num_test_events"] > 0
     assert set(read_event_tsv(out / "test_events.tsv", metrics["labels"])) <= set(truth)

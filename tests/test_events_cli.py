@@ -12,8 +12,7 @@ import soundfile as sf
 
 from ast_hf import tag_long_audio
 from ast_hf.cli import main
-from ast_hf.sound_events import read_events_tsv
-
+from ast_hf.event_tsv import read_event_tsv
 from inference_helpers import RATE, recording, trained_tiny_model
 
 THRESHOLDS = ["--label-threshold", "tone=0.4:0.3", "--label-threshold", "noise=0.6:0.4", "--label-threshold",
@@ -46,7 +45,7 @@ def test_detect_writes_the_events_of_a_known_scene(files, tmp_path, capsys):
     assert code == 0, err
     lines = (tmp_path / "out.tsv").read_text().splitlines()
     assert lines[0] == "filename\tonset\toffset\tevent_label"
-    events = read_events_tsv(tmp_path / "out.tsv", ["speech", "tone", "noise"])
+    events = read_event_tsv(tmp_path / "out.tsv", ["speech", "tone", "noise"])["scene.wav"]
     assert [(e.label, e.filename) for e in events] == [("tone", "scene.wav"), ("noise", "scene.wav")]
     assert abs(events[0].onset) <= 0.3 and abs(events[0].offset - 4) <= 0.3 and abs(events[1].onset - 4) <= 0.3
     metrics = json.loads(out.strip().splitlines()[-1])
@@ -57,9 +56,10 @@ def test_detect_writes_the_events_of_a_known_scene(files, tmp_path, capsys):
 @pytest.mark.parametrize("text, message", [
     ("onset\toffset\n", "line 1: expected the header"),
     ("filename\tonset\toffset\tevent_label\nscene.wav\t1.0\t2.0\n", "line 2: expected 4"),
-    ("filename\tonset\toffset\tevent_label\nscene.wav\t0\t1\ttone\nscene.wav\tx\t2.0\ttone\n", "line 3: onset"),
-    ("filename\tonset\toffset\tevent_label\nscene.wav\t2.0\t1.0\ttone\n", "line 2: need 0 <= onset < offset"),
-    ("filename\tonset\toffset\tevent_label\nscene.wav\t1.0\t2.0\tdog\n", "line 2: unknown label 'dog'"),
+    ("filename\tonset\toffset\tevent_label\nscene.wav\t0\t1\ttone\nscene.wav\tx\t2.0\ttone\n",
+     "line 3: onset 'x' is not a number"),
+    ("filename\tonset\toffset\tevent_label\nscene.wav\t2.0\t1.0\ttone\n", "line 2: onset 2.0 s is not before"),
+    ("filename\tonset\toffset\tevent_label\nscene.wav\t1.0\t2.0\tdog\n", "line 2: unknown event label 'dog'"),
 ])
 def test_bad_reference_files_name_the_line_and_nothing_is_written(files, tmp_path, capsys, text, message):
     (tmp_path / "ref.tsv").write_text(text)

@@ -1,14 +1,16 @@
 """The frame head (`config.frame_head`): off it changes nothing, on it gives per-column logits trained with BCE
-masked over padded columns, and it survives save / from_pretrained; `column_scores` is the untrained baseline."""
+masked over padded columns, and it survives save / from_pretrained; `frame_level.column_scores` reads it, or the
+clip head on frequency-pooled columns, the untrained baseline."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ast_hf import ASTForAudioClassification, ASTModel
-from ast_hf.column_scores import column_scores
+from ast_hf.frame_level import column_scores
 from ast_hf.modeling_ast import ASTAudioClassificationOutput
 from conftest import tiny_config
 
@@ -119,12 +121,16 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
     assert grown(x).frame_logits.shape == (2, 12, 5)
 
 
-def test_column_scores_apply_the_clip_head_per_token_and_average_over_frequency():
-    model = _model()
+def test_column_scores_read_the_frame_head_or_the_clip_head_on_frequency_pooled_tokens():
+    model = _model(frame_head=True)
     x = torch.randn(2, FRAMES, 128)
-    scores = column_scores(model, x)
     tokens = model.audio_spectrogram_transformer(x).last_hidden_state[:, 2:]
     f, t = model.config.patch_grid(FRAMES)
-    expected = model.classifier(tokens).reshape(2, f, t, -1).mean(1)
-    assert scores.shape == (2, 12, 5)
-    torch.testing.assert_close(scores, expected.detach())
+    columns = tokens.reshape(2, f, t, -1)
+    clip_head = torch.from_numpy(np.stack(column_scores(model, x, activation="none", clip_head=True)))
+    torch.testing.assert_close(clip_head, model.classifier(columns.mean(1)).detach())  # pool, then the head
+    # ... which is not the head on each token, logits pooled (the head's LayerNorm is not linear).
+    assert not torch.allclose(clip_head, model.classifier(columns).mean(1).detach(), atol=1e-3)
+    frame_head = torch.from_numpy(np.stack(column_scores(model, x, activation="none")))
+    torch.testing.assert_close(frame_head, model(x).frame_logits.detach())
+    assert clip_head.shape == frame_head.shape == (2, 12, 5)

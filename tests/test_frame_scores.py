@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, ASTModel
-from ast_hf.sed_metrics import event_metrics
+from ast_hf.event_tsv import SoundEvent
 from ast_hf.frame_level import column_count, column_scores, frame_scores
 from ast_hf.inference import featurize
-from ast_hf.sound_events import EventPostprocessing, SoundEvent, detect_events
-
+from ast_hf.sed_metrics import event_metrics
+from ast_hf.sound_events import EventPostprocessing, detect_events
 from conftest import tiny_config
 from inference_helpers import RATE, recording, trained_tiny_model
 
@@ -84,9 +84,9 @@ def test_a_trained_model_finds_the_onsets_of_a_known_scene():
     noises = [e for e in events if e.label == "noise" and e.onset >= 6]
     assert len(tones) == 1 and abs(tones[0].onset - tone_on) <= 0.3 and abs(tones[0].offset - noise_on) <= 0.3
     assert noises and abs(noises[0].onset - noise_on) <= 0.3 and noises[0].offset == pytest.approx(12.0, abs=0.2)
-    reference = [SoundEvent(tone_on, noise_on, "tone", "scene.wav"), SoundEvent(noise_on, 12.0, "noise", "scene.wav")]
+    reference = {"scene.wav": [SoundEvent(tone_on, noise_on, "tone"), SoundEvent(noise_on, 12.0, "noise")]}
     # The speech part is left out of the comparison: column by column, the clip head hears speech as noise there.
-    estimated = [e for e in events if e.label != "speech" and e.onset >= tone_on - 0.5]
+    estimated = {"scene.wav": [e for e in events if e.label != "speech" and e.onset >= tone_on - 0.5]}
     metrics = event_metrics(reference, estimated, labels=["tone", "noise"])
     assert metrics["event_f1"] == pytest.approx(1.0) and metrics["segment_f1"] >= 0.9
 

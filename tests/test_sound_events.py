@@ -1,11 +1,12 @@
 """Event post-processing on hand-made score sequences with known answers (median filter, hysteresis, merge gap,
-minimum duration), incremental pushes equal one batch, DCASE TSV round trip and its errors."""
+minimum duration), incremental pushes equal one batch; sed_eval metrics of known events."""
 
 import numpy as np
 import pytest
 
-from ast_hf.sound_events import (EventDetector, EventPostprocessing, SoundEvent, detect_events, read_events_tsv,
-                                 write_events_tsv)
+from ast_hf.event_tsv import SoundEvent
+from ast_hf.sed_metrics import event_metrics
+from ast_hf.sound_events import EventDetector, EventPostprocessing, detect_events
 
 LABELS = ["a", "b"]
 
@@ -65,13 +66,13 @@ def test_bad_parameters_are_refused():
         detect_events(np.full((5, 2), np.nan), LABELS, 0.1)
 
 
-def test_tsv_round_trip_and_errors_name_the_line(tmp_path):
-    events = [SoundEvent(0.25, 1.5, "a", "x.wav"), SoundEvent(2.0, 3.125, "b", "y.wav")]
-    path = write_events_tsv(tmp_path / "e.tsv", events)
-    assert path.read_text().splitlines()[0] == "filename\tonset\toffset\tevent_label"
-    assert read_events_tsv(path, LABELS) == events
-    (tmp_path / "bad.tsv").write_text("filename\tonset\toffset\tevent_label\nx.wav\n\nx.wav\t1\tinf\ta\n")
-    with pytest.raises(ValueError, match="bad.tsv line 4: need 0 <= onset < offset"):
-        read_events_tsv(tmp_path / "bad.tsv")
-    with pytest.raises(FileNotFoundError, match="no such events file"):
-        read_events_tsv(tmp_path / "missing.tsv")
+def test_sed_eval_scores_of_known_events():
+    reference = {"a.wav": [SoundEvent(1.0, 2.0, "a"), SoundEvent(3.0, 3.5, "b")], "b.wav": []}
+    estimated = {"a.wav": [SoundEvent(1.1, 2.1, "a"), SoundEvent(3.4, 3.9, "b")]}  # b 400 ms late
+    scores = event_metrics(reference, estimated, LABELS)
+    assert scores["event_f1"] == pytest.approx(0.5)  # 1 of 2 within the 200 ms collar
+    assert event_metrics(reference, reference, LABELS)["event_f1"] == pytest.approx(1.0)
+    assert event_metrics(reference, reference, LABELS)["segment_f1"] == pytest.approx(1.0)
+    assert event_metrics(reference, {}, LABELS)["event_f1"] == 0.0  # nothing estimated: F1 0, not NaN
+    assert scores["event_f1_macro"] == pytest.approx(0.5)  # a: F1 1, b: F1 0
+    assert scores["segment_recall"] == pytest.approx(1.0)

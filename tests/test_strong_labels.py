@@ -1,5 +1,5 @@
-"""Strong labels: the DCASE TSV reader and its errors, frame targets at the patch-column rate, event data sets,
-and the collator's frame targets under mixup; sed_eval metrics on known events."""
+"""Strong labels: frame targets at the patch-column rate, event data sets, and the collator's frame targets under
+mixup (the TSV reader itself: test_event_tsv.py)."""
 
 from __future__ import annotations
 
@@ -9,48 +9,13 @@ import soundfile as sf
 import torch
 
 from ast_hf import ASTFeatureExtractor
-from ast_hf.event_tsv import EventTableError, SoundEvent, read_event_tsv, write_event_tsv
+from ast_hf.event_tsv import EventTableError, SoundEvent
 from ast_hf.training import ASTAudioCollator
 from ast_hf.training.strong_labels import event_columns, frame_targets, load_event_dataset
 from conftest import tiny_config
 
 HEADER = "filename\tonset\toffset\tevent_label\n"
 LABELS = ["dog", "speech"]
-
-
-def test_tsv_reads_events_sorted_and_files_without_events(tmp_path):
-    path = tmp_path / "gt.tsv"
-    path.write_text(HEADER + "a.wav\t2.5\t3.0\tspeech\na.wav\t0.25\t1.0\tdog\nb.wav\n\nc.wav\t\t\t\n")
-    table = read_event_tsv(path, LABELS)
-    assert table == {"a.wav": [SoundEvent(0.25, 1.0, "dog"), SoundEvent(2.5, 3.0, "speech")], "b.wav": [],
-                     "c.wav": []}
-    write_event_tsv(tmp_path / "out.tsv", table)
-    assert read_event_tsv(tmp_path / "out.tsv") == table
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gt.tsv", "out.tsv"]  # no temporary file left
-
-
-@pytest.mark.parametrize("rows, message", [
-    ("a.wav\t1.0\t2.0\n", r"line 3: expected 4 tab-separated fields .* got 3"),
-    ("a.wav\t1.0\t2.0\tcat\n", r"line 3: unknown event label 'cat'; known labels: dog, speech"),
-    ("a.wav\t2.0\t2.0\tdog\n", r"line 3: onset 2.0 s is not before offset 2.0 s"),
-    ("a.wav\t-0.5\t2.0\tdog\n", r"line 3: onset '-0.5' must be a finite time >= 0 seconds"),
-    ("a.wav\tsoon\t2.0\tdog\n", r"line 3: onset 'soon' is not a number of seconds"),
-    ("a.wav\t1.0\tnan\tdog\n", r"line 3: offset 'nan' must be a finite time"),
-    ("\t1.0\t2.0\tdog\n", r"line 3: the filename is empty"),
-])
-def test_tsv_errors_name_the_file_and_line(tmp_path, rows, message):
-    path = tmp_path / "bad.tsv"
-    path.write_text(HEADER + "ok.wav\t0.0\t1.0\tdog\n" + rows)
-    with pytest.raises(EventTableError, match=message) as error:
-        read_event_tsv(path, LABELS)
-    assert str(path) in str(error.value)
-
-
-def test_tsv_without_header_is_refused(tmp_path):
-    path = tmp_path / "bare.tsv"
-    path.write_text("a.wav\t0.0\t1.0\tdog\n")
-    with pytest.raises(EventTableError, match=r"bare.tsv, line 1: expected the header"):
-        read_event_tsv(path)
 
 
 def test_frame_targets_mark_the_columns_whose_centres_an_event_covers():
@@ -156,15 +121,3 @@ def test_trainer_checks_the_model_has_a_frame_head(scenes, tmp_path):
     alone = ASTTrainer(model=model, args=args, data_collator=_collator(model_config=None, clip_labels=False))
     metrics = alone.evaluate(data)
     assert "eval_loss" in metrics and "eval_accuracy" not in metrics  # frame loss only
-
-
-def test_sed_eval_scores_of_known_events():
-    from ast_hf.training.sed_metrics import sed_scores
-
-    reference = {"a.wav": [SoundEvent(1.0, 2.0, "dog"), SoundEvent(3.0, 3.5, "speech")], "b.wav": []}
-    estimated = {"a.wav": [SoundEvent(1.1, 2.1, "dog"), SoundEvent(3.4, 3.9, "speech")]}  # speech 400 ms late
-    scores = sed_scores(reference, estimated, LABELS)
-    assert scores["event_f1"] == pytest.approx(0.5)  # 1 of 2 within the 200 ms collar
-    assert sed_scores(reference, reference, LABELS)["event_f1"] == pytest.approx(1.0)
-    assert sed_scores(reference, reference, LABELS)["segment_f1"] == pytest.approx(1.0)
-    assert sed_scores(reference, {}, LABELS)["event_f1"] == 0.0  # nothing estimated: F1 0, not NaN

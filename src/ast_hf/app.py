@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from .audio_io import AudioStream, StreamResampler, probe
+from .event_tsv import SoundEvent, write_event_tsv
 from .inference import label_names
 from .long_audio import FRAME_SHIFT_SECONDS
-from .sound_events import EventPostprocessing, SoundEvent, detect_events, write_events_tsv
+from .sound_events import EventPostprocessing, detect_events
 from .streaming import ScoredWindow, StreamingTagger
 
 DEFAULT_MAX_SECONDS = 3600.0  # one hour: a longer upload is refused from its header, before decoding
@@ -266,7 +267,7 @@ def detect_recording_events(model, feature_extractor, path: str | Path, out_dir:
     frames = frame_scores(model, feature_extractor, path, progress=progress)
     events = detect_events(frames.scores, frames.labels, frames.hop, params, filename=name, duration=frames.duration)
     plot_png = plot_events(frames, events, out_dir / f"{stem}_events.png", top_k=min(top_k, len(frames.labels)))
-    events_tsv = write_events_tsv(out_dir / f"{stem}_events.tsv", events)
+    events_tsv = write_event_tsv(out_dir / f"{stem}_events.tsv", {name: events})
     return EventDetection(events=events, duration=frames.duration, hop=frames.hop, plot_png=plot_png,
                           events_tsv=events_tsv)
 

@@ -369,10 +369,11 @@ def _add_detect(sub) -> None:
         from pathlib import Path
 
         from .batch_inference import collect_inputs
+        from .event_tsv import read_event_tsv, write_event_tsv
         from .frame_level import frame_scores
         from .inference import label_names
         from .model_loading import load_for_inference
-        from .sound_events import detect_events, read_events_tsv, write_events_tsv
+        from .sound_events import detect_events
 
         paths = collect_inputs(args.inputs)
         if args.plot and len(paths) != 1:
@@ -384,8 +385,8 @@ def _add_detect(sub) -> None:
         model, fe = load_for_inference(args.model, args.device)
         labels = label_names(model.config)
         params = _event_postprocessing(args, labels)
-        reference = read_events_tsv(args.reference, labels) if args.reference else None
-        events, failed = [], {}
+        reference = read_event_tsv(args.reference, labels) if args.reference else None
+        events, failed = {}, {}  # {file name: events} of the files scored
         for path, name in zip(paths, names):
             try:
                 frames = frame_scores(model, fe, path, window=args.window, hop=args.hop,
@@ -396,18 +397,18 @@ def _add_detect(sub) -> None:
                 continue
             found = detect_events(frames.scores, frames.labels, frames.hop, params, filename=name,
                                   duration=frames.duration)
-            events += found
+            events[name] = found
             if args.plot:
                 from .plotting import plot_events
 
-                print(f"wrote {plot_events(frames, found, args.plot)}")
-        write_events_tsv(args.events, events)
-        print(f"wrote {args.events}: {len(events)} events in {len(paths) - len(failed)} files")
+                print(f"wrote {plot_events(frames, found, args.plot, reference=(reference or {}).get(name))}")
+        write_event_tsv(args.events, events)
+        print(f"wrote {args.events}: {sum(map(len, events.values()))} events in {len(events)} files")
         if reference is not None:
             from .sed_metrics import event_metrics
 
-            scored = {name for path, name in zip(paths, names) if path not in failed}
-            metrics = event_metrics([e for e in reference if e.filename in scored], events)
+            # only the files scored count: a failed file is reported as failed, not as one without detections
+            metrics = event_metrics({name: reference.get(name, []) for name in events}, events, labels)
             print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
         if failed:
             print(f"ast-hf detect: {len(failed)} of {len(paths)} files failed", file=sys.stderr)

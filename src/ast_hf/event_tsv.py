@@ -1,4 +1,8 @@
-"""Sound events in the DCASE TSV format: `filename<TAB>onset<TAB>offset<TAB>event_label`, times in seconds.
+"""The sound event type and its file format, DCASE TSV: `filename<TAB>onset<TAB>offset<TAB>event_label`, seconds.
+
+Both the training side (strong labels) and the inference side (`ast_hf.sound_events` post-processing, `ast-hf
+detect`, live tagging) use this one `SoundEvent` and this one reader/writer; post-processing lives apart so that
+reading labels for training does not pull in detection code.
 
 The first line is the header `filename onset offset event_label` (tab-separated). A row holding only a file name
 (or a name and three empty fields) lists a file without events, as DCASE ground truth does. Reading checks every
@@ -25,11 +29,13 @@ class EventTableError(ValueError):
 
 @dataclass(frozen=True)
 class SoundEvent:
-    """One occurrence of a sound: `label` from `onset` to `offset` seconds (onset < offset)."""
+    """One occurrence of a sound: `label` from `onset` to `offset` seconds (onset < offset) in the recording
+    `filename` (a file name as the TSV writes it; "" when not known yet)."""
 
     onset: float
     offset: float
     label: str
+    filename: str = ""
 
 
 def _time(text: str, what: str, where: str) -> float:
@@ -43,14 +49,15 @@ def _time(text: str, what: str, where: str) -> float:
 
 
 def read_event_tsv(path: str | Path, labels: Iterable[str] | None = None) -> dict[str, list[SoundEvent]]:
-    """Read a DCASE event TSV into {file name: events sorted by onset} (files without events map to []).
+    """Read a DCASE event TSV into {file name: events sorted by onset} (files without events map to []); each
+    event's `filename` is its key.
 
     Args:
         path: the TSV file.
         labels: the allowed event labels; None accepts any.
 
     Raises:
-        EventTableError: the first problem found, naming `path` and the line.
+        FileNotFoundError: no such file. EventTableError: the first problem found, naming `path` and the line.
     """
     path = Path(path)
     known = None if labels is None else set(labels)
@@ -80,27 +87,23 @@ def read_event_tsv(path: str | Path, labels: Iterable[str] | None = None) -> dic
             raise EventTableError(f"{where}: the event_label is empty")
         if known is not None and label not in known:
             raise EventTableError(f"{where}: unknown event label {label!r}; known labels: {', '.join(sorted(known))}")
-        table.setdefault(name, []).append(SoundEvent(onset, offset, label))
+        table.setdefault(name, []).append(SoundEvent(onset, offset, label, name))
     for events in table.values():
         events.sort(key=lambda e: (e.onset, e.offset, e.label))
     return table
 
 
-def format_event_tsv(table: Mapping[str, Sequence[SoundEvent]]) -> str:
-    """The TSV text of {file name: events}: header, then one row per event (times to the millisecond), a file
-    without events as a name-only row."""
+def write_event_tsv(path: str | Path, table: Mapping[str, Sequence[SoundEvent]]) -> Path:
+    """Write {file name: events} as a DCASE TSV, atomically (complete or absent): the header, then one row per
+    event (times to the millisecond) under its key's file name, a file without events as a name-only row.
+    Returns the path."""
     rows = ["\t".join(HEADER)]
     for name, events in table.items():
         if not events:
             rows.append(name)
         rows += [f"{name}\t{e.onset:.3f}\t{e.offset:.3f}\t{e.label}" for e in events]
-    return "\n".join(rows) + "\n"
-
-
-def write_event_tsv(path: str | Path, table: Mapping[str, Sequence[SoundEvent]]) -> Path:
-    """Write {file name: events} as a DCASE TSV, atomically. Returns the path."""
-    write_text_atomic(path, format_event_tsv(table))
+    write_text_atomic(path, "\n".join(rows) + "\n")
     return Path(path)
 
 
-__all__ = ["SoundEvent", "EventTableError", "read_event_tsv", "write_event_tsv", "format_event_tsv", "HEADER"]
+__all__ = ["SoundEvent", "EventTableError", "read_event_tsv", "write_event_tsv", "HEADER"]

@@ -87,11 +87,15 @@ def _column_means(model, input_values: torch.Tensor, attention_mask: torch.Tenso
     return tokens.reshape(tokens.shape[0], f, t, tokens.shape[-1]).mean(dim=1)
 
 
-def column_logits(model, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def column_logits(model, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                  clip_head: bool = False) -> torch.Tensor:
     """Logits per time column of a batch: features [n, frames, mel bins] (and a [n, frames] mask) ->
     [n, time columns, labels] float32 on the CPU. Columns past a clip's real frames (see `column_count`) hold
-    padding and are to be ignored. A clip gets the same logits alone as inside a padded batch."""
-    if has_frame_head(model):
+    padding and are to be ignored. A clip gets the same logits alone as inside a padded batch.
+
+    A model with a trained frame head is read through it, unless `clip_head` asks for the clip head on columns
+    (the method without frame training, e.g. to compare the two on one model)."""
+    if has_frame_head(model) and not clip_head:
         return run_model(model, input_values, attention_mask).frame_logits.float().cpu()
     head = getattr(model, "classifier", None)
     if head is None:
@@ -104,14 +108,16 @@ def column_logits(model, input_values: torch.Tensor, attention_mask: torch.Tenso
 
 
 def column_scores(model, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                  activation: str = "auto", frames: list[int] | None = None) -> list[np.ndarray]:
+                  activation: str = "auto", frames: list[int] | None = None, clip_head: bool = False
+                  ) -> list[np.ndarray]:
     """Scores of each clip's real time columns: a list of n float32 arrays [columns_i, labels].
 
     `frames` [n]: each clip's real feature frames (default: from `attention_mask`, else all); a clip padded to
     `max_length` without a mask (as `inference.featurize` pads short clips) needs them to drop its padding columns.
+    `clip_head`: as in `column_logits`.
     """
     activation = resolve_activation(model.config, activation)
-    logits = column_logits(model, input_values, attention_mask)
+    logits = column_logits(model, input_values, attention_mask, clip_head)
     if frames is None:
         frames = ([input_values.shape[1]] * len(logits) if attention_mask is None
                   else attention_mask.sum(dim=1).tolist())

@@ -70,15 +70,18 @@ def plot_timeline(tags, path: str | Path, top_k: int = 5, title: str | None = No
     return _save(fig, path)
 
 
-def plot_events(frames, events, path: str | Path, top_k: int = 5, title: str | None = None) -> Path:
+def plot_events(frames, events, path: str | Path, top_k: int = 5, title: str | None = None,
+                reference=None) -> Path:
     """Frame scores as a heat map (`top_k` rows: labels with events first, then the highest-peaking ones) with
-    the detected events outlined in red, above the spectrogram; time in seconds. `frames` is a `FrameScores`,
-    `events` its `SoundEvent`s."""
+    the detected events outlined in red and, when given, the `reference` (ground-truth) events as white bars along
+    the bottom of each row, above the spectrogram; time in seconds. `frames` is a `FrameScores`, `events` and
+    `reference` lists of `SoundEvent`."""
     from matplotlib.patches import Rectangle
 
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    with_events = list(dict.fromkeys(frames.labels.index(e.label) for e in events))
+    reference = list(reference or [])
+    with_events = list(dict.fromkeys(frames.labels.index(e.label) for e in events + reference))
     by_peak = [int(i) for i in np.argsort(-frames.scores.max(axis=0), kind="stable") if i not in with_events]
     order = (with_events + by_peak)[:top_k]
     edges = np.arange(len(frames.scores) + 1) * frames.hop
@@ -89,6 +92,11 @@ def plot_events(frames, events, path: str | Path, top_k: int = 5, title: str | N
     ax_scores.set_yticks(np.arange(len(order)) + 0.5, [_short(frames.labels[i]) for i in order])
     ax_scores.invert_yaxis()
     row_of = {label_index: row for row, label_index in enumerate(order)}
+    for event in reference:
+        row = row_of.get(frames.labels.index(event.label))
+        if row is not None:  # a bar in the row's lower quarter (the y axis is inverted: larger is lower)
+            ax_scores.add_patch(Rectangle((event.onset, row + 0.72), event.offset - event.onset, 0.2, color="white",
+                                          alpha=0.8, linewidth=0))
     for event in events:
         row = row_of.get(frames.labels.index(event.label))
         if row is not None:
@@ -98,7 +106,8 @@ def plot_events(frames, events, path: str | Path, top_k: int = 5, title: str | N
     if frames.spectrogram is not None and frames.spectrogram.size:
         draw_spectrogram(fig, ax_spec, frames.spectrogram, frames.spectrogram_hop)
     ax_spec.set_xlim(0.0, frames.duration)
-    ax_scores.set_title(title or f"{len(events)} events (red), frame scores every {frames.hop * 1000:.0f} ms, "
+    shown = f"{len(events)} events (red)" + (", reference (white)" if reference else "")
+    ax_scores.set_title(title or f"{shown}, frame scores every {frames.hop * 1000:.0f} ms, "
                                  f"{frames.duration:.1f} s recording")
     return _save(fig, path)
 
@@ -181,36 +190,5 @@ def explanation_figure(explanation, title: str | None = None, max_layers: int = 
     return fig
 
 
-def plot_frame_events(path: str | Path, spectrogram: np.ndarray, scores: np.ndarray, labels: list[str],
-                      column_seconds: float, reference: list, estimated: list, title: str | None = None) -> Path:
-    """Frame scores and events of one recording above its spectrogram, sharing the time axis in seconds.
-
-    Args:
-        spectrogram: [mel bins, frames] log-mel, 10 ms per frame. scores: [time columns, labels] in [0, 1].
-        labels: one name per score column. column_seconds: seconds per time column.
-        reference, estimated: `SoundEvent`s (onset, offset, label); drawn as bars on each label's row, the
-            reference's thick and light, the estimate's thin and dark, over the score heat map.
-    """
-    duration = spectrogram.shape[1] * 0.01
-    fig, (ax_scores, ax_spec) = _figure([1.0, 1.0], height=3.0 + 0.3 * len(labels) + 2.5)
-    edges = np.arange(scores.shape[0] + 1) * column_seconds
-    mesh = ax_scores.pcolormesh(edges, np.arange(len(labels) + 1), scores.T, cmap="viridis", vmin=0.0, vmax=1.0,
-                                shading="flat")
-    row = {name: i for i, name in enumerate(labels)}
-    for events, color, width, offset, name in ((reference, "white", 7, 0.35, "reference"),
-                                               (estimated, "red", 2.5, 0.65, "estimated")):
-        for number, event in enumerate(events):
-            ax_scores.plot([event.onset, event.offset], [row[event.label] + offset] * 2, color=color,
-                           linewidth=width, solid_capstyle="butt", label=name if number == 0 else None)
-    ax_scores.set_yticks(np.arange(len(labels)) + 0.5, [_short(x) for x in labels])
-    ax_scores.invert_yaxis()
-    ax_scores.legend(loc="upper right", fontsize=8, framealpha=0.6)
-    fig.colorbar(mesh, ax=ax_scores, label="frame score", pad=0.01, fraction=0.04)
-    ax_scores.set_title(title or "frame scores and events")
-    draw_spectrogram(fig, ax_spec, spectrogram, 0.01)
-    ax_spec.set_xlim(0.0, duration)
-    return _save(fig, path)
-
-
-__all__ = ["plot_timeline", "plot_explanation", "explanation_figure", "patch_map_to_pixels", "draw_spectrogram",
-           "plot_frame_events"]
+__all__ = ["plot_timeline", "plot_events", "plot_explanation", "explanation_figure", "patch_map_to_pixels",
+           "draw_spectrogram"]

@@ -1,19 +1,25 @@
 """Sound-event detection metrics through the field's own library, `sed_eval` (never re-implemented here).
 
-* event-based F1: an estimated event matches a reference event of the same label when its onset is within
-  `collar` seconds (200 ms, DCASE) and its offset within max(collar, 20% of the reference's length);
-* segment-based F1: activity compared per label in segments of `segment` seconds (1 s, DCASE).
+`event_metrics(reference, estimated, labels)` scores {file name: [SoundEvent]} tables over the reference's files:
 
-Both are micro-averaged over labels (sed_eval's "overall"). PSDS is not computed: neither `psds_eval` 0.5.3
+* event-based: an estimated event matches a reference event of the same label when its onset is within `collar`
+  seconds (200 ms, DCASE) and its offset within max(`collar`, 20% of the reference's length);
+* segment-based: activity compared per label in segments of `segment` seconds (1 s, DCASE).
+
+F1 is reported micro-averaged over all events / segments (`*_f1`, sed_eval's "overall") and as the mean over
+labels (`*_f1_macro`). sed_eval gives NaN F1 when nothing was estimated (precision 0 / 0); against reference
+events that is an F1 of 0, reported as such. PSDS is not computed: neither `psds_eval` 0.5.3
 (`DataFrame.fillna(method=...)`) nor `sed_scores_eval` 0.0.4 (writes into read-only arrays) runs with pandas 3,
-which this project pins (see docs/events.md). `sed_eval` comes with the `events` extra.
+which this project pins (see docs/events.md). `sed_eval` comes with the `events` and `train` extras.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Mapping, Sequence
 
-from .sound_events import SoundEvent
+from .event_tsv import SoundEvent
 
 
 def _sed_eval():
@@ -28,38 +34,45 @@ def _sed_eval():
     return sed_eval, dcase_util
 
 
-def event_metrics(reference: list[SoundEvent], estimated: list[SoundEvent], labels: list[str] | None = None,
-                  collar: float = 0.2, segment: float = 1.0) -> dict:
-    """Event-based and segment-based metrics of `estimated` against `reference` events (matched by filename).
+def event_metrics(reference: Mapping[str, Sequence[SoundEvent]], estimated: Mapping[str, Sequence[SoundEvent]],
+                  labels: Sequence[str], collar: float = 0.2, segment: float = 1.0) -> dict[str, float]:
+    """Event-based and segment-based metrics of `estimated` against `reference`, both {file name: events}.
 
-    Returns {"event_f1", "event_precision", "event_recall", "segment_f1", "segment_precision", "segment_recall",
-    "event_error_rate", "segment_error_rate"}; F-measures in [0, 1]. `labels`: the label set (default: every label
-    in either list). Files present in `reference` only count as files with no detections.
+    Every file of `reference` is scored (a file missing from `estimated` has no detections); files only in
+    `estimated` are not. `labels`: the label set (every class counts in the macro mean, present or not).
+
+    Returns:
+        {"event_f1", "event_f1_macro", "event_precision", "event_recall", "event_error_rate", and the same five
+        for "segment_"}: F-measures, precision and recall in [0, 1], error rates >= 0.
     """
     sed_eval, dcase_util = _sed_eval()
-    labels = sorted(set(labels) if labels is not None else {e.label for e in reference + estimated})
-    event_based = sed_eval.sound_event.EventBasedMetrics(event_label_list=labels, t_collar=collar,
+    event_based = sed_eval.sound_event.EventBasedMetrics(event_label_list=list(labels), t_collar=collar,
                                                          percentage_of_length=0.2)
-    segment_based = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=labels, time_resolution=segment)
+    segment_based = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=list(labels), time_resolution=segment)
 
-    def container(events, filename):
+    def container(name: str, events: Sequence[SoundEvent]):
         return dcase_util.containers.MetaDataContainer(
-            [{"filename": e.filename, "onset": e.onset, "offset": e.offset, "event_label": e.label}
-             for e in events if e.filename == filename])
+            [{"filename": name, "onset": e.onset, "offset": e.offset, "event_label": e.label} for e in events])
 
-    for filename in sorted({e.filename for e in reference} | {e.filename for e in estimated}):
-        ref, est = container(reference, filename), container(estimated, filename)
+    for name, truth in reference.items():
+        ref, est = container(name, truth), container(name, estimated.get(name, []))
         event_based.evaluate(reference_event_list=ref, estimated_event_list=est)
         segment_based.evaluate(reference_event_list=ref, estimated_event_list=est)
-    events, segments = event_based.results_overall_metrics(), segment_based.results_overall_metrics()
-    return {"event_f1": float(events["f_measure"]["f_measure"]),
-            "event_precision": float(events["f_measure"]["precision"]),
-            "event_recall": float(events["f_measure"]["recall"]),
-            "event_error_rate": float(events["error_rate"]["error_rate"]),
-            "segment_f1": float(segments["f_measure"]["f_measure"]),
-            "segment_precision": float(segments["f_measure"]["precision"]),
-            "segment_recall": float(segments["f_measure"]["recall"]),
-            "segment_error_rate": float(segments["error_rate"]["error_rate"])}
+
+    def zero_if_nan(value) -> float:
+        return 0.0 if value is None or math.isnan(float(value)) else float(value)
+
+    out = {}
+    for prefix, metric in (("event", event_based), ("segment", segment_based)):
+        with warnings.catch_warnings():  # "mean of empty slice" when nothing was estimated: that NaN is F1 0 below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            overall, classwise = metric.results_overall_metrics(), metric.results_class_wise_average_metrics()
+        out[f"{prefix}_f1"] = zero_if_nan(overall["f_measure"]["f_measure"])
+        out[f"{prefix}_f1_macro"] = zero_if_nan(classwise["f_measure"]["f_measure"])
+        out[f"{prefix}_precision"] = zero_if_nan(overall["f_measure"]["precision"])
+        out[f"{prefix}_recall"] = zero_if_nan(overall["f_measure"]["recall"])
+        out[f"{prefix}_error_rate"] = float(overall["error_rate"]["error_rate"])
+    return out
 
 
 __all__ = ["event_metrics"]

@@ -1,4 +1,4 @@
-"""Sound events from score sequences: median filter, hysteresis thresholds, merge gap, minimum duration; DCASE TSV.
+"""Sound events from score sequences: median filter, hysteresis thresholds, merge gap, minimum duration.
 
 A score sequence is [steps, labels] with a time interval per step (frame scores: [i hop, (i + 1) hop); live
 window scores: the hop around each window's centre). Post-processing, per label:
@@ -11,33 +11,19 @@ window scores: the hop around each window's centre). Post-processing, per label:
 
 `EventDetector` does this incrementally (steps pushed as they come, each event emitted once, as soon as no later
 step can change it), and `detect_events` runs the same detector over a whole sequence, so offline detection and
-live tagging give the same events. Files use the DCASE TSV format: a header `filename onset offset event_label`
-(tab-separated), one event per row, seconds.
+live tagging give the same events. The events are `ast_hf.event_tsv.SoundEvent`s, written and read as DCASE TSV
+by `ast_hf.event_tsv`.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from .atomic_io import atomic_path
-
-TSV_HEADER = ["filename", "onset", "offset", "event_label"]
-
-
-@dataclass(frozen=True)
-class SoundEvent:
-    """One occurrence of a label: `onset` and `offset` in seconds, `filename` the recording (may be "")."""
-
-    onset: float
-    offset: float
-    label: str
-    filename: str = ""
+from .event_tsv import SoundEvent
 
 
 @dataclass
@@ -195,61 +181,4 @@ def detect_events(scores: np.ndarray, labels: list[str], hop: float, params: Eve
     return sorted(events, key=lambda e: (e.filename, e.onset, e.label))
 
 
-# --------------------------------------------------------------------------------------------------------------
-# DCASE TSV
-# --------------------------------------------------------------------------------------------------------------
-
-
-def write_events_tsv(path: str | Path, events: list[SoundEvent]) -> Path:
-    """Write events as DCASE TSV (header `filename onset offset event_label`, seconds to 3 decimals), atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(TSV_HEADER)
-        for e in events:
-            writer.writerow([e.filename, f"{e.onset:.3f}", f"{e.offset:.3f}", e.label])
-    return Path(path)
-
-
-def read_events_tsv(path: str | Path, labels: list[str] | None = None) -> list[SoundEvent]:
-    """Read a DCASE TSV of events. Rows with only a filename (a file without events) are allowed and skipped.
-
-    Raises:
-        FileNotFoundError: no such file. ValueError naming the file and line: no header, a row without 4 fields,
-            onset/offset that are not numbers, negative, or onset >= offset, a label not in `labels`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such events file: {path}")
-    known = None if labels is None else set(labels)
-    events = []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = csv.reader(f, delimiter="\t")
-        header = next(rows, None)
-        if header is None or [h.strip() for h in header[:4]] != TSV_HEADER:
-            raise ValueError(f"{path} line 1: expected the header {' '.join(TSV_HEADER)} (tab-separated), got "
-                             f"{header!r}")
-        for number, row in enumerate(rows, start=2):
-            if not row or (len(row) == 1 and row[0].strip()) or all(not cell.strip() for cell in row):
-                continue  # a blank line, or a file with no events
-            if len(row) != 4:
-                raise ValueError(f"{path} line {number}: expected 4 tab-separated fields (filename, onset, offset, "
-                                 f"event_label), got {len(row)}: {row!r}")
-            name, onset_text, offset_text, label = (cell.strip() for cell in row)
-            try:
-                onset, offset = float(onset_text), float(offset_text)
-            except ValueError:
-                raise ValueError(f"{path} line {number}: onset and offset must be numbers of seconds, got "
-                                 f"{onset_text!r}, {offset_text!r}") from None
-            if not (math.isfinite(onset) and math.isfinite(offset) and 0 <= onset < offset):
-                raise ValueError(f"{path} line {number}: need 0 <= onset < offset (seconds), got {onset_text}, "
-                                 f"{offset_text}")
-            if not label:
-                raise ValueError(f"{path} line {number}: empty event_label")
-            if known is not None and label not in known:
-                raise ValueError(f"{path} line {number}: unknown label {label!r}; the labels are {sorted(known)}")
-            events.append(SoundEvent(onset, offset, label, name))
-    return events
-
-
-__all__ = ["SoundEvent", "EventPostprocessing", "EventDetector", "detect_events", "write_events_tsv",
-           "read_events_tsv", "TSV_HEADER"]
+__all__ = ["EventPostprocessing", "EventDetector", "detect_events"]

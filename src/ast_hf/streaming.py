@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .event_tsv import SoundEvent
 from .filterbank import log_mel_filterbank
 from .inference import apply_activation, featurize, label_names, model_device_dtype, resolve_activation, run_model
 from .long_audio import FRAME_SHIFT_SECONDS, default_windows_per_call, window_samples
-from .sound_events import EventDetector, EventPostprocessing, SoundEvent
+from .sound_events import EventDetector, EventPostprocessing
 
 
 def _checked_samples(samples) -> np.ndarray:

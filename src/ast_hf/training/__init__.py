@@ -6,9 +6,9 @@ Modules: `augment` (SpecAugment, mixup, noise, time shift), `data` (data sets, d
 (batched features + augmentation), `normalization` (dataset mean/std), `sampling` (balanced sampler), `metrics`
 (accuracy, mAP, mAUC, d-prime; an `evaluate` module at `metric_path()`), `schedules` (warm-up + step decay),
 `averaging` (weight averaging), `trainer` (`ASTTrainer`), `recipes` (the authors' hyper-parameters), `demo` (the
-offline demo), `strong_labels` (event data sets, frame targets), `sed_metrics` (sed_eval F1), `event_demo` (the
-sound-event demo). `datasets` is imported only when a data set is loaded. `ASTEnsemble` (prediction ensembles) lives
-in `ast_hf.ensemble` and is re-exported here.
+offline demo), `strong_labels` (event data sets, frame targets), `event_demo` (the sound-event demo; its metrics
+come from `ast_hf.sed_metrics`). `datasets` is imported only when a data set is loaded. `ASTEnsemble` (prediction
+ensembles) lives in `ast_hf.ensemble` and is re-exported here.
 """
 
 from .augment import feature_noise, mix_targets, mix_waveforms, sample_mixup, spec_augment, time_shift
@@ -25,7 +25,6 @@ from .normalization import compute_normalization_stats
 from .recipes import RECIPES, Recipe, get_recipe
 from .sampling import balanced_sample_weights, balanced_sampler
 from .schedules import get_step_decay_schedule, step_decay_factor
-from .sed_metrics import sed_scores
 from .strong_labels import column_seconds, frame_targets, load_event_dataset
 from .trainer import ASTTrainer, ASTTrainingArguments
 
@@ -37,5 +36,5 @@ __all__ = [
     "step_decay_factor", "accuracy", "average_precision", "roc_auc", "d_prime", "classification_metrics",
     "compute_metrics", "metric_path", "spec_augment", "sample_mixup", "mix_waveforms", "mix_targets",
     "feature_noise", "time_shift", "RECIPES", "Recipe", "get_recipe", "DemoSettings", "run_demo",
-    "EventDemoSettings", "run_event_demo", "sed_scores", "column_seconds", "frame_targets", "load_event_dataset",
+    "EventDemoSettings", "run_event_demo", "column_seconds", "frame_targets", "load_event_dataset",
 ]

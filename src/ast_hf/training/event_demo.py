@@ -2,18 +2,22 @@
 
 `ast-hf demo --task events --out DIR` (or `run_event_demo(DIR)`):
 
-1. generates scenes in DIR/data/{train,test}/scene_NNNN.wav with ground truth DIR/data/{train,test}.tsv (DCASE
-   format): the classification demo's six spoken words (espeak-ng) and four sound kinds (sox), each trimmed to its
-   audible extent, placed at random onsets without overlap over steady background noise. Test scenes are spoken
-   by voice variants never heard in training (`voice_split`);
+1. generates scenes in DIR/data/{train,val,test}/scene_NNNN.wav with ground truth DIR/data/{train,val,test}.tsv
+   (DCASE format): the classification demo's six spoken words (espeak-ng) and four sound kinds (sox), each trimmed
+   to its audible extent, placed at random onsets without overlap over steady background noise. Test scenes are
+   spoken by voice variants never heard in training (`voice_split`); validation scenes by the training voices, in
+   scenes never trained on;
 2. trains a small AST with a frame head (`frame_head=True`) from scratch with `ASTTrainer`: frame targets from
    the TSV at the patch-column rate, SpecAugment; then fits the clip head, backbone frozen, to the classes present
    in each training scene (`fit_clip_head`), so the model also holds a clip classifier;
-3. saves DIR/model, reloads it with `from_pretrained` and scores the test scenes two ways: the trained frame head,
-   and `column_scores` (that clip classifier applied per time column, no frame training);
-4. turns scores into events with `threshold_events`, scores them with `sed_eval` (event-based F1, 200 ms collar;
-   segment-based F1, 1 s) and writes DIR/metrics.json, DIR/test_events.tsv and DIR/scene.png (scores and events
-   over the spectrogram of one test scene).
+3. saves DIR/model, reloads it with `from_pretrained` and scores the validation and test scenes two ways: the
+   trained frame head, and `ast_hf.frame_level.column_scores(..., clip_head=True)` (that clip classifier applied to
+   each time column's frequency-pooled tokens, no frame training);
+4. per method, tunes each label's on threshold and hysteresis on the validation scenes (`tune_postprocessing`),
+   turns the test scores into events with `ast_hf.sound_events.detect_events`, scores them with
+   `ast_hf.sed_metrics.event_metrics` (sed_eval: event-based F1, 200 ms collar; segment-based F1, 1 s) and writes
+   DIR/metrics.json, DIR/test_events.tsv and DIR/scene.png (scores, detected and true events over the spectrogram
+   of one test scene).
 
 DIR is written atomically: it appears complete at the end, or not at all.
 """
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 
 from ..event_tsv import SoundEvent
+from ..sound_events import EventPostprocessing, detect_events
 from .demo import ESPEAK_RATE, RATE, SOUNDS, WORDS, _resample_all, _sound, _word, voice_split
 
 LABELS = WORDS + SOUNDS
@@ -41,8 +46,9 @@ LABELS = WORDS + SOUNDS
 class EventDemoSettings:
     """Everything the events demo's result depends on (recorded in metrics.json)."""
 
-    train_scenes: int = 320
+    train_scenes: int = 480
     test_scenes: int = 60
+    val_scenes: int = 40
     scene_seconds: float = 10.0
     min_events: int = 4
     max_events: int = 7
@@ -67,14 +73,17 @@ class EventDemoSettings:
     timem: int = 20
     mixup: float = 0.0
     clip_head_steps: int = 300
-    threshold: float = 0.5
     median_columns: int = 3
+    min_duration: float = 0.0
+    threshold_grid: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+    off_ratio_grid: tuple[float, ...] = (1.0, 0.5)
     seed: int = 0
 
 
-QUICK_EVENTS = EventDemoSettings(train_scenes=6, test_scenes=2, min_events=2, max_events=3, hidden_size=32,
-                                 num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, epochs=1,
-                                 batch_size=3, clip_head_steps=10)
+QUICK_EVENTS = EventDemoSettings(train_scenes=6, test_scenes=2, val_scenes=2, min_events=2, max_events=3,
+                                 hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                 epochs=1, batch_size=3, clip_head_steps=10, threshold_grid=(0.3, 0.5),
+                                 off_ratio_grid=(1.0,))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -120,7 +129,9 @@ def compose_scene(clips: list[tuple[str, np.ndarray]], rng: np.random.Generator,
 
 
 def make_event_scenes(folder: Path, settings: EventDemoSettings, workers: int = 2) -> dict:
-    """Write folder/{train,test}/scene_NNNN.wav and folder/{train,test}.tsv; returns a description of the split."""
+    """Write folder/{train,val,test}/scene_NNNN.wav and folder/{train,val,test}.tsv; returns a description of the
+    split. Validation scenes use the training voices (thresholds are tuned on them, never on test voices); they are
+    drawn after the test scenes, so adding them leaves the training and test scenes as they were."""
     import soundfile as sf
     from tqdm.auto import tqdm
 
@@ -130,8 +141,9 @@ def make_event_scenes(folder: Path, settings: EventDemoSettings, workers: int = 
     rng = np.random.default_rng(settings.seed)
     test_variants, pools = voice_split(rng, espeak_voices("en"), settings.test_variants)
     plan = []  # (split, scene, label, job) per event
-    for split, count in (("train", settings.train_scenes), ("test", settings.test_scenes)):
-        pool = pools[split]
+    splits = (("train", settings.train_scenes), ("test", settings.test_scenes), ("val", settings.val_scenes))
+    for split, count in splits:
+        pool = pools["test" if split == "test" else "train"]
         for scene in range(count):
             for label in rng.choice(LABELS, size=int(rng.integers(settings.min_events, settings.max_events + 1))):
                 if label in WORDS:
@@ -153,7 +165,7 @@ def make_event_scenes(folder: Path, settings: EventDemoSettings, workers: int = 
             bar.update()
     clips = dict(zip(words + sounds, _resample_all(spoken, ESPEAK_RATE, RATE) + made))  # plan index -> clip
     counts = {}
-    for split, count in (("train", settings.train_scenes), ("test", settings.test_scenes)):
+    for split, count in splits:
         (folder / split).mkdir(parents=True, exist_ok=True)
         table = {}
         for scene in range(count):
@@ -169,27 +181,40 @@ def make_event_scenes(folder: Path, settings: EventDemoSettings, workers: int = 
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Scores -> events (minimal; to be replaced by ast_hf's event post-processing)
+# Scores -> events: thresholds tuned on the validation scenes
 # --------------------------------------------------------------------------------------------------------------
 
 
-def threshold_events(scores: np.ndarray, labels: list[str], column_seconds: float, threshold: float = 0.5,
-                     median_columns: int = 3) -> list[SoundEvent]:
-    """The demo's minimal event extraction: median-filter each label's scores over `median_columns` columns, keep
-    the runs of columns >= `threshold`; a run of columns a..b is the event [a, b + 1) x `column_seconds` seconds.
+def _detect_all(scores: dict[str, np.ndarray], labels: list[str], column_seconds: float,
+                params: EventPostprocessing, duration: float) -> dict[str, list[SoundEvent]]:
+    """{scene: events} of {scene: [time columns, labels] scores}."""
+    return {name: detect_events(s, labels, column_seconds, params, filename=name, duration=duration)
+            for name, s in scores.items()}
 
-    Deliberately small (no hysteresis, minimum duration or merge gap): the full post-processing of `ast-hf detect`
-    (ast_hf.events) is meant to replace it. scores: [time columns, labels] in [0, 1].
-    """
-    from scipy.ndimage import median_filter
 
-    active = median_filter(scores, size=(max(1, median_columns), 1), mode="nearest") >= threshold
-    events = []
+def tune_postprocessing(scores: dict[str, np.ndarray], reference: dict[str, list[SoundEvent]], labels: list[str],
+                        column_seconds: float, settings: EventDemoSettings) -> EventPostprocessing:
+    """Per-label on threshold and hysteresis (off = on x ratio) maximising that label's event F1 + segment F1
+    (sed_eval, as the test is scored) on validation scenes: {scene: [time columns, labels] scores in [0, 1]} and
+    their true events. A label is tuned alone (its own scores and events), so labels do not trade off; ties keep
+    the first (lowest) threshold of `threshold_grid` and the first ratio of `off_ratio_grid`."""
+    from ..sed_metrics import event_metrics
+
+    on, off = {}, {}
     for k, label in enumerate(labels):
-        edges = np.diff(np.r_[0, active[:, k].astype(np.int8), 0])
-        for start, stop in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
-            events.append(SoundEvent(round(start * column_seconds, 3), round(stop * column_seconds, 3), label))
-    return sorted(events, key=lambda e: (e.onset, e.label))
+        truth = {name: [e for e in events if e.label == label] for name, events in reference.items()}
+        best = -1.0
+        for ratio in settings.off_ratio_grid:
+            for threshold in settings.threshold_grid:
+                params = EventPostprocessing(threshold, threshold * ratio, settings.median_columns,
+                                             settings.min_duration)
+                found = _detect_all({n: s[:, [k]] for n, s in scores.items()}, [label], column_seconds, params,
+                                    settings.scene_seconds)
+                result = event_metrics(truth, found, [label])
+                if result["event_f1"] + result["segment_f1"] > best:
+                    best = result["event_f1"] + result["segment_f1"]
+                    on[label], off[label] = threshold, threshold * ratio
+    return EventPostprocessing(on, off, settings.median_columns, settings.min_duration)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -226,19 +251,20 @@ def fit_clip_head(model, fe, dataset, label2id: dict[str, int], steps: int, batc
     return loss.item()
 
 
-def _score_scenes(model, fe, dataset, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(frame-head scores, column scores, features) of every scene: [scenes, columns, labels] probabilities and
-    [scenes, frames, mel bins] features."""
-    from ..column_scores import column_scores
-    from ..inference import run_model
+def _score_scenes(model, fe, dataset, batch_size: int = 8) -> tuple[dict, dict, dict]:
+    """(frame-head scores, clip-head column scores, features) of every scene, each {scene file name: array}:
+    [time columns, labels] probabilities (one column per `time_stride` x 10 ms) and [frames, mel bins] features."""
+    from ..frame_level import column_scores
 
-    frame, column, features = [], [], []
+    frame, column, features = {}, {}, {}
     for start in range(0, len(dataset), batch_size):
-        values = _features(fe, dataset[start:start + batch_size]["audio"])
-        frame.append(run_model(model, values).frame_logits.float().sigmoid().numpy())
-        column.append(column_scores(model, values).sigmoid().numpy())
-        features.append(values.numpy())
-    return np.concatenate(frame), np.concatenate(column), np.concatenate(features)
+        audio = dataset[start:start + batch_size]["audio"]
+        names = [Path(a["path"]).name for a in audio]
+        values = _features(fe, audio)
+        frame.update(zip(names, column_scores(model, values)))
+        column.update(zip(names, column_scores(model, values, clip_head=True)))
+        features.update(zip(names, values.numpy()))
+    return frame, column, features
 
 
 def run_event_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed: int = 0,
@@ -251,11 +277,12 @@ def run_event_demo(out_dir: str | Path, quick: bool = False, force: bool = False
     from ..configuration_ast import ASTConfig
     from ..event_tsv import read_event_tsv, write_event_tsv
     from ..feature_extraction_ast import ASTFeatureExtractor
+    from ..frame_level import FrameScores
     from ..modeling_ast import ASTForAudioClassification
-    from ..plotting import plot_frame_events
+    from ..plotting import plot_events
+    from ..sed_metrics import event_metrics
     from .collator import ASTAudioCollator
     from .normalization import compute_normalization_stats
-    from .sed_metrics import sed_scores
     from .strong_labels import column_seconds, load_event_dataset
     from .trainer import ASTTrainer, ASTTrainingArguments
 
@@ -272,6 +299,7 @@ def run_event_demo(out_dir: str | Path, quick: bool = False, force: bool = False
     with atomic_folder(out_dir, force=True) as staging:
         split_info = make_event_scenes(staging / "data", settings, workers=num_threads)
         train = load_event_dataset(staging / "data" / "train", staging / "data" / "train.tsv", labels)
+        val = load_event_dataset(staging / "data" / "val", staging / "data" / "val.tsv", labels)
         test = load_event_dataset(staging / "data" / "test", staging / "data" / "test.tsv", labels)
         fe = ASTFeatureExtractor(num_mel_bins=settings.num_mel_bins, max_length=settings.max_length)
         compute_normalization_stats(train, fe, num_clips=64)  # 64 scenes of 10 s pin mean and std well enough
@@ -299,31 +327,36 @@ def run_event_demo(out_dir: str | Path, quick: bool = False, force: bool = False
         trainer.save_model(str(staging / "model"))
         shutil.rmtree(staging / "run", ignore_errors=True)
 
-        # Score the test scenes with the saved model, reloaded as a user would.
+        # Score the validation and test scenes with the saved model, reloaded as a user would.
         reloaded = ASTForAudioClassification.from_pretrained(staging / "model")
-        frame, column, features = _score_scenes(reloaded, ASTFeatureExtractor.from_pretrained(staging / "model"), test)
+        reloaded_fe = ASTFeatureExtractor.from_pretrained(staging / "model")
+        val_frame, val_column, _ = _score_scenes(reloaded, reloaded_fe, val)
+        frame, column, features = _score_scenes(reloaded, reloaded_fe, test)
         seconds = column_seconds(config.time_stride)
-        names = [Path(a["path"]).name for a in test["audio"]]
+        val_reference = read_event_tsv(staging / "data" / "val.tsv", labels)
+        val_reference = {name: val_reference.get(name, []) for name in val_frame}
         reference = read_event_tsv(staging / "data" / "test.tsv", labels)
-        reference = {name: reference.get(name, []) for name in names}
-        results = {}
-        for method, scores in (("frame_head", frame), ("column_scores", column)):
-            estimated = {n: threshold_events(s, labels, seconds, settings.threshold, settings.median_columns)
-                         for n, s in zip(names, scores)}
-            results[method] = {**sed_scores(reference, estimated, labels), "estimated": estimated}
-        write_event_tsv(staging / "test_events.tsv", results["frame_head"].pop("estimated"))
-        results["column_scores"].pop("estimated")
-        shown = int(np.argmax([len(reference[n]) for n in names]))
-        plot_frame_events(staging / "scene.png", features[shown].T, frame[shown], labels, seconds,
-                          reference[names[shown]], threshold_events(frame[shown], labels, seconds, settings.threshold,
-                                                                    settings.median_columns),
-                          title=f"test scene {names[shown]} (unheard voices): frame-head scores and events")
+        reference = {name: reference.get(name, []) for name in frame}
+        results, estimated = {}, {}
+        for method, val_scores, scores in (("frame_head", val_frame, frame), ("column_scores", val_column, column)):
+            params = tune_postprocessing(val_scores, val_reference, labels, seconds, settings)
+            estimated[method] = _detect_all(scores, labels, seconds, params, settings.scene_seconds)
+            results[method] = {**event_metrics(reference, estimated[method], labels),
+                               "on_thresholds": {k: round(v, 3) for k, v in params.on_threshold.items()},
+                               "off_thresholds": {k: round(v, 3) for k, v in params.off_threshold.items()}}
+        write_event_tsv(staging / "test_events.tsv", estimated["frame_head"])
+        shown = max(frame, key=lambda name: len(reference[name]))
+        plot_events(FrameScores(labels, frame[shown], seconds, settings.scene_seconds, "sigmoid",
+                                features[shown].T), estimated["frame_head"][shown], staging / "scene.png",
+                    top_k=len(labels), reference=reference[shown],
+                    title=f"test scene {shown} (unheard voices): frame-head scores, events (red), truth (white)")
         metrics = {
             "event_f1": results["frame_head"]["event_f1"],
             "segment_f1": results["frame_head"]["segment_f1"],
             "frame_head": results["frame_head"],
             "column_scores": results["column_scores"],
-            "num_test_scenes": len(names),
+            "num_test_scenes": len(frame),
+            "num_val_scenes": len(val_frame),
             "num_train_scenes": len(train),
             "num_test_events": sum(len(e) for e in reference.values()),
             "labels": labels,
@@ -345,11 +378,11 @@ def run_event_demo(out_dir: str | Path, quick: bool = False, force: bool = False
         r = metrics[method]
         print(f"{method:>13}: event F1 {r['event_f1']:.3f} (class mean {r['event_f1_macro']:.3f}), segment F1 "
               f"{r['segment_f1']:.3f} (class mean {r['segment_f1_macro']:.3f})")
-    print(f"{metrics['num_test_events']} events in {len(names)} test scenes of unheard voices; "
+    print(f"{metrics['num_test_events']} events in {len(frame)} test scenes of unheard voices; "
           f"{metrics['seconds']:.0f} s in all")
     print(f"model saved to {out_dir / 'model'}; metrics in {out_dir / 'metrics.json'}")
     return metrics
 
 
-__all__ = ["run_event_demo", "make_event_scenes", "compose_scene", "threshold_events", "fit_clip_head",
+__all__ = ["run_event_demo", "make_event_scenes", "compose_scene", "tune_postprocessing", "fit_clip_head",
            "EventDemoSettings", "QUICK_EVENTS", "LABELS"]
