@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to the shared ground truth, small random models, generated audio."""
+"""Fixtures shared by the tests; the plain helpers they use live in helpers.py."""
 
 from __future__ import annotations
 
@@ -7,14 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import FIXTURES, SSAST_FIXTURES, tiny_config, trained_tiny_model
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("AST_HF_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures" / "original"
-SSAST_FIXTURES = SHARED / "fixtures" / "ssast"
-
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
@@ -32,17 +28,6 @@ def ssast_fixtures_dir() -> Path:
     return SSAST_FIXTURES
 
 
-def tiny_config(**overrides):
-    """A small AST config (2 layers, D=64) for fast tests; keyword arguments override fields."""
-    from ast_hf import ASTConfig
-
-    fields = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                  max_length=128, num_mel_bins=128, num_labels=5, layer_norm_eps=1e-6,
-                  classifier_layer_norm_eps=1e-5)
-    fields.update(overrides)
-    return ASTConfig(**fields)
-
-
 @pytest.fixture
 def tiny_model():
     import torch
@@ -51,3 +36,10 @@ def tiny_model():
 
     torch.manual_seed(0)
     return ASTForAudioClassification(tiny_config()).eval()
+
+
+@pytest.fixture(scope="session")
+def trained():
+    """(model in eval mode, feature extractor): the tiny AST trained once per test process to tell speech, a tone
+    and noise apart (`helpers.trained_tiny_model`). Shared: do not modify it."""
+    return trained_tiny_model()

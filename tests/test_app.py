@@ -23,7 +23,7 @@ import soundfile as sf
 
 pytest.importorskip("gradio", reason="the web app's extra is not installed (pip install 'ast-hf[app]')")
 
-from inference_helpers import RATE, noise, speech, tone, trained_tiny_model
+from helpers import RATE, noise, speech, tone
 
 MAX_SECONDS = 120.0  # the served app's limit; clips.long is beyond it
 TIMELINE_WIDTH = 1320  # 12 in at 110 dpi (plotting.plot_timeline)
@@ -56,9 +56,9 @@ class Clips:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
+def model_dir(tmp_path_factory, trained) -> Path:
     """The tiny AST trained on speech / tone / noise, saved as a model folder."""
-    model, fe = trained_tiny_model()
+    model, fe = trained
     folder = tmp_path_factory.mktemp("models") / "ast-tiny-speech-tone-noise"
     model.save_pretrained(folder)
     fe.save_pretrained(folder)
@@ -430,7 +430,7 @@ def _live_handlers(demo):
     return fns["listen"], fns["listen_end"]
 
 
-def test_the_live_handler_tags_as_the_streaming_tagger_does():
+def test_the_live_handler_tags_as_the_streaming_tagger_does(trained):
     """Chunks through the page's handler give the windows and events of `StreamingTagger` fed the same audio:
     exactly for a 16 kHz mono browser, up to resampling rounding for 48 kHz stereo; the end resets the session."""
     from ast_hf import StreamingTagger
@@ -438,7 +438,7 @@ def test_the_live_handler_tags_as_the_streaming_tagger_does():
     from ast_hf.audio_io import resample
     from ast_hf.inference import label_names, select_top
 
-    model, fe = trained_tiny_model()
+    model, fe = trained
     listen, end = _live_handlers(build_app(model, fe, examples=[]))
     names = label_names(model.config)
     top = lambda window: dict(select_top(np.asarray(window.scores), names, 5))  # noqa: E731

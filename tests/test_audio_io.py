@@ -17,8 +17,7 @@ from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, embed, explai
 from ast_hf.audio_io import AudioStream, TruncatedAudioWarning, audio_blocks, load_audio
 from ast_hf.pipeline import ASTAudioClassificationPipeline
 from ast_hf.training import CorruptAudioError, decode_audio
-
-from conftest import tiny_config
+from helpers import tiny_config
 
 RATE = 16000
 ATOL = 1e-5  # streamed resampling joins blocks; the same arithmetic up to float rounding
@@ -131,7 +130,7 @@ def test_sampling_rates_must_be_positive_ints(tmp_path, pipe):
     wave = _clip(RATE, 1)
     model, fe = pipe.model, pipe.feature_extractor
     as_string = r"sampling_rate must be an int number of Hz, got '16000' \(a str\); pass an int"
-    for name, call in [("load_audio", lambda rate: load_audio(path, rate)),
+    for _name, call in [("load_audio", lambda rate: load_audio(path, rate)),
                        ("AudioStream", lambda rate: AudioStream(path, rate)),
                        ("tag_long_audio", lambda rate: tag_long_audio(model, fe, wave, sampling_rate=rate,
                                                                       progress=False)),

@@ -7,8 +7,7 @@ import pytest
 import torch
 import torchaudio
 
-from ast_hf.training.augment import (feature_noise, mix_targets, mix_waveforms, sample_mixup, spec_augment,
-                                     time_shift)
+from ast_hf.training.augment import feature_noise, mix_targets, mix_waveforms, sample_mixup, spec_augment, time_shift
 
 
 def _bands(mask_1d: torch.Tensor) -> list[tuple[int, int]]:

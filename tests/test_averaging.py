@@ -9,9 +9,14 @@ import torch
 
 from ast_hf import ASTForAudioClassification
 from ast_hf.ensemble import ASTEnsemble
-from ast_hf.training.averaging import (WeightAveragingCallback, average_checkpoints,
-                                       average_state_dicts, checkpoints_for_epochs, load_weights)
-from conftest import tiny_config
+from ast_hf.training.averaging import (
+    WeightAveragingCallback,
+    average_checkpoints,
+    average_state_dicts,
+    checkpoints_for_epochs,
+    load_weights,
+)
+from helpers import tiny_config
 
 
 def _model(seed: int, **overrides) -> ASTForAudioClassification:

@@ -18,17 +18,11 @@ import torch
 
 from ast_hf import load_audio, predict_files
 from ast_hf.batch_inference import collect_inputs, part_paths
-
-from inference_helpers import RATE, noise, recording, tone, trained_tiny_model
+from helpers import RATE, noise, recording, tone
 
 REPO = Path(__file__).resolve().parents[1]
 ATOL = 1e-5
 BAD = {"corrupt.wav", "empty.wav", "missing.wav"}
-
-
-@pytest.fixture(scope="module")
-def trained():
-    return trained_tiny_model()
 
 
 @pytest.fixture(scope="module")

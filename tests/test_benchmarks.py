@@ -4,7 +4,7 @@ goals are reported by the benchmark, never enforced by timed tests)."""
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_quick_benchmark_writes_its_table_and_chart(tmp_path):

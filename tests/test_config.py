@@ -4,8 +4,7 @@ import pytest
 import transformers
 
 from ast_hf import ASTConfig
-
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 def test_defaults_match_transformers():
@@ -21,7 +20,8 @@ def test_ours_loads_in_transformers_and_back(tmp_path):
     cfg = tiny_config(frequency_stride=12, time_stride=8, max_length=300, num_labels=7)
     cfg.save_pretrained(tmp_path)
     theirs = transformers.ASTConfig.from_pretrained(tmp_path)
-    for field in ("hidden_size", "num_hidden_layers", "frequency_stride", "time_stride", "max_length", "layer_norm_eps"):
+    for field in ("hidden_size", "num_hidden_layers", "frequency_stride", "time_stride", "max_length",
+                  "layer_norm_eps"):
         assert getattr(theirs, field) == getattr(cfg, field)
     assert theirs.num_labels == 7
     theirs.save_pretrained(tmp_path / "back")
@@ -32,7 +32,8 @@ def test_ours_loads_in_transformers_and_back(tmp_path):
 
 
 def test_transformers_config_loads_here(tmp_path):
-    transformers.ASTConfig(hidden_size=384, num_attention_heads=6, max_length=512, layer_norm_eps=1e-6).save_pretrained(tmp_path)
+    theirs = transformers.ASTConfig(hidden_size=384, num_attention_heads=6, max_length=512, layer_norm_eps=1e-6)
+    theirs.save_pretrained(tmp_path)
     ours = ASTConfig.from_pretrained(tmp_path)
     assert (ours.hidden_size, ours.num_attention_heads, ours.max_length, ours.layer_norm_eps) == (384, 6, 512, 1e-6)
 

@@ -14,8 +14,13 @@ import soundfile as sf
 import torch
 
 from ast_hf import ASTFeatureExtractor
-from ast_hf.training import (ASTAudioCollator, CorruptAudioError, compute_normalization_stats, decode_audio,
-                             load_audio_dataset)
+from ast_hf.training import (
+    ASTAudioCollator,
+    CorruptAudioError,
+    compute_normalization_stats,
+    decode_audio,
+    load_audio_dataset,
+)
 
 RATE = 16000
 
@@ -103,7 +108,8 @@ def test_unknown_label_is_named(tmp_path):
     sf.write(path, _tone(700.0), RATE)
     fe = ASTFeatureExtractor(max_length=64)
     collator = ASTAudioCollator(fe, num_labels=2, label2id={"cat": 0, "bird": 1})
-    with pytest.raises(ValueError, match=r"label 'dog' of .*dog_bark.wav is not in the label map \(2 labels: cat, bird"):
+    with pytest.raises(ValueError,
+                       match=r"label 'dog' of .*dog_bark.wav is not in the label map \(2 labels: cat, bird"):
         collator([{"audio": {"path": str(path), "bytes": None}, "label": "dog"}])
     with pytest.raises(ValueError, match=r"label index 7 of .*dog_bark.wav is outside \[0, 2\)"):
         collator([{"audio": {"path": str(path), "bytes": None}, "label": 7}])

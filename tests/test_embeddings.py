@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, ASTModel, embed
-
-from conftest import tiny_config
-from inference_helpers import RATE, recording
+from helpers import RATE, recording, tiny_config
 
 ATOL = 1e-5
 

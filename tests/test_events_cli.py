@@ -13,16 +13,16 @@ import soundfile as sf
 from ast_hf import tag_long_audio
 from ast_hf.cli import main
 from ast_hf.event_tsv import read_event_tsv
-from inference_helpers import RATE, recording, trained_tiny_model
+from helpers import RATE, recording
 
 THRESHOLDS = ["--label-threshold", "tone=0.4:0.3", "--label-threshold", "noise=0.6:0.4", "--label-threshold",
               "speech=0.6:0.4", "--median-filter", "5", "--min-duration", "0.5", "--merge-gap", "0.3"]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, trained):
     root = tmp_path_factory.mktemp("events")
-    model, fe = trained_tiny_model()
+    model, fe = trained
     model.save_pretrained(root / "model")
     fe.save_pretrained(root / "model")
     wave, _ = recording()  # speech 0-4 s, tone 4-8 s, noise 8-12 s
@@ -86,10 +86,10 @@ def stdin_run(capsys, monkeypatch, data: bytes, *argv):
     return run(capsys, "listen", *argv)
 
 
-def test_listen_stdin_prints_the_window_scores_of_tag_long_audio(files, capsys, monkeypatch):
+def test_listen_stdin_prints_the_window_scores_of_tag_long_audio(files, trained, capsys, monkeypatch):
     wave = sf.read(files / "scene.wav", dtype="float32")[0][: 3 * RATE]
     pcm = np.clip(np.round(wave * 32768), -32768, 32767).astype("<i2")
-    tags = tag_long_audio(*trained_tiny_model(), pcm.astype(np.float32) / 32768, sampling_rate=RATE, hop=0.5,
+    tags = tag_long_audio(*trained, pcm.astype(np.float32) / 32768, sampling_rate=RATE, hop=0.5,
                           progress=False)
     code, out, err = stdin_run(capsys, monkeypatch, pcm.tobytes(), "--stdin", "--model", files / "model", "--hop",
                                "0.5", "--top-k", "0", "--block", "0.07")

@@ -10,9 +10,7 @@ import transformers
 from ast_hf import ASTForAudioClassification, attention_rollout, explain
 from ast_hf.explanation import token_to_patch_map
 from ast_hf.plotting import patch_map_to_pixels
-
-from conftest import tiny_config
-from inference_helpers import RATE, recording, trained_tiny_model
+from helpers import RATE, recording, tiny_config
 
 ATOL = 1e-5
 
@@ -85,8 +83,8 @@ def test_patch_map_layout_is_frequency_major():
     assert pixels[5, 5] == 0.0 and np.isnan(pixels[:, 46:]).all() and not np.isnan(pixels[:, :46]).any()
 
 
-def test_explain_a_clip_and_draw_it(tmp_path):
-    model, fe = trained_tiny_model()
+def test_explain_a_clip_and_draw_it(tmp_path, trained):
+    model, fe = trained
     wave, _ = recording()
     clip = wave[int(3.4 * RATE):int(4.6 * RATE)]  # speech, then the tone starting at 4 s
     result = explain(model, fe, clip, sampling_rate=RATE)
@@ -106,12 +104,12 @@ def test_explain_a_clip_and_draw_it(tmp_path):
         explain(model, fe, clip, sampling_rate=RATE, head_fusion="median")
 
 
-def test_a_segment_is_explained_and_drawn_in_seconds_of_the_recording(tmp_path):
+def test_a_segment_is_explained_and_drawn_in_seconds_of_the_recording(tmp_path, trained):
     """`explain(start=S, duration=D)` explains exactly that segment, and the plot's time axes run from S (as
     `ast-hf explain --start S` shows them), not from 0."""
     from ast_hf.plotting import explanation_figure
 
-    model, fe = trained_tiny_model()
+    model, fe = trained
     wave, _ = recording()
     segment = explain(model, fe, wave, sampling_rate=RATE, start=3.5, duration=1.0)
     cut = explain(model, fe, wave[int(3.5 * RATE):int(4.5 * RATE)], sampling_rate=RATE)

@@ -7,12 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from ast_hf import ASTForAudioClassification, ASTModel, compare_models, compile_model, export_onnx, quantize_dynamic_int8
+from ast_hf import (
+    ASTForAudioClassification,
+    ASTModel,
+    compare_models,
+    compile_model,
+    export_onnx,
+    quantize_dynamic_int8,
+)
 from ast_hf.cli import main
 from ast_hf.export import parameter_megabytes
-
-from conftest import tiny_config
-from inference_helpers import CLIP_SECONDS, RATE, noise, speech, trained_tiny_model
+from helpers import CLIP_SECONDS, RATE, noise, speech, tiny_config
 
 ATOL = 1e-4  # fp32, as the issue asks
 
@@ -88,8 +93,8 @@ def held_out_set(fe):
     return x, torch.tensor([0] * 10 + [1] * 10 + [2] * 10)
 
 
-def test_dynamic_int8_accuracy_change_is_measured_and_small():
-    model, fe = trained_tiny_model()
+def test_dynamic_int8_accuracy_change_is_measured_and_small(trained):
+    model, fe = trained
     quantized = quantize_dynamic_int8(model)
     assert type(quantized.audio_spectrogram_transformer.encoder.layer[0].intermediate.dense).__module__.startswith(
         "torch.ao.nn.quantized")

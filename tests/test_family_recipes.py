@@ -12,7 +12,7 @@ import torch
 
 from ast_hf import ASTForAudioClassification, convert_original_checkpoint
 from ast_hf.training.recipes import get_recipe
-from conftest import REPO
+from helpers import REPO
 from test_imagenet_init import timm_deit
 from test_ssast import pretraining_checkpoint
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ast_hf import ASTForAudioClassification, ASTModel
 from ast_hf.frame_level import column_scores
 from ast_hf.modeling_ast import ASTAudioClassificationOutput
-from conftest import tiny_config
+from helpers import tiny_config
 
 FRAMES = 128  # patch 16, time stride 10: (128 - 16) // 10 + 1 = 12 columns of 100 ms
 

@@ -12,8 +12,7 @@ from ast_hf.frame_level import column_count, column_scores, frame_scores
 from ast_hf.inference import featurize
 from ast_hf.sed_metrics import event_metrics
 from ast_hf.sound_events import EventPostprocessing, detect_events
-from conftest import tiny_config
-from inference_helpers import RATE, recording, trained_tiny_model
+from helpers import RATE, recording, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +68,8 @@ def test_long_recordings_take_each_column_from_the_window_where_it_is_most_centr
     assert np.abs(short.scores - alone).max() <= 1e-5
 
 
-def test_a_trained_model_finds_the_onsets_of_a_known_scene():
-    model, fe = trained_tiny_model()
+def test_a_trained_model_finds_the_onsets_of_a_known_scene(trained):
+    model, fe = trained
     wave, (tone_on, noise_on) = recording()  # speech 0-4 s, a tone 4-8 s, pink noise 8-12 s
     result = frame_scores(model, fe, wave, sampling_rate=RATE, progress=False)
     assert result.scores.shape[1] == 3 and np.allclose(result.scores.sum(axis=1), 1, atol=1e-5)  # softmax

@@ -9,8 +9,7 @@ import torch
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, hear
 from ast_hf.frame_level import column_tokens
 from ast_hf.inference import featurize
-
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import transformers
 from safetensors.torch import save_file
 
 from ast_hf import ASTForAudioClassification, ASTModel
-
 from test_convert import original_state_dict, random_input, reference_logits, reference_tokens
 
 pytestmark = pytest.mark.numeric

@@ -10,9 +10,7 @@ import torch
 
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification
 from ast_hf.cli import main
-
-from conftest import tiny_config
-from inference_helpers import RATE, recording
+from helpers import RATE, recording, tiny_config
 
 LABELS = ["speech", "tone", "noise"]
 

@@ -14,8 +14,7 @@ import torch
 
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, ASTModel
 from ast_hf.cli import main
-
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,7 @@ import torch
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, load_audio
 from ast_hf.audio_io import AudioStream
 from ast_hf.long_audio import iter_windows, tag_long_audio, window_starts
-
-from conftest import tiny_config
-from inference_helpers import RATE, recording, trained_tiny_model
+from helpers import RATE, recording, tiny_config
 
 ATOL = 1e-5  # fp32 scores, same arithmetic in a different order
 
@@ -24,11 +22,6 @@ def boundaries(starts, ends, labels):
     """Times where the argmax label changes: halfway between the two windows' centres."""
     centres = (np.asarray(starts) + np.asarray(ends)) / 2
     return [float((centres[i] + centres[i + 1]) / 2) for i in range(len(labels) - 1) if labels[i] != labels[i + 1]]
-
-
-@pytest.fixture(scope="module")
-def trained():
-    return trained_tiny_model()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ast_hf import ASTForAudioClassification, onednn
-from conftest import tiny_config
+from helpers import tiny_config
 
 pytestmark = [pytest.mark.numeric,
               pytest.mark.skipif(not onednn.BF16_UNITS, reason="this CPU has no bf16 units (oneDNN builds no bf16 "

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from ast_hf import ASTForAudioClassification, ASTModel
-
-from conftest import tiny_config
+from helpers import tiny_config
 
 pytestmark = pytest.mark.numeric
 

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 import transformers
 
 from ast_hf import ASTConfig, ASTForAudioClassification, ASTModel, onednn
-
-from conftest import tiny_config
+from helpers import tiny_config
 
 pytestmark = pytest.mark.numeric
 

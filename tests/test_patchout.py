@@ -10,7 +10,7 @@ import torch
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification
 from ast_hf.modeling_ast import Patchout
 from ast_hf.training import ASTAudioCollator, ASTTrainer, ASTTrainingArguments
-from conftest import tiny_config
+from helpers import tiny_config
 
 pytestmark = pytest.mark.numeric
 

@@ -10,8 +10,7 @@ from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, 
 
 import ast_hf
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification
-
-from conftest import tiny_config
+from helpers import tiny_config
 
 SR = 16000
 

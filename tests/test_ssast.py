@@ -19,7 +19,6 @@ import ast_hf
 from ast_hf import ASTForAudioClassification, ASTModel, convert_original_checkpoint
 from ast_hf.cli import main
 from ast_hf.convert import convert_state_dict
-
 from test_convert import original_state_dict, random_input, reference_logits
 
 pytestmark = pytest.mark.numeric

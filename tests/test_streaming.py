@@ -8,9 +8,7 @@ import torch
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, tag_long_audio
 from ast_hf.sound_events import EventPostprocessing, detect_events
 from ast_hf.streaming import IncrementalFeatures, StreamingTagger
-
-from conftest import tiny_config
-from inference_helpers import RATE, noise, tone
+from helpers import RATE, noise, tiny_config, tone
 
 ATOL = 1e-5
 
@@ -101,7 +99,9 @@ def test_events_are_reported_once_and_equal_offline_detection(model_fe):
     centres = np.array([(w.start + w.end) / 2 for w in windows])
     assert np.allclose(np.diff(centres), 0.16)  # 6 s is a whole number of hops: no end-aligned window
     offline = detect_events(np.stack([w.scores for w in windows]), labels, 0.16, params, start=centres[0] - 0.08)
-    key = lambda e: (e.onset, e.label)
+    def key(event):
+        return event.onset, event.label
+
     assert sorted(events, key=key) == sorted(offline, key=key)
 
 

@@ -12,7 +12,7 @@ from ast_hf import ASTFeatureExtractor
 from ast_hf.event_tsv import EventTableError, SoundEvent
 from ast_hf.training import ASTAudioCollator
 from ast_hf.training.strong_labels import event_columns, frame_targets, load_event_dataset
-from conftest import tiny_config
+from helpers import tiny_config
 
 HEADER = "filename\tonset\toffset\tevent_label\n"
 LABELS = ["dog", "speech"]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ast_hf import ASTForAudioClassification
 from ast_hf.modeling_ast import TokenReduction
-from conftest import tiny_config
+from helpers import tiny_config
 
 pytestmark = pytest.mark.numeric
 

@@ -17,7 +17,7 @@ import torch
 
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification
 from ast_hf.training import ASTAudioCollator, ASTTrainer, ASTTrainingArguments, load_audio_dataset
-from conftest import REPO, tiny_config
+from helpers import REPO, tiny_config
 
 RATE = 16000
 FRAMES = 48  # 0.5 s clips: 48 frames

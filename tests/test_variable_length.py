@@ -10,8 +10,7 @@ import torch
 import transformers
 
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification
-
-from conftest import tiny_config
+from helpers import tiny_config
 
 pytestmark = pytest.mark.numeric
 

@@ -11,16 +11,20 @@ come from `ast_hf.sed_metrics`). `datasets` is imported only when a data set is 
 ensembles) lives in `ast_hf.ensemble` and is re-exported here.
 """
 
-from .augment import feature_noise, mix_targets, mix_waveforms, sample_mixup, spec_augment, time_shift
 from ..ensemble import ASTEnsemble, ASTEnsembleOutput
-from .averaging import (WeightAveragingCallback, average_checkpoints, average_state_dicts, checkpoints_for_epochs,
-                        load_weights)
+from .augment import feature_noise, mix_targets, mix_waveforms, sample_mixup, spec_augment, time_shift
+from .averaging import (
+                        WeightAveragingCallback,
+                        average_checkpoints,
+                        average_state_dicts,
+                        checkpoints_for_epochs,
+                        load_weights,
+)
 from .collator import ASTAudioCollator
 from .data import CorruptAudioError, check_not_empty, decode_audio, label_names, load_audio_dataset, verify_audio
 from .demo import DemoSettings, run_demo
 from .event_demo import EventDemoSettings, run_event_demo
-from .metrics import (accuracy, average_precision, classification_metrics, compute_metrics, d_prime, metric_path,
-                      roc_auc)
+from .metrics import accuracy, average_precision, classification_metrics, compute_metrics, d_prime, metric_path, roc_auc
 from .normalization import compute_normalization_stats
 from .recipes import RECIPES, Recipe, get_recipe
 from .sampling import balanced_sample_weights, balanced_sampler

@@ -203,10 +203,10 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed
     `started` (a `time.perf_counter()` value) lets a caller count its own start-up in `seconds`."""
     from transformers import pipeline
 
+    from ..atomic_io import atomic_folder
     from ..configuration_ast import ASTConfig
     from ..feature_extraction_ast import ASTFeatureExtractor
     from ..modeling_ast import ASTForAudioClassification
-    from ..atomic_io import atomic_folder
     from .collator import ASTAudioCollator
     from .data import decode_audio, label_names, load_audio_dataset
     from .normalization import compute_normalization_stats

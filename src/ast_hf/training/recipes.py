@@ -1,13 +1,17 @@
 """The authors' fine-tuning recipes (YuanGongND/ast `egs/*/run*.sh`, YuanGongND/ssast `src/finetune/*/run*.sh`) as
 data, for `examples/finetune.py`.
 
-| recipe | frames | lr | epochs | batch | freqm | timem | mixup | noise | loss | decay (start, every, factor) | extras |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
-| esc50 | 512 | 1e-5 | 25 | 48 | 24 | 96 | 0 | no | CE | 5, 1, 0.85 | 5-fold cross-validation |
-| speechcommands | 128 | 2.5e-4 | 30 | 128 | 48 | 48 | 0.6 | yes | BCE | 5, 1, 0.85 | |
-| audioset | 1024 | 1e-5 | 5 | 12 | 48 | 192 | 0.5 | no | BCE | 2, 1, 0.5 | balanced sampling, 1000 warm-up steps, weight averaging epochs 1-5 |
-| ssast-speechcommands | 128 | 2.5e-4 | 30 | 128 | 48 | 48 | 0.6 | yes | BCE | 5, 1, 0.85 | Frame model (128x2) at strides 128/1, mean pooling, 1000 warm-up steps |
-| ssast-esc50 | 512 | 1e-4 | 50 | 48 | 24 | 96 | 0 | yes | CE | 6, 1, 0.85 | Patch model (16x16) at strides 10/10, mean pooling, 5-fold cross-validation |
+| recipe | frames | lr | epochs | batch | freqm | timem | mixup | noise | loss | decay (start, every, factor) |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| esc50 | 512 | 1e-5 | 25 | 48 | 24 | 96 | 0 | no | CE | 5, 1, 0.85 |
+| speechcommands | 128 | 2.5e-4 | 30 | 128 | 48 | 48 | 0.6 | yes | BCE | 5, 1, 0.85 |
+| audioset | 1024 | 1e-5 | 5 | 12 | 48 | 192 | 0.5 | no | BCE | 2, 1, 0.5 |
+| ssast-speechcommands | 128 | 2.5e-4 | 30 | 128 | 48 | 48 | 0.6 | yes | BCE | 5, 1, 0.85 |
+| ssast-esc50 | 512 | 1e-4 | 50 | 48 | 24 | 96 | 0 | yes | CE | 6, 1, 0.85 |
+
+Extras: esc50 and ssast-esc50 are 5-fold cross-validated; audioset uses balanced sampling, 1000 warm-up steps and
+weight averaging of epochs 1-5; ssast-speechcommands is the Frame model (128x2) at strides 128/1 with mean pooling
+and 1000 warm-up steps; ssast-esc50 the Patch model (16x16) at strides 10/10 with mean pooling.
 
 ESC-50 and AudioSet start from the AudioSet-pretrained model (ESC-50: `audioset_pretrain=True`, lr 1e-5);
 the authors' Speech Commands run starts from ImageNet (DeiT) weights: `examples/finetune.py --imagenet DEIT`

@@ -1,14 +1,32 @@
-"""Shared by the inference tests: speech / tone / noise audio made on the spot (espeak-ng, sox) and a tiny AST
-trained in a few seconds to tell the three apart."""
+"""Helpers shared by the tests (imported as `from helpers import ...`): paths to the shared ground truth, a tiny
+AST config, speech / tone / noise audio made on the spot (espeak-ng, sox) and a tiny AST trained in a few seconds to
+tell the three apart. Fixtures live in conftest.py."""
 
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from conftest import tiny_config
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("AST_HF_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures" / "original"
+SSAST_FIXTURES = SHARED / "fixtures" / "ssast"
+
+
+def tiny_config(**overrides):
+    """A small AST config (2 layers, D=64) for fast tests; keyword arguments override fields."""
+    from ast_hf import ASTConfig
+
+    fields = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                  max_length=128, num_mel_bins=128, num_labels=5, layer_norm_eps=1e-6,
+                  classifier_layer_norm_eps=1e-5)
+    fields.update(overrides)
+    return ASTConfig(**fields)
+
 
 RATE = 16000
 CLASSES = ["speech", "tone", "noise"]
@@ -98,7 +116,7 @@ def trained_tiny_model():
     y = torch.tensor(labels)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()
-    for step in range(50):
+    for _ in range(50):
         index = torch.from_numpy(rng.choice(len(y), size=24, replace=False))
         loss = model(input_values=x[index], labels=y[index]).loss
         optimizer.zero_grad()
