@@ -72,6 +72,10 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         `in_place` overwrites `features` (the extractor's own output buffer) instead of copying it."""
         return (features if in_place else features.clone()).sub_(self.mean).div_(2 * self.std)
 
+    def _normalisation(self) -> dict:
+        """`log_mel_filterbank`'s shift and scale for this extractor: the normalisation done inside the filterbank."""
+        return {"shift": self.mean, "scale": 2 * self.std} if self.do_normalize else {}
+
     @property
     def min_samples(self) -> int:
         """Samples in one analysis frame (25 ms): the shortest clip that yields a feature frame."""
@@ -201,17 +205,17 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
             target = min(target, max_length)
         if truncation is False:
             target = max(target, longest)
-        # Written straight at the target length: padding frames are 0, frames past it never computed.
+        # Written straight at the target length, normalised in the same pass: padding frames hold a zero log-mel
+        # (normalised), frames past the target are never computed.
         features, frames = log_mel_filterbank(waveforms, lengths, sampling_rate=self.sampling_rate,
-                                              num_mel_bins=self.num_mel_bins, output_frames=target)
+                                              num_mel_bins=self.num_mel_bins, output_frames=target,
+                                              **self._normalisation())
         if longest > target and truncation is None:
             logger.warning(
                 "%d clip(s) longer than %d frames (%.2f s) were cut to that length; the rest is not seen by the "
                 "model. Use ast_hf.tag_long_audio (sliding windows) or padding='longest' for variable-length input.",
                 int((frames > target).sum()), target, target / 100)
         frames = frames.clamp(max=target)
-        if self.do_normalize:
-            features = self.normalize(features, in_place=True)
         data = {"input_values": features}
         if return_attention_mask if return_attention_mask is not None else self.return_attention_mask:
             data["attention_mask"] = (torch.arange(target, device=features.device)[None, :]

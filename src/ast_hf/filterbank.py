@@ -169,6 +169,8 @@ def log_mel_filterbank(
     frames_per_chunk: int = FRAMES_PER_CHUNK,
     output_frames: int | None = None,
     banded_mel: bool | None = None,
+    shift: float = 0.0,
+    scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-mel filterbank of a batch of mono waveforms (not differentiable).
 
@@ -181,10 +183,13 @@ def log_mel_filterbank(
             computed, frames past a clip's end are 0.
         banded_mel: multiply only each filter group's band of FFT bins (default: on a CPU) instead of the
             dense mel matrix (default elsewhere: one matmul beats many small ones on a GPU).
+        shift, scale: return (log-mel - shift) / scale, computed in float64 before the one rounding and while the
+            chunk is in cache (the AST's normalisation is shift = mean, scale = 2 std).
 
     Returns:
         (features [batch, frames, num_mel_bins] float32 on the input's device, with frames past a clip's end
-        set to 0; frames_per_clip [batch] int64, not capped by `output_frames`).
+        set to the value of a zero log-mel, (0 - shift) / scale; frames_per_clip [batch] int64, not capped by
+        `output_frames`).
     """
     if waveforms.ndim != 2:
         raise ValueError(f"expected waveforms of shape [batch, samples], got {tuple(waveforms.shape)}")
@@ -204,8 +209,12 @@ def log_mel_filterbank(
     # Frames [0, computed) are written chunk by chunk; every frame past a clip's end is zeroed at the end.
     features = torch.empty(batch, output_frames, num_mel_bins, dtype=torch.float32, device=device)
     computed = min(max_frames, output_frames)
+    if scale <= 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    padding = (0.0 - shift) / scale
+    normalise = shift != 0.0 or scale != 1.0
     if computed == 0:
-        return features.zero_(), frames_per_clip
+        return features.fill_(padding), frames_per_clip
 
     mel_key = (num_mel_bins, n_fft, sampling_rate, float(low_freq), float(high_freq))
     if banded_mel is None:
@@ -243,13 +252,16 @@ def log_mel_filterbank(
         else:
             energies = torch.mm(squares, mel, out=energies_buffer[: batch * count])
         # In place on the contiguous energies, then one copy (log through out= into the strided slice was 3x slower).
-        features[:, start:stop] = torch.clamp_min_(energies, FLOAT32_EPS).log_().view(batch, count, num_mel_bins)
-    # Frames past each clip's end were computed from padding (or not at all): zero them.
+        log_mel = torch.clamp_min_(energies, FLOAT32_EPS).log_()
+        if normalise:
+            log_mel.sub_(shift).div_(scale)
+        features[:, start:stop] = log_mel.view(batch, count, num_mel_bins)
+    # Frames past each clip's end were computed from padding (or not at all): they hold a zero log-mel.
     if device.type == "cpu":  # only the frames concerned (lengths are on the host: no device sync)
-        features[:, computed:] = 0.0
+        features[:, computed:] = padding
         for clip in (frames_per_clip < computed).nonzero().flatten().tolist():
-            features[clip, int(frames_per_clip[clip]):computed] = 0.0
+            features[clip, int(frames_per_clip[clip]):computed] = padding
     else:  # one kernel, no host round trip
         past_end = torch.arange(output_frames, device=device).unsqueeze(0) >= frames_per_clip.unsqueeze(1)
-        features.masked_fill_(past_end.unsqueeze(-1), 0.0)
+        features.masked_fill_(past_end.unsqueeze(-1), padding)
     return features, frames_per_clip

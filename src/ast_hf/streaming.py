@@ -63,9 +63,8 @@ class IncrementalFeatures:
             return np.zeros((0, self.fe.num_mel_bins), np.float32)
         used = (complete - 1) * self.frame_hop + self.frame_length
         features, _ = log_mel_filterbank(torch.from_numpy(self._samples[None, :used]),
-                                         sampling_rate=self.fe.sampling_rate, num_mel_bins=self.fe.num_mel_bins)
-        if self.fe.do_normalize:
-            features = self.fe.normalize(features, in_place=True)
+                                         sampling_rate=self.fe.sampling_rate, num_mel_bins=self.fe.num_mel_bins,
+                                         **self.fe._normalisation())
         self._samples = self._samples[complete * self.frame_hop:]
         self.frames_done += complete
         return features[0].numpy()
