@@ -14,9 +14,8 @@ once. In float32 the FFT's rounding error is a fixed fraction of a frame's total
 the frame's loudest (the empty bands of a sweep, any band of a signal riding on a large DC offset or at int16
 scale) lose digits, and how many depends on the host's FFT and matmul kernels: a float32 filterbank is off from
 the exact Kaldi answer by as much as torchaudio's own float32 fbank, more or less by host. In float64 the only
-error left is the output's own float32 rounding (half a unit in the last place), on every host, at about the
-cost of the float32 path on a CPU (the FFT and the band products are memory-bound at these sizes; see
-benchmarks/). Apple's MPS has no float64: there the work stays in float32.
+error left is the output's own float32 rounding (half a unit in the last place), on every host; the float64
+work costs some speed (benchmarks/results/). Apple's MPS has no float64: there the work stays in float32.
 
 All clips of a batch go through the same tensor operations; the work is cut into chunks of frames so
 that the intermediate spectra stay in cache (one giant FFT over the whole batch measured slower on CPU).
