@@ -196,6 +196,17 @@ def confusion_table(labels: list[str], truth: list[int], predicted: list[int]) -
     return "\n".join(rows)
 
 
+def begin_demo(out_dir: str | Path, force: bool, seed: int, num_threads: int) -> Path:
+    """What every demo does first: refuse a non-empty `out_dir` unless `force` (nothing is touched then), take
+    `num_threads` CPU threads and seed torch. Returns `out_dir` as a Path."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --force to replace it")
+    torch.set_num_threads(num_threads)
+    torch.manual_seed(seed)
+    return out_dir
+
+
 def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed: int = 0,
              num_threads: int = 2, settings: DemoSettings | None = None, started: float | None = None) -> dict:
     """Run the whole demo into `out_dir` and return the metrics written to `out_dir/metrics.json`.
@@ -213,12 +224,8 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed
     from .trainer import ASTTrainer, ASTTrainingArguments
 
     start = time.perf_counter() if started is None else started
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --force to replace it")
     settings = replace(settings or (QUICK if quick else DemoSettings()), seed=seed)
-    torch.set_num_threads(num_threads)
-    torch.manual_seed(settings.seed)
+    out_dir = begin_demo(out_dir, force, settings.seed, num_threads)
 
     with atomic_folder(out_dir, force=True) as staging:
         split_info = make_demo_data(staging / "data", settings, workers=num_threads)

@@ -282,17 +282,14 @@ def run_event_demo(out_dir: str | Path, quick: bool = False, force: bool = False
     from ..plotting import plot_events
     from ..sed_metrics import event_metrics
     from .collator import ASTAudioCollator
+    from .demo import begin_demo
     from .normalization import compute_normalization_stats
     from .strong_labels import column_seconds, load_event_dataset
     from .trainer import ASTTrainer, ASTTrainingArguments
 
     start = time.perf_counter() if started is None else started
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass --force to replace it")
     settings = replace(settings or (QUICK_EVENTS if quick else EventDemoSettings()), seed=seed)
-    torch.set_num_threads(num_threads)
-    torch.manual_seed(settings.seed)
+    out_dir = begin_demo(out_dir, force, settings.seed, num_threads)
     labels = list(LABELS)
     label2id = {x: i for i, x in enumerate(labels)}
 
