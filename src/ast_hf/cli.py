@@ -547,8 +547,9 @@ def _add_app(sub) -> None:
     p = sub.add_parser("app", help="a local web app (Gradio): tag, plot and explain recordings in the browser",
                        description="Serve a Gradio page that tags uploaded or recorded audio of any length: top "
                        "labels, the timeline over the whole recording, the attention rollout over the spectrogram, "
-                       "CSV/JSON downloads. Binds to 127.0.0.1 (this machine only) unless --host says otherwise. "
-                       "Needs the app extra: pip install 'ast-hf[app]'.")
+                       "sound events with onsets and offsets, live tags from the microphone, CSV/JSON/TSV "
+                       "downloads. Binds to 127.0.0.1 (this machine only) unless --host says otherwise. Needs the "
+                       "app extra: pip install 'ast-hf[app]'.")
     p.add_argument("--model", required=True, metavar="DIR_OR_HUB_ID")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; 0.0.0.0 serves every network the machine is on)")
