@@ -207,6 +207,33 @@ def begin_demo(out_dir: str | Path, force: bool, seed: int, num_threads: int) ->
     return out_dir
 
 
+def demo_config(settings, labels: list[str], **fields):
+    """The demos' AST config: the model sizes and patch grid of `settings` (a `DemoSettings` or
+    `EventDemoSettings`), the authors' LayerNorm eps, `labels` as the label map; `fields` add to it."""
+    from ..configuration_ast import ASTConfig
+
+    return ASTConfig(
+        hidden_size=settings.hidden_size, num_hidden_layers=settings.num_hidden_layers,
+        num_attention_heads=settings.num_attention_heads, intermediate_size=settings.intermediate_size,
+        patch_size=settings.patch_size, frequency_stride=settings.frequency_stride,
+        time_stride=settings.time_stride, max_length=settings.max_length, num_mel_bins=settings.num_mel_bins,
+        layer_norm_eps=1e-6, classifier_layer_norm_eps=1e-5, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)}, **fields)
+
+
+def demo_training_arguments(settings, output_dir: Path, **fields):
+    """The demos' `ASTTrainingArguments`: epochs, batch, optimiser and schedule of `settings`, on the CPU, no
+    evaluation or checkpoints during training; `fields` add to them."""
+    from .trainer import ASTTrainingArguments
+
+    return ASTTrainingArguments(
+        output_dir=str(output_dir), num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay, warmup_steps=settings.warmup_ratio, lr_scheduler_type="cosine",
+        eval_strategy="no", save_strategy="no", logging_strategy="epoch", use_cpu=True, seed=settings.seed,
+        dataloader_num_workers=0, report_to="none", **fields)
+
+
 def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed: int = 0,
              num_threads: int = 2, settings: DemoSettings | None = None, started: float | None = None) -> dict:
     """Run the whole demo into `out_dir` and return the metrics written to `out_dir/metrics.json`.
@@ -215,13 +242,12 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed
     from transformers import pipeline
 
     from ..atomic_io import atomic_folder
-    from ..configuration_ast import ASTConfig
     from ..feature_extraction_ast import ASTFeatureExtractor
     from ..modeling_ast import ASTForAudioClassification
     from .collator import ASTAudioCollator
     from .data import decode_audio, label_names, load_audio_dataset
     from .normalization import compute_normalization_stats
-    from .trainer import ASTTrainer, ASTTrainingArguments
+    from .trainer import ASTTrainer
 
     start = time.perf_counter() if started is None else started
     settings = replace(settings or (QUICK if quick else DemoSettings()), seed=seed)
@@ -233,23 +259,11 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed
         labels = label_names(data["train"])
         fe = ASTFeatureExtractor(num_mel_bins=settings.num_mel_bins, max_length=settings.max_length)
         compute_normalization_stats(data["train"], fe)
-        config = ASTConfig(
-            hidden_size=settings.hidden_size, num_hidden_layers=settings.num_hidden_layers,
-            num_attention_heads=settings.num_attention_heads, intermediate_size=settings.intermediate_size,
-            patch_size=settings.patch_size, frequency_stride=settings.frequency_stride,
-            time_stride=settings.time_stride, max_length=settings.max_length, num_mel_bins=settings.num_mel_bins,
-            layer_norm_eps=1e-6, classifier_layer_norm_eps=1e-5, num_labels=len(labels),
-            id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)},
-            problem_type="single_label_classification")
+        config = demo_config(settings, labels, problem_type="single_label_classification")
         model = ASTForAudioClassification(config)
         collator = ASTAudioCollator(fe, num_labels=len(labels), freqm=settings.freqm, timem=settings.timem,
                                     mixup=settings.mixup, noise=True)
-        args = ASTTrainingArguments(
-            output_dir=str(staging / "run"), num_train_epochs=settings.epochs,
-            per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=64,
-            learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
-            warmup_steps=settings.warmup_ratio, lr_scheduler_type="cosine", eval_strategy="no", save_strategy="no",
-            logging_strategy="epoch", use_cpu=True, seed=settings.seed, dataloader_num_workers=0, report_to="none")
+        args = demo_training_arguments(settings, staging / "run", per_device_eval_batch_size=64)
         trainer = ASTTrainer(model=model, args=args, data_collator=collator, train_dataset=data["train"])
         trainer.train()
         test = trainer.predict(data["test"], metric_key_prefix="test")

@@ -274,7 +274,6 @@ def run_event_demo(out_dir: str | Path, quick: bool = False, force: bool = False
 
     `started` (a `time.perf_counter()` value) lets a caller count its own start-up in `seconds`."""
     from ..atomic_io import atomic_folder
-    from ..configuration_ast import ASTConfig
     from ..event_tsv import read_event_tsv, write_event_tsv
     from ..feature_extraction_ast import ASTFeatureExtractor
     from ..frame_level import FrameScores
@@ -282,10 +281,10 @@ def run_event_demo(out_dir: str | Path, quick: bool = False, force: bool = False
     from ..plotting import plot_events
     from ..sed_metrics import event_metrics
     from .collator import ASTAudioCollator
-    from .demo import begin_demo
+    from .demo import begin_demo, demo_config, demo_training_arguments
     from .normalization import compute_normalization_stats
     from .strong_labels import column_seconds, load_event_dataset
-    from .trainer import ASTTrainer, ASTTrainingArguments
+    from .trainer import ASTTrainer
 
     start = time.perf_counter() if started is None else started
     settings = replace(settings or (QUICK_EVENTS if quick else EventDemoSettings()), seed=seed)
@@ -300,24 +299,12 @@ def run_event_demo(out_dir: str | Path, quick: bool = False, force: bool = False
         test = load_event_dataset(staging / "data" / "test", staging / "data" / "test.tsv", labels)
         fe = ASTFeatureExtractor(num_mel_bins=settings.num_mel_bins, max_length=settings.max_length)
         compute_normalization_stats(train, fe, num_clips=64)  # 64 scenes of 10 s pin mean and std well enough
-        config = ASTConfig(
-            hidden_size=settings.hidden_size, num_hidden_layers=settings.num_hidden_layers,
-            num_attention_heads=settings.num_attention_heads, intermediate_size=settings.intermediate_size,
-            patch_size=settings.patch_size, frequency_stride=settings.frequency_stride,
-            time_stride=settings.time_stride, max_length=settings.max_length, num_mel_bins=settings.num_mel_bins,
-            layer_norm_eps=1e-6, classifier_layer_norm_eps=1e-5, num_labels=len(labels),
-            id2label=dict(enumerate(labels)), label2id=label2id, problem_type="multi_label_classification",
-            frame_head=True)
+        config = demo_config(settings, labels, problem_type="multi_label_classification", frame_head=True)
         model = ASTForAudioClassification(config)
         collator = ASTAudioCollator(fe, num_labels=len(labels), label2id=label2id, events_column="events",
                                     clip_labels=False, freqm=settings.freqm, timem=settings.timem,
                                     mixup=settings.mixup)
-        args = ASTTrainingArguments(
-            output_dir=str(staging / "run"), num_train_epochs=settings.epochs,
-            per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-            weight_decay=settings.weight_decay, warmup_steps=settings.warmup_ratio, lr_scheduler_type="cosine",
-            eval_strategy="no", save_strategy="no", logging_strategy="epoch", use_cpu=True, seed=settings.seed,
-            dataloader_num_workers=0, report_to="none")
+        args = demo_training_arguments(settings, staging / "run")
         trainer = ASTTrainer(model=model, args=args, data_collator=collator, train_dataset=train)
         trainer.train()
         clip_head_loss = fit_clip_head(model, fe, train, label2id, settings.clip_head_steps)
