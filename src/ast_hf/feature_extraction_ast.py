@@ -72,7 +72,7 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         `in_place` overwrites `features` (the extractor's own output buffer) instead of copying it."""
         return (features if in_place else features.clone()).sub_(self.mean).div_(2 * self.std)
 
-    def _normalisation(self) -> dict:
+    def filterbank_normalisation(self) -> dict:
         """`log_mel_filterbank`'s shift and scale for this extractor: the normalisation done inside the filterbank."""
         return {"shift": self.mean, "scale": 2 * self.std} if self.do_normalize else {}
 
@@ -209,7 +209,7 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         # (normalised), frames past the target are never computed.
         features, frames = log_mel_filterbank(waveforms, lengths, sampling_rate=self.sampling_rate,
                                               num_mel_bins=self.num_mel_bins, output_frames=target,
-                                              **self._normalisation())
+                                              **self.filterbank_normalisation())
         if longest > target and truncation is None:
             logger.warning(
                 "%d clip(s) longer than %d frames (%.2f s) were cut to that length; the rest is not seen by the "

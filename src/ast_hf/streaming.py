@@ -64,7 +64,7 @@ class IncrementalFeatures:
         used = (complete - 1) * self.frame_hop + self.frame_length
         features, _ = log_mel_filterbank(torch.from_numpy(self._samples[None, :used]),
                                          sampling_rate=self.fe.sampling_rate, num_mel_bins=self.fe.num_mel_bins,
-                                         **self.fe._normalisation())
+                                         **self.fe.filterbank_normalisation())
         self._samples = self._samples[complete * self.frame_hop:]
         self.frames_done += complete
         return features[0].numpy()
