@@ -755,8 +755,15 @@ class ASTPreTrainedModel(PreTrainedModel):
 
         A training switch, not part of the model: it is not saved with the config. `ASTTrainer` sets it from
         `ASTTrainingArguments.patchout_time` / `patchout_freq` / `patchout_random`. Never applied in eval mode.
+
+        Raises:
+            ValueError: patchout asked of a model with a frame head, which scores every time column.
         """
-        self._embeddings().patchout = Patchout(time, freq, random)
+        patchout = Patchout(time, freq, random)
+        if patchout.active and getattr(self.config, "frame_head", False):
+            raise ValueError("patchout drops patches, and the frame head scores every time column: train a "
+                             "frame head with patchout_time = patchout_freq = patchout_random = 0")
+        self._embeddings().patchout = patchout
 
     def set_token_reduction(self, keep: float | None = None, after_layer: int = 4) -> None:
         """Opt-in inference speed-up: after `after_layer` layers, only the prefix tokens and the `keep` fraction of

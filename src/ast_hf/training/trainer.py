@@ -115,10 +115,6 @@ class ASTTrainer(Trainer):
             if data_collator.events_column is not None:
                 data_collator = _collator_for_frame_head(data_collator, cfg)
             if isinstance(args, ASTTrainingArguments):  # training only: the model applies it in train mode
-                patchout = args.patchout_time or args.patchout_freq or args.patchout_random
-                if patchout and getattr(cfg, "frame_head", False):
-                    raise ValueError("patchout drops patches, and the frame head scores every time column: train a "
-                                     "frame head with patchout_time = patchout_freq = patchout_random = 0")
                 model.set_patchout(args.patchout_time, args.patchout_freq, args.patchout_random)
         if compute_metrics is _DEFAULT and data_collator.events_column is not None and not data_collator.clip_labels:
             compute_metrics = None  # clip metrics need clip labels; evaluation reports the frame loss
