@@ -125,7 +125,7 @@ class StreamResampler:
         return out
 
 
-def _resample_stream(blocks: Iterable[np.ndarray], orig: int, new: int) -> Iterator[np.ndarray]:
+def resample_stream(blocks: Iterable[np.ndarray], orig: int, new: int) -> Iterator[np.ndarray]:
     """Resample a stream of mono blocks block by block (`StreamResampler`); the blocks join into the whole
     recording resampled at once (up to float rounding)."""
     if orig == new:
@@ -355,7 +355,7 @@ class AudioStream:
     def _soundfile_blocks(self) -> Iterator[np.ndarray]:
         rate = self._info.samplerate
         native = _native_blocks(self.path, self._info, str(self.path), max(1, int(self.block_seconds * rate)))
-        for out in _resample_stream(native, rate, self.sampling_rate):
+        for out in resample_stream(native, rate, self.sampling_rate):
             if not np.isfinite(out).all():
                 raise ValueError(f"{self.path} contains NaN or infinite samples")
             yield out
@@ -411,5 +411,5 @@ def audio_blocks(audio, sampling_rate: int | None, target_rate: int) -> tuple[It
     return [waveform], len(waveform) / target_rate, "the waveform"
 
 
-__all__ = ["load_audio", "AudioStream", "audio_blocks", "probe", "AudioInfo", "resample", "StreamResampler",
+__all__ = ["load_audio", "AudioStream", "audio_blocks", "probe", "AudioInfo", "resample", "StreamResampler", "resample_stream",
            "check_sampling_rate", "decoder_samples", "TruncatedAudioWarning"]

@@ -496,7 +496,7 @@ def _add_listen(sub) -> None:
     def run(args) -> int:
         import json
 
-        from .audio_io import _resample_stream, check_sampling_rate
+        from .audio_io import resample_stream, check_sampling_rate
         from .inference import label_names, select_top
         from .model_loading import load_for_inference
         from .streaming import StreamingTagger
@@ -511,7 +511,7 @@ def _add_listen(sub) -> None:
                                  events=events)
         if args.stdin:
             width = 2 if args.format == "s16le" else 4
-            blocks = _resample_stream(_pcm_blocks(sys.stdin.buffer, args.format,
+            blocks = resample_stream(_pcm_blocks(sys.stdin.buffer, args.format,
                                                   width * max(1, round(args.block * rate))), rate, fe.sampling_rate)
         elif args.realtime:
             blocks = _paced_blocks(args.realtime, fe.sampling_rate, args.block)
