@@ -411,5 +411,5 @@ def audio_blocks(audio, sampling_rate: int | None, target_rate: int) -> tuple[It
     return [waveform], len(waveform) / target_rate, "the waveform"
 
 
-__all__ = ["load_audio", "AudioStream", "audio_blocks", "probe", "AudioInfo", "resample", "StreamResampler", "resample_stream",
-           "check_sampling_rate", "decoder_samples", "TruncatedAudioWarning"]
+__all__ = ["load_audio", "AudioStream", "audio_blocks", "probe", "AudioInfo", "resample", "StreamResampler",
+           "resample_stream", "check_sampling_rate", "decoder_samples", "TruncatedAudioWarning"]

@@ -496,7 +496,7 @@ def _add_listen(sub) -> None:
     def run(args) -> int:
         import json
 
-        from .audio_io import resample_stream, check_sampling_rate
+        from .audio_io import check_sampling_rate, resample_stream
         from .inference import label_names, select_top
         from .model_loading import load_for_inference
         from .streaming import StreamingTagger
