@@ -150,6 +150,43 @@ def test_batch_equals_clips_alone():
         assert batch["attention_mask"][i].sum() == n and batch["attention_mask"][i, :n].all()
 
 
+def test_kept_buffers_never_leak_into_results():
+    """The filterbank and the padded batch reuse buffers between calls: a result must not change when later
+    calls (other batch sizes, lengths, dtypes) reuse them, and a repeated call must give the same values."""
+    waves = list(signals().values())
+    fe = ASTFeatureExtractor()
+    first = fe(waves, sampling_rate=SR, return_tensors="pt")["input_values"]
+    kept = first.clone()
+    fe([w.double().numpy() for w in waves[:3]], sampling_rate=SR, return_tensors="pt", padding="longest")
+    fe(waves[0], sampling_rate=SR, return_tensors="pt", max_length=50)
+    assert torch.equal(first, kept)
+    assert torch.equal(fe(waves, sampling_rate=SR, return_tensors="pt")["input_values"], kept)
+
+
+def test_threads_featurise_concurrently():
+    """Kept buffers are per thread: two threads featurising at once get what each gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fe = ASTFeatureExtractor()
+    inputs = [list(signals(seed).values()) for seed in range(4)]
+    alone = [fe(waves, sampling_rate=SR, return_tensors="pt")["input_values"] for waves in inputs]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda waves: fe(waves, sampling_rate=SR, return_tensors="pt")["input_values"],
+                                 inputs * 3))
+    for i, result in enumerate(together):
+        assert torch.equal(result, alone[i % len(inputs)]), i
+
+
+def test_long_clip_is_read_only_up_to_the_output():
+    """A clip longer than max_length frames gives the features of its first (frames - 1) hops + one window."""
+    wave = signals()["noise"]
+    fe = ASTFeatureExtractor(max_length=100)
+    needed = 99 * 160 + 400
+    whole = fe(wave, sampling_rate=SR, return_tensors="pt", truncation=True)["input_values"]
+    cut = fe(wave[:needed], sampling_rate=SR, return_tensors="pt")["input_values"]
+    assert torch.equal(whole, cut)
+
+
 @pytest.mark.parametrize("name", list(signals()))
 def test_same_as_transformers_feature_extractor(name):
     """transformers' extractor runs torchaudio's float32 fbank: we differ from it by its own float32 error (ours

@@ -16,7 +16,7 @@ import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
 
 from .audio_io import check_sampling_rate
-from .filterbank import frame_geometry, log_mel_filterbank, num_frames
+from .filterbank import frame_geometry, kept_buffer, log_mel_filterbank, num_frames
 from .labels import DATASETS
 
 logger = logging.getLogger(__name__)
@@ -86,19 +86,15 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         window, hop, _ = frame_geometry(self.sampling_rate)
         return num_frames(num_samples, window, hop)
 
-    def _as_batch(self, raw_speech, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Any accepted input -> ([batch, samples] float32 right-padded, [batch] lengths)."""
+    def _as_clips(self, raw_speech, device) -> torch.Tensor | list[torch.Tensor]:
+        """Any accepted input -> a ready [batch, samples] float32 tensor on the target device, or a list of 1-D
+        tensors (any dtype and device; copied once, into the padded batch, by `_padded_batch`)."""
         if isinstance(raw_speech, (torch.Tensor, np.ndarray)):
             self._check_ndim(raw_speech, batched=raw_speech.ndim == 2)
             if raw_speech.ndim == 2 and raw_speech.shape[0] == 0:
                 raise ValueError(f"got an empty batch of shape {tuple(raw_speech.shape)}: give at least one clip")
             if isinstance(raw_speech, torch.Tensor) and raw_speech.ndim == 2:  # already a padded batch
-                waveforms = raw_speech.to(device=device if device is not None else raw_speech.device,
-                                          dtype=torch.float32)
-                lengths = torch.full((waveforms.shape[0],), waveforms.shape[1], dtype=torch.long,
-                                     device=waveforms.device)
-                self._check_values(waveforms, lengths)
-                return waveforms, lengths
+                return raw_speech.to(device=device if device is not None else raw_speech.device, dtype=torch.float32)
             clips = list(raw_speech) if raw_speech.ndim == 2 else [raw_speech.reshape(-1)]
         elif isinstance(raw_speech, Sequence) and not isinstance(raw_speech, (str, bytes)):
             if len(raw_speech) == 0:
@@ -112,22 +108,28 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
 
         tensors = []
         for i, clip in enumerate(clips):
-            clip = clip if isinstance(clip, torch.Tensor) else torch.from_numpy(np.require(clip, np.float32, "W"))
+            if not isinstance(clip, torch.Tensor):
+                array = np.asarray(clip)
+                # a read-only array (e.g. a memory map) is copied: torch cannot share it
+                clip = torch.from_numpy(array if array.flags.writeable else array.copy())
             if clip.ndim != 1:
                 raise ValueError(
                     f"clip {i} has shape {tuple(clip.shape)}; each clip must be mono, 1-D [samples]. Mix "
                     f"multi-channel audio down first, e.g. `audio.mean(axis=-1)` for (samples, channels)")
             tensors.append(clip)
-        target = device if device is not None else tensors[0].device
-        tensors = [t.to(device=target, dtype=torch.float32) for t in tensors]
-        lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long, device=target)
-        # Right-padded: each clip copied once, only the tails zeroed (pad_sequence zero-fills the whole batch first).
-        waveforms = torch.empty(len(tensors), max(t.shape[0] for t in tensors), dtype=torch.float32, device=target)
-        for row, clip in zip(waveforms, tensors):
-            row[: clip.shape[0]] = clip
-            row[clip.shape[0]:] = 0.0
-        self._check_values(waveforms, lengths)
-        return waveforms, lengths
+        return tensors
+
+    @staticmethod
+    def _padded_batch(clips: list[torch.Tensor], samples: int, device) -> torch.Tensor:
+        """[batch, samples] float32 on `device` (default: the first clip's): each clip's first `samples` samples,
+        right-padded with zeros; in a buffer kept for the next call (see `kept_buffer`)."""
+        target = torch.device(device) if device is not None else clips[0].device
+        waveforms = kept_buffer("waveforms", (len(clips), samples), torch.float32, target)
+        for row, clip in zip(waveforms, clips):
+            n = min(samples, clip.shape[0])
+            row[:n] = clip[:n]
+            row[n:] = 0.0
+        return waveforms
 
     def _check_ndim(self, array, batched: bool) -> None:
         if array.ndim > 2:
@@ -197,14 +199,24 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
                 f"use pipeline('audio-classification'), which resamples")
         if padding not in ("max_length", "longest", True, False, "do_not_pad"):
             raise ValueError(f"padding must be 'max_length', 'longest', True or False, got {padding!r}")
-        waveforms, lengths = self._as_batch(raw_speech, device)
-        longest = self.frames_for(int(lengths.max()))
+        clips = self._as_clips(raw_speech, device)
+        lengths = ([clip.shape[0] for clip in clips] if isinstance(clips, list) else
+                   [clips.shape[1]] * clips.shape[0])
+        longest = self.frames_for(max(lengths))
         limit = self.max_length if max_length is None else max_length
         target = limit if padding == "max_length" else longest
         if truncation is not False and max_length is not None:
             target = min(target, max_length)
         if truncation is False:
             target = max(target, longest)
+        # Only the samples that reach the output's frames are copied and read (a long clip cut to `target` frames
+        # is not converted whole).
+        window, hop, _ = frame_geometry(self.sampling_rate)
+        samples = min(max(lengths), (target - 1) * hop + window)
+        waveforms = (self._padded_batch(clips, samples, device) if isinstance(clips, list)
+                     else clips[:, :samples])
+        lengths = torch.tensor(lengths, dtype=torch.long, device=waveforms.device)
+        self._check_values(waveforms, lengths)
         # Written straight at the target length, normalised in the same pass: padding frames hold a zero log-mel
         # (normalised), frames past the target are never computed.
         features, frames = log_mel_filterbank(waveforms, lengths, sampling_rate=self.sampling_rate,
