@@ -47,10 +47,31 @@ def test_forced_branch_runs_and_stays_within_bf16_tolerance(policy, models, matm
         got = half(x).logits
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want, rtol=0, atol=BF16_LOGIT_TOLERANCE)
-    encoder = [m.weight for m in half.audio_spectrogram_transformer.encoder.modules() if isinstance(m, torch.nn.Linear)]
-    upcast = [hasattr(weight, onednn.FLOAT32_COPY_ATTRIBUTE) for weight in encoder]
-    # fp32 branch: every encoder linear ran on an upcast copy of its weight; bf16 branch: none did
-    assert all(upcast) if matmul == "fp32" else not any(upcast)
+    encoder = half.audio_spectrogram_transformer.encoder
+    twin = encoder.__dict__.get("_float32_twin")
+    # fp32 branch: the encoder ran as its float32 twin; bf16 branch: in bf16, with no twin made
+    if matmul == "fp32":
+        assert twin is not None and all(p.dtype == torch.float32 for p in twin[1].parameters())
+    else:
+        assert twin is None
+
+
+@pytest.mark.skipif(not onednn.ENABLED, reason="AST_HF_ONEDNN=0 leaves bf16 models to torch's ops: no policy")
+def test_float32_twin_follows_the_weights(policy, models):
+    """The fp32 branch's float32 encoder is the bf16 model's weights upcast: after new weights are loaded, the
+    output is that of the new weights (the float32 model rounded), never of a stale copy."""
+    full, half = models
+    policy("fp32")
+    x = torch.randn(2, 256, 128)
+    with torch.no_grad():
+        half(x)
+        torch.manual_seed(5)
+        other = ASTForAudioClassification(tiny_config(max_length=256)).eval()
+        half.load_state_dict(other.state_dict())
+        got, want = half(x).logits, other.bfloat16().float()(x).logits
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=BF16_LOGIT_TOLERANCE)
+    with torch.no_grad():
+        assert not torch.allclose(half(x).logits.float(), full(x).logits, atol=BF16_LOGIT_TOLERANCE)
 
 
 def test_auto_measures_and_chooses_the_faster_gemm(policy):

@@ -17,6 +17,7 @@ and `from_pretrained(..., max_length=N)` that adapts rather than re-initialises 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import warnings
 from dataclasses import dataclass
@@ -420,6 +421,11 @@ class ASTEncoder(nn.Module):
             With `token_reduction` set, in eval mode and without either, dropped tokens come out with the state they
             had when they were dropped.
         """
+        if not (output_attentions or output_hidden_states) and onednn.bf16_runs_in_float32(hidden_states):
+            twin = self.float32_twin()
+            twin.token_reduction = self.token_reduction
+            last = twin(hidden_states.float(), token_mask).last_hidden_state
+            return BaseModelOutput(last_hidden_state=last.to(hidden_states.dtype))
         batch = hidden_states.shape[0]
         per_call = batch if output_attentions or output_hidden_states else onednn.clips_per_call(hidden_states)
         if per_call >= batch:
@@ -430,6 +436,20 @@ class ASTEncoder(nn.Module):
             last[rows] = self._run_layers(hidden_states[rows],
                                           None if token_mask is None else token_mask[rows]).last_hidden_state
         return BaseModelOutput(last_hidden_state=last)
+
+    def float32_twin(self) -> ASTEncoder:
+        """This encoder with float32 weights, made at first use and kept until one of its weights changes (data
+        pointer or version): how a bf16 model runs on a CPU whose bf16 GEMM is slower than its float32 GEMM
+        (`onednn.bf16_policy`), so that every layer takes the float32 paths with one cast in and one out, instead
+        of casts around each matmul. Not a submodule: it is neither saved nor moved with the model."""
+        signature = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        kept = self.__dict__.get("_float32_twin")
+        if kept is None or kept[0] != signature:
+            twin = ASTEncoder.__new__(ASTEncoder)
+            nn.Module.__init__(twin)
+            twin.layer = copy.deepcopy(self.layer).float().train(self.training)
+            kept = self.__dict__["_float32_twin"] = (signature, twin)
+        return kept[1]
 
     def _run_layers(self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None,
                     output_attentions: bool = False, output_hidden_states: bool = False) -> BaseModelOutput:

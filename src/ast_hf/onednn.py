@@ -10,9 +10,10 @@ in a dtype of `DTYPES`, outside CPU autocast, torch.compile and ONNX export (`cp
 - bfloat16 attention as per-head oneDNN matmuls (`attention_per_head`);
 - the encoder run over a few clips at a time (`clips_per_call`, `CPU_TOKENS_PER_CALL`);
 - for bfloat16 models, a per-host choice of arithmetic (`bf16_policy`): CPUs whose bf16 GEMM is slower than their
-  fp32 GEMM (bf16 dot products without AMX on some Intel Xeons) run a bf16 model's matmuls in float32 with the
-  weights upcast once; the others run them in bf16, with attention through whichever of torch's fused kernel and
-  per-head oneDNN matmuls is faster here.
+  fp32 GEMM (bf16 dot products without AMX on some Intel Xeons) run a bf16 model's encoder in float32 (a float32
+  twin of it, made once; `bf16_runs_in_float32`) and its other linears with the weights upcast once; the others
+  run them in bf16, with attention through whichever of torch's fused kernel and per-head oneDNN matmuls is
+  faster here.
 """
 
 from __future__ import annotations
@@ -160,6 +161,12 @@ def _float32_copy(weight: torch.Tensor | None) -> torch.Tensor | None:
         entry = (weight.data_ptr(), weight._version, weight.detach().float())
         setattr(weight, FLOAT32_COPY_ATTRIBUTE, entry)
     return entry[2]
+
+
+def bf16_runs_in_float32(x: torch.Tensor) -> bool:
+    """Whether bf16 activations `x` take the float32 branch of `bf16_policy` here (CPU inference, bf16 GEMM slower
+    than float32): the encoder then runs its float32 twin (`ASTEncoder.float32_twin`)."""
+    return x.dtype == torch.bfloat16 and cpu_inference(x) and bf16_policy().matmul == "fp32"
 
 
 def linear_layer(x: torch.Tensor, layer: nn.Module, gelu: bool = False) -> torch.Tensor:
