@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -165,28 +166,62 @@ def forward_memory(quick: bool, batch: int = 8) -> list[dict]:
 
 
 def training_step(quick: bool, repeats: int) -> list[dict]:
+    """One AdamW step (forward, backward, update) of ours and transformers' AST, same weights and batch, float32;
+    then ours with the training speed options (PaSST's structured patchout as for its 10 s AudioSet models: 40 of
+    the 101 time columns and 4 of the 12 frequency rows of the base grid dropped; bf16 autocast where the CPU has
+    bf16 units, as `Trainer(bf16=True)` runs it) against transformers' float32 step and, for bf16, against
+    transformers' own bf16 autocast step. All candidates interleaved in one run."""
+    from ast_hf import onednn
+
     config = model_config(quick)
+    freq_rows, time_columns = config.patch_grid()
+    drop_time, drop_freq = (time_columns * 40 // 101, freq_rows // 3) if not quick else (time_columns // 3, 1)
     ours, theirs = twin_models(config, "sdpa", torch.float32, "cpu")
     batch = 2 if not quick else 8
     x = torch.randn(batch, config.max_length, config.num_mel_bins)
     y = torch.zeros(batch, config.num_labels)
     y[:, 0] = 1
-    steps = {}
-    for name, model in (("ours", ours), ("theirs", theirs)):
+    bf16 = onednn.BF16_UNITS
+    optimisers = {}
+    for model in (ours, theirs):
         model.train()
         model.config.problem_type = "multi_label_classification"
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        optimisers[id(model)] = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
-        def step(model=model, opt=opt):
-            loss = model(x, labels=y).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    def step(model, patchout=False, autocast=False):
+        def run():
+            if patchout:
+                model.set_patchout(time=drop_time, freq=drop_freq)
+            try:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    loss = model(x, labels=y).loss
+                loss.backward()
+                optimisers[id(model)].step()
+                optimisers[id(model)].zero_grad(set_to_none=True)
+            finally:
+                if patchout:
+                    model.set_patchout()
+        return run
 
-        steps[name] = step
+    steps = {"ours": step(ours), "theirs": step(theirs), "ours patchout": step(ours, patchout=True)}
+    if bf16:
+        steps |= {"ours bf16": step(ours, autocast=True), "theirs bf16": step(theirs, autocast=True),
+                  "ours bf16 patchout": step(ours, patchout=True, autocast=True)}
     t = interleaved(steps, repeats)
-    return [dict(section="training step", case=f"batch {batch}, sdpa, float32, AdamW", ours=t["ours"],
-                 theirs=t["theirs"], per=batch)]
+    patches = f"{(freq_rows - drop_freq) * (time_columns - drop_time)} of {freq_rows * time_columns} patches"
+    rows = [dict(section="training step", case=f"batch {batch}, sdpa, float32, AdamW", ours=t["ours"],
+                 theirs=t["theirs"], per=batch),
+            dict(section="training step", case=f"ours with patchout ({patches}) vs theirs, float32",
+                 ours=t["ours patchout"], theirs=t["theirs"], per=batch,
+                 note=f"{drop_time} time columns and {drop_freq} frequency rows dropped per batch")]
+    if bf16:
+        rows += [dict(section="training step", case="bf16 autocast, both sides", ours=t["ours bf16"],
+                      theirs=t["theirs bf16"], per=batch),
+                 dict(section="training step", case="ours bf16 autocast vs theirs float32", ours=t["ours bf16"],
+                      theirs=t["theirs"], per=batch),
+                 dict(section="training step", case=f"ours bf16 autocast + patchout ({patches}) vs theirs float32",
+                      ours=t["ours bf16 patchout"], theirs=t["theirs"], per=batch)]
+    return rows
 
 
 def token_reduction(quick: bool, repeats: int) -> list[dict]:
@@ -386,6 +421,58 @@ def events(quick: bool, repeats: int) -> list[dict]:
     return rows
 
 
+def threads_under_load(quick: bool, repeats: int) -> list[dict]:
+    """A demo-size training step (D = 128, 4 layers, batch 32 x 128 frames, AdamW) with every core against the
+    thread count `ast_hf.threads.choose_threads` picks, on an idle machine and with one busy neighbour process
+    (a Python busy loop) beside it. The "transformers" column holds every core (what torch takes by default), so
+    the ratio is what the choice gains; the note names the chosen count."""
+    import subprocess
+    import sys
+
+    from ast_hf import ASTConfig, ASTForAudioClassification
+    from ast_hf.threads import choose_threads, usable_cores
+
+    config = ASTConfig(hidden_size=128, num_hidden_layers=1 if quick else 4, num_attention_heads=4,
+                       intermediate_size=512, max_length=128, num_mel_bins=64, frequency_stride=16, time_stride=8,
+                       num_labels=10)
+    torch.manual_seed(0)
+    model = ASTForAudioClassification(config).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, y = torch.randn(32, 128, 64), torch.randint(0, 10, (32,))
+
+    def step():
+        model(x, labels=y).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    every = usable_cores()
+    before = torch.get_num_threads()
+    rows = []
+    for neighbour in (False, True):
+        busy = (subprocess.Popen([sys.executable, "-c", "while True: pass"]) if neighbour else None)
+        try:
+            if busy is not None:
+                time.sleep(1.0)  # let the neighbour show up in the CPU counters
+            chosen = choose_threads()
+            calls = {}
+            for name, threads in (("ours", chosen), ("theirs", every)):
+                def call(threads=threads):
+                    torch.set_num_threads(threads)
+                    step()
+
+                calls[name] = call
+            timing = interleaved(calls, repeats * 4)
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+            torch.set_num_threads(before)
+        rows.append(dict(section="threads", case=f"training step, {'one busy neighbour' if neighbour else 'idle'}",
+                         ours=timing["ours"], theirs=timing["theirs"],
+                         note=f"ast-hf column: {chosen} thread(s) chosen; transformers column: all {every} cores"))
+    return rows
+
+
 SECTIONS = {
     "features": feature_extraction,
     "forward": forward,
@@ -395,6 +482,7 @@ SECTIONS = {
     "train": training_step,
     "events": events,
     "tokens": token_reduction,
+    "threads": threads_under_load,
 }
 
 

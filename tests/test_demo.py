@@ -31,6 +31,31 @@ def test_demo_quick_writes_model_and_metrics(tmp_path, capsys):
     assert "pass --force" in capsys.readouterr().err
 
 
+def test_demo_training_options_are_applied_and_recorded(tmp_path, capsys):
+    """The speed options reach the trainer (patchout in the training arguments, recorded in metrics.json) and the
+    token-reduction table is measured on the test set, its full-model row the demo's own accuracy."""
+    from ast_hf.onednn import BF16_UNITS
+
+    out = tmp_path / "demo"
+    flags = ["--patchout-time", "3", "--patchout-freq", "1", "--patchout-random", "0.25"] + ["--bf16"] * BF16_UNITS
+    assert main(["demo", "--out", str(out), "--quick", *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "token reduction, keep 50% of patches" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    settings = metrics["settings"]
+    assert (settings["patchout_time"], settings["patchout_freq"], settings["patchout_random"]) == (3, 1, 0.25)
+    assert settings["bf16"] == BF16_UNITS
+    table = metrics["token_reduction"]
+    assert [row["keep"] for row in table] == [1.0, 0.75, 0.5, 0.25]
+    assert table[0]["accuracy"] == pytest.approx(metrics["accuracy"])
+
+
+def test_demo_refuses_training_options_for_the_events_task(tmp_path, capsys):
+    assert main(["demo", "--task", "events", "--out", str(tmp_path / "d"), "--quick", "--patchout-time", "2"]) == 1
+    assert "options of --task classify" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_norm_stats_command(tmp_path):
     from ast_hf import ASTFeatureExtractor
     from ast_hf.training import compute_normalization_stats, load_audio_dataset

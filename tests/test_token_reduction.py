@@ -155,3 +155,23 @@ def test_bad_settings_are_refused(band_model, keep, after_layer):
     with pytest.raises(ValueError, match="token reduction"):
         band_model[0].set_token_reduction(keep=keep, after_layer=after_layer)
 
+
+
+def test_demo_table_reports_the_trained_model_against_itself(band_model):
+    """`token_reduction_table` (the demo's speed/accuracy table): the first row is the full model, each later row
+    the model with that keep fraction (logits really change, accuracy counted against the truth), and the model
+    is left with token reduction off."""
+    from ast_hf.training.demo import token_reduction_table
+
+    band_model = band_model[0]
+    x, labels = _clips(64, torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        before = band_model(x).logits
+    rows = token_reduction_table(band_model, x, labels.tolist(), keeps=(0.5, 0.25), after_layer=1, batch_size=16)
+    assert [row["keep"] for row in rows] == [1.0, 0.5, 0.25]
+    assert rows[0]["accuracy"] == pytest.approx(float((before.argmax(-1) == labels).float().mean()))
+    for row in rows[1:]:
+        assert row["cosine_min"] <= row["cosine_mean"] < 1.0  # the reduced model is another function
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["seconds"] > 0 and row["speedup"] > 0
+    with torch.inference_mode():
+        assert torch.equal(band_model(x).logits, before)  # switched off again

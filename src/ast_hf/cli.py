@@ -255,18 +255,34 @@ def _add_demo(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing non-empty DIR")
     p.add_argument("--seed", type=int, default=0)
     _add_threads_option(p)
+    speed = p.add_argument_group("training speed options (--task classify; docs/training.md)")
+    speed.add_argument("--patchout-time", type=int, default=0, metavar="N",
+                       help="drop N of the 15 time columns of patches per training batch (structured patchout)")
+    speed.add_argument("--patchout-freq", type=int, default=0, metavar="N",
+                       help="drop N of the 4 frequency rows of patches per training batch")
+    speed.add_argument("--patchout-random", type=float, default=0.0, metavar="P",
+                       help="drop a fraction P of the remaining patches at random (unstructured patchout)")
+    speed.add_argument("--bf16", action="store_true", help="bf16 autocast training (CPUs with bf16 units)")
 
     def run(args) -> int:
         import time
 
         started = time.perf_counter()
+        options = {"patchout_time": args.patchout_time, "patchout_freq": args.patchout_freq,
+                   "patchout_random": args.patchout_random, "bf16": args.bf16}
         if args.task == "events":
-            from .training.event_demo import run_event_demo as run_demo
+            if any(options.values()):
+                raise ValueError("--patchout-* and --bf16 are options of --task classify (a frame head needs "
+                                 "every patch)")
+            from .training.event_demo import run_event_demo
+
+            run_event_demo(args.out, quick=args.quick, force=args.force, seed=args.seed, num_threads=args.threads,
+                           started=started)
         else:
             from .training.demo import run_demo
 
-        run_demo(args.out, quick=args.quick, force=args.force, seed=args.seed, num_threads=args.threads,
-                 started=started)
+            run_demo(args.out, quick=args.quick, force=args.force, seed=args.seed, num_threads=args.threads,
+                     started=started, **options)
         return 0
 
     p.set_defaults(func=run)

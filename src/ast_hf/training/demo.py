@@ -63,10 +63,19 @@ class DemoSettings:
     timem: int = 16
     mixup: float = 0.0
     seed: int = 0
+    # Training speed options (docs/training.md), all off by default: patchout of whole time columns / frequency
+    # rows / a fraction of random patches of the 4 x 15 patch grid, and bf16 autocast (CPUs with bf16 units).
+    patchout_time: int = 0
+    patchout_freq: int = 0
+    patchout_random: float = 0.0
+    bf16: bool = False
+    # Opt-in token reduction measured on the test set after training: patches kept, after this many layers.
+    token_reduction_keep: tuple[float, ...] = (0.75, 0.5, 0.25)
+    token_reduction_after_layer: int = 2
 
 
 QUICK = DemoSettings(train_per_class=4, test_per_class=2, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=128, epochs=1, batch_size=8)
+                     intermediate_size=128, epochs=1, batch_size=8, token_reduction_after_layer=0)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -234,11 +243,51 @@ def demo_training_arguments(settings, output_dir: Path, **fields):
         dataloader_num_workers=0, report_to="none", **fields)
 
 
+def token_reduction_table(model, features: torch.Tensor, truth: list[int], keeps: tuple[float, ...],
+                          after_layer: int, batch_size: int = 64) -> list[dict]:
+    """Accuracy and speed of the trained `model` on `features` [clips, frames, mel] with opt-in token reduction
+    (`set_token_reduction(keep, after_layer)`) against the full model: one row per keep fraction (keep 1.0 = the
+    full model first). Seconds are the best of three passes over the test set (float32, inference mode); cosine is
+    the logit cosine similarity to the full model (mean and minimum over clips)."""
+    model.eval()
+
+    def logits_and_seconds() -> tuple[torch.Tensor, float]:
+        best, logits = float("inf"), None
+        for _ in range(3):
+            begun = time.perf_counter()
+            with torch.inference_mode():
+                logits = torch.cat([model(features[i: i + batch_size]).logits
+                                    for i in range(0, len(features), batch_size)])
+            best = min(best, time.perf_counter() - begun)
+        return logits, best
+
+    full, full_seconds = logits_and_seconds()
+    truth = torch.tensor(truth)
+    rows = [{"keep": 1.0, "accuracy": float((full.argmax(-1) == truth).float().mean()), "seconds": full_seconds,
+             "speedup": 1.0, "cosine_mean": 1.0, "cosine_min": 1.0}]
+    try:
+        for keep in keeps:
+            model.set_token_reduction(keep=keep, after_layer=after_layer)
+            logits, seconds = logits_and_seconds()
+            cosine = torch.nn.functional.cosine_similarity(logits, full, dim=-1)
+            rows.append({"keep": keep, "accuracy": float((logits.argmax(-1) == truth).float().mean()),
+                         "seconds": seconds, "speedup": full_seconds / seconds,
+                         "cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min())})
+    finally:
+        model.set_token_reduction(None)
+    return rows
+
+
 def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed: int = 0,
-             num_threads: int = 2, settings: DemoSettings | None = None, started: float | None = None) -> dict:
+             num_threads: int = 2, settings: DemoSettings | None = None, started: float | None = None,
+             **options) -> dict:
     """Run the whole demo into `out_dir` and return the metrics written to `out_dir/metrics.json`.
 
-    `started` (a `time.perf_counter()` value) lets a caller count its own start-up in `seconds`."""
+    `started` (a `time.perf_counter()` value) lets a caller count its own start-up in `seconds`. `options` replace
+    `DemoSettings` fields (e.g. `patchout_time=5, bf16=True`).
+
+    Raises:
+        ValueError: `bf16=True` on a CPU without bf16 units (autocast would be emulated, slower than float32)."""
     from transformers import pipeline
 
     from ..atomic_io import atomic_folder
@@ -250,7 +299,13 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed
     from .trainer import ASTTrainer
 
     start = time.perf_counter() if started is None else started
-    settings = replace(settings or (QUICK if quick else DemoSettings()), seed=seed)
+    settings = replace(settings or (QUICK if quick else DemoSettings()), seed=seed, **options)
+    if settings.bf16:
+        from ..onednn import BF16_UNITS
+
+        if not BF16_UNITS:
+            raise ValueError("bf16 training needs a CPU with bf16 units (AVX-512 bf16 or AMX) that oneDNN can use; "
+                             "this one has none: leave out --bf16")
     out_dir = begin_demo(out_dir, force, settings.seed, num_threads)
 
     with atomic_folder(out_dir, force=True) as staging:
@@ -263,11 +318,19 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed
         model = ASTForAudioClassification(config)
         collator = ASTAudioCollator(fe, num_labels=len(labels), freqm=settings.freqm, timem=settings.timem,
                                     mixup=settings.mixup, noise=True)
-        args = demo_training_arguments(settings, staging / "run", per_device_eval_batch_size=64)
+        args = demo_training_arguments(
+            settings, staging / "run", per_device_eval_batch_size=64, bf16=settings.bf16,
+            patchout_time=settings.patchout_time, patchout_freq=settings.patchout_freq,
+            patchout_random=settings.patchout_random)
         trainer = ASTTrainer(model=model, args=args, data_collator=collator, train_dataset=data["train"])
         trainer.train()
         test = trainer.predict(data["test"], metric_key_prefix="test")
         trainer.save_model(str(staging / "model"))  # model + preprocessor_config.json
+        # bf16 autocast leaves the weights in float32: the table measures the float32 model.
+        test_features = fe([decode_audio(a, RATE, index=i) for i, a in enumerate(data["test"]["audio"])],
+                           sampling_rate=RATE, return_tensors="pt")["input_values"]
+        reduction = token_reduction_table(trainer.model, test_features, list(data["test"]["label"]),
+                                          settings.token_reduction_keep, settings.token_reduction_after_layer)
 
         # Reload the saved folder the way a user would, and classify the test clips with the pipeline.
         classifier = pipeline("audio-classification",
@@ -295,6 +358,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed
             "labels": labels,
             "per_class_accuracy": per_class,
             "train_seconds": float(trainer.state.log_history[-1].get("train_runtime", float("nan"))),
+            "token_reduction": reduction,
             "seconds": round(time.perf_counter() - start, 1),
             "quick": quick,
             "threads": num_threads,
@@ -309,9 +373,15 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed
         shutil.rmtree(staging / "run", ignore_errors=True)
     print(table)
     print(f"accuracy on {len(truth)} clips of unheard voices: {metrics['accuracy']:.1%} (pipeline "
-          f"{pipeline_accuracy:.1%}); {len(labels)} classes; {metrics['seconds']:.0f} s in all")
+          f"{pipeline_accuracy:.1%}); {len(labels)} classes; {metrics['seconds']:.0f} s in all "
+          f"({metrics['train_seconds']:.0f} s training)")
+    for row in reduction[1:]:
+        print(f"token reduction, keep {row['keep']:.0%} of patches after {settings.token_reduction_after_layer} "
+              f"layers: accuracy {row['accuracy']:.1%} (full {reduction[0]['accuracy']:.1%}), "
+              f"{row['speedup']:.2f}x the full model's speed, logit cosine >= {row['cosine_min']:.3f}")
     print(f"model saved to {out_dir / 'model'}; metrics in {out_dir / 'metrics.json'}")
     return metrics
 
 
-__all__ = ["run_demo", "make_demo_data", "voice_split", "DemoSettings", "QUICK", "confusion_table"]
+__all__ = ["run_demo", "token_reduction_table", "make_demo_data", "voice_split", "DemoSettings", "QUICK",
+           "confusion_table"]
