@@ -87,9 +87,14 @@ def feature_extraction(quick: bool, repeats: int) -> list[dict]:
 
 
 def forward(quick: bool, repeats: int, device: str = "cpu") -> list[dict]:
+    from ast_hf import onednn
+
     rows = []
     config = model_config(quick)
-    dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if device == "cuda" else [])
+    # bf16 on a CPU without bf16 units (or with the ISA capped below them) is emulated on both sides, tens of
+    # times slower than float32: not a case anyone should run, so not timed.
+    bf16 = device != "cpu" or onednn.BF16_UNITS
+    dtypes = [torch.float32] + [torch.bfloat16] * bf16 + ([torch.float16] if device == "cuda" else [])
     # Reduced precision: each side's error against transformers' float32 forward of the same weights.
     reference = twin_models(config, "sdpa", torch.float32, device)[1]
     for attn in ("sdpa", "eager"):
