@@ -15,7 +15,7 @@ import re
 import subprocess
 import sys
 
-CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "AST_HF_ONEDNN")
+CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "AST_HF_ONEDNN")
 
 _PROBE = """
 import torch
@@ -77,6 +77,9 @@ def describe() -> str:
              f"torch dispatches {torch.backends.cpu.get_cpu_capability()}",
              f"BLAS {blas.group(1) if blas else 'unknown'}",
              "oneDNN " + (", ".join(f"{k} {v}" for k, v in kernels.items()) or "not used")]
+    if onednn.DTYPES:
+        parts.append(f"float32 linears: {onednn.float32_linear()} (AST_HF_FP32_LINEAR="
+                     f"{os.environ.get('AST_HF_FP32_LINEAR', 'auto')})")
     if onednn.DTYPES and onednn.BF16_UNITS:
         policy = onednn.bf16_policy()
         parts.append(f"bf16 models: {policy.matmul} matmuls, {policy.attention} attention (AST_HF_BF16_MATMUL="

@@ -20,5 +20,5 @@ numeric_pass() {  # $1: a label; the rest: pytest arguments. No numeric test amo
 }
 
 .venv/bin/python -m pytest -q "$@"
-ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 numeric_pass "vector ISA capped to AVX2" "$@"
+ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 numeric_pass "vector ISA capped to AVX2" "$@"
 AST_HF_ONEDNN=0 numeric_pass "without the oneDNN fast paths (AST_HF_ONEDNN=0)" "$@"

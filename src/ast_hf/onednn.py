@@ -6,7 +6,8 @@ import) sends the model back to plain torch ops.
 
 The paths, all measured in benchmarks/ and tested against the plain ones, apply to CPU inference (no autograd)
 in a dtype of `DTYPES`, outside CPU autocast, torch.compile and ONNX export (`cpu_inference`):
-- linears through oneDNN with the GELU fused (`linear_layer`, on top of the raw `linear`);
+- float32 linears through oneDNN with the GELU fused, or through torch's BLAS where this host's probe finds it
+  faster (`float32_linear`); bf16 linears through oneDNN (`linear_layer`, on top of the raw `linear`);
 - bfloat16 attention as per-head oneDNN matmuls (`attention_per_head`);
 - the encoder run over a few clips at a time (`clips_per_call`, `CPU_TOKENS_PER_CALL`);
 - for bfloat16 models, a per-host choice of arithmetic (`bf16_policy`): CPUs whose bf16 GEMM is slower than their
@@ -77,6 +78,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 BF16_MATMUL_CHOICES = ("auto", "bf16", "fp32")
 # The probe's GEMM: a 2048-token slice through the MLP's first matmul at base width (768 -> 3072).
 PROBE_GEMM_SHAPE = (2048, 768, 3072)
+# `AST_HF_FP32_LINEAR`: "auto" (default: measure at first use), "onednn" or "blas" (force one).
+FP32_LINEAR_CHOICES = ("auto", "onednn", "blas")
+# How much faster torch's BLAS must be on the lone probe GEMM to be chosen: inside the model oneDNN gains what the
+# probe cannot show (its fused GELU, fewer passes over the activations), so a probe a little in BLAS's favour
+# still went with a faster forward through oneDNN on the hosts measured (benchmarks/results/).
+BLAS_MARGIN = 1.5
 # The probe's attention: one clip of 10.24 s (1214 tokens) and two heads of 64 dims.
 PROBE_ATTENTION_SHAPE = (1, 2, 1214, 64)
 
@@ -146,6 +153,45 @@ def bf16_policy() -> BF16Policy:
     return BF16Policy("bf16", attention, seconds)
 
 
+@functools.cache
+def float32_linear() -> str:
+    """Which kernel runs float32 linears in CPU inference here: "onednn" (`linear`, the GELU fused) or "blas"
+    (torch's `F.linear`, MKL or OpenBLAS, then GELU), decided at the first float32 use and kept for the process.
+
+    Why: neither wins everywhere. On AMD EPYC torch's MKL skips its AVX-512 kernels and oneDNN is faster; where
+    oneDNN's ISA is capped below MKL's (`ONEDNN_MAX_CPU_ISA` alone) MKL is far ahead and the forward fell behind
+    transformers' (benchmarks/results/). "auto" (`AST_HF_FP32_LINEAR` unset) times the MLP's first matmul with its
+    GELU (`PROBE_GEMM_SHAPE`, best of 5 in turn after a warm-up, about 0.3 s) both ways: oneDNN unless torch's
+    path is `BLAS_MARGIN` times as fast. `float32_linear.cache_clear()` forgets the choice."""
+    choice = os.environ.get("AST_HF_FP32_LINEAR", "auto").lower()
+    if choice not in FP32_LINEAR_CHOICES:
+        raise ValueError(f"AST_HF_FP32_LINEAR={choice!r}: use one of {', '.join(FP32_LINEAR_CHOICES)}")
+    if choice != "auto":
+        return choice
+    seconds = _measure_float32_linears()
+    return "blas" if seconds["blas"] * BLAS_MARGIN < seconds["onednn"] else "onednn"
+
+
+def _measure_float32_linears(repeats: int = 5) -> dict[str, float]:
+    """Best wall seconds of the `PROBE_GEMM_SHAPE` linear + GELU through oneDNN (fused) and through torch, the two
+    timed in turn after a warm-up each (the two are often within 10%: interleaving keeps a slow stretch of a
+    shared machine from deciding)."""
+    tokens, width, out = PROBE_GEMM_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    x, w = torch.randn(tokens, width, generator=generator), torch.randn(out, width, generator=generator)
+    kernels = {"onednn": lambda: linear(x, w, None, gelu=True), "blas": lambda: F.gelu(F.linear(x, w))}
+    best = dict.fromkeys(kernels, float("inf"))
+    with torch.no_grad():
+        for kernel in kernels.values():
+            kernel()
+        for _ in range(repeats):
+            for name, kernel in kernels.items():
+                start = time.perf_counter()
+                kernel()
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 # Attribute of a bf16 weight holding (data pointer, version, float32 copy) for the "fp32" policy: the copy lives
 # and dies with its weight.
 FLOAT32_COPY_ATTRIBUTE = "_ast_hf_float32_copy"
@@ -180,7 +226,8 @@ def linear_layer(x: torch.Tensor, layer: nn.Module, gelu: bool = False) -> torch
         if x.dtype == torch.bfloat16 and layer.weight.dtype == torch.bfloat16 and bf16_policy().matmul == "fp32":
             out = linear(x.float(), _float32_copy(layer.weight), _float32_copy(layer.bias), gelu)
             return out.to(torch.bfloat16)
-        return linear(x, layer.weight, layer.bias, gelu)
+        if x.dtype != torch.float32 or float32_linear() == "onednn":
+            return linear(x, layer.weight, layer.bias, gelu)
     out = F.linear(x, layer.weight, layer.bias)
     return F.gelu(out) if gelu else out
 
