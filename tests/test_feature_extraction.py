@@ -150,6 +150,19 @@ def test_batch_equals_clips_alone():
         assert batch["attention_mask"][i].sum() == n and batch["attention_mask"][i, :n].all()
 
 
+@pytest.mark.parametrize("name", list(signals()))
+def test_normalised_features_are_the_exact_values_rounded(name):
+    """With AudioSet's normalisation (the default), every cell is (float64 Kaldi - mean) / (2 std) rounded once: at
+    most one float32 spacing off, or 1e-12 where a value is so near 0 that float64's own rounding of the
+    subtraction (~1e-15) exceeds that spacing."""
+    wave = signals()[name]
+    fe = ASTFeatureExtractor()
+    ours = fe(wave, sampling_rate=SR, return_tensors="pt", padding="longest")["input_values"][0]
+    exact = (kaldi.fbank(wave.double()[None], **kaldi_settings(128)) - fe.mean) / (2 * fe.std)
+    error = (ours.double() - exact).abs()
+    assert (error <= torch.clamp(one_ulp(exact), min=1e-12)).all(), (error - one_ulp(exact)).max()
+
+
 def test_kept_buffers_never_leak_into_results():
     """The filterbank and the padded batch reuse buffers between calls: a result must not change when later
     calls (other batch sizes, lengths, dtypes) reuse them, and a repeated call must give the same values."""

@@ -233,7 +233,6 @@ def log_mel_filterbank(
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
     padding = (0.0 - shift) / scale
-    normalise = shift != 0.0 or scale != 1.0
     if computed == 0:
         return features.fill_(padding), frames_per_clip
 
@@ -245,7 +244,10 @@ def log_mel_filterbank(
                  for first, end, lo, hi, weights in _mel_bands_cpu(*mel_key)]
     else:
         mel = _cached_on(_paired(_mel_matrix_cpu(*mel_key)), ("paired mel",) + mel_key, device)
-    window = _cached_on(_window_cpu(window_size), ("window", window_size), device)
+    # The shift rides on the window: frames windowed by w exp(-shift / 2) have energies E exp(-shift), whose log
+    # is log(E) - shift (the floor scaled alike), so the subtraction costs no pass of its own.
+    window = _cached_on(_window_cpu(window_size) * math.exp(-0.5 * shift), ("window", window_size, shift), device)
+    floor = FLOAT32_EPS * math.exp(-shift)
     # Each frame is (x - mean) pre-emphasised, then windowed: (x[i] - p x[i-1] - (1 - p) mean) w[i] for i >= 1,
     # and (1 - p) (x[0] - mean) w[0] for its first sample (Kaldi weighs it against itself).
     step = max(1, frames_per_chunk // batch)  # frames of every clip per chunk
@@ -276,10 +278,11 @@ def log_mel_filterbank(
         else:
             energies = torch.mm(squares, mel, out=energies_buffer[: batch * count])
         # In place on the contiguous energies, then one copy (log through out= into the strided slice was 3x slower).
-        log_mel = torch.clamp_min_(energies, FLOAT32_EPS).log_()
-        if normalise:
-            log_mel.sub_(shift).div_(scale)
-        features[:, start:stop] = log_mel.view(batch, count, num_mel_bins)
+        log_mel = torch.clamp_min_(energies, floor).log_().view(batch, count, num_mel_bins)  # log-mel - shift
+        if scale != 1.0:  # the division written straight into the output, rounded to float32 once
+            torch.mul(log_mel, 1.0 / scale, out=features[:, start:stop])
+        else:
+            features[:, start:stop] = log_mel
     # Frames past each clip's end were computed from padding (or not at all): they hold a zero log-mel.
     if device.type == "cpu":  # only the frames concerned (lengths are on the host: no device sync)
         features[:, computed:] = padding
