@@ -163,6 +163,18 @@ def test_normalised_features_are_the_exact_values_rounded(name):
     assert (error <= torch.clamp(one_ulp(exact), min=1e-12)).all(), (error - one_ulp(exact)).max()
 
 
+@pytest.mark.parametrize("shift", [-4.2677393, 45.0, -60.0])
+def test_any_shift_is_subtracted_exactly(shift):
+    """The shift folds into the window (within MAX_WINDOWED_SHIFT) or is subtracted after the log (beyond): either
+    way (log-mel - shift) / scale, each cell within one float32 spacing of the float64 computation."""
+    from ast_hf.filterbank import log_mel_filterbank
+
+    wave = signals()["chirp"]
+    ours, _ = log_mel_filterbank(wave[None], shift=shift, scale=9.1)
+    exact = (kaldi.fbank(wave.double()[None], **kaldi_settings(128)) - shift) / 9.1
+    assert ((ours[0].double() - exact).abs() <= torch.clamp(one_ulp(exact), min=1e-12)).all()
+
+
 def test_kept_buffers_never_leak_into_results():
     """The filterbank and the padded batch reuse buffers between calls: a result must not change when later
     calls (other batch sizes, lengths, dtypes) reuse them, and a repeated call must give the same values."""

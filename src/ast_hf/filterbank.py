@@ -38,6 +38,8 @@ FLOAT32_EPS = torch.finfo(torch.float32).eps  # Kaldi's (and torchaudio's) log f
 # Frames per chunk: the float64 FFT buffer and spectrum of 1024 frames (~8 MB together) beat smaller and larger
 # chunks on the CPUs measured (benchmarks/).
 FRAMES_PER_CHUNK = 1024
+# Largest |shift| folded into the window (see log_mel_filterbank).
+MAX_WINDOWED_SHIFT = 30.0
 # Mel filters per band of the banded (CPU) mel projection: 16 measured fastest (8 and 32 were slower).
 FILTERS_PER_BAND = 16
 
@@ -245,9 +247,13 @@ def log_mel_filterbank(
     else:
         mel = _cached_on(_paired(_mel_matrix_cpu(*mel_key)), ("paired mel",) + mel_key, device)
     # The shift rides on the window: frames windowed by w exp(-shift / 2) have energies E exp(-shift), whose log
-    # is log(E) - shift (the floor scaled alike), so the subtraction costs no pass of its own.
-    window = _cached_on(_window_cpu(window_size) * math.exp(-0.5 * shift), ("window", window_size, shift), device)
-    floor = FLOAT32_EPS * math.exp(-shift)
+    # is log(E) - shift (the floor scaled alike), so the subtraction costs no pass of its own. Log-mel means lie
+    # within a few units of 0; a shift far outside (whose exp(-shift) could leave float32's range on MPS) is
+    # subtracted after the log instead.
+    windowed_shift = shift if abs(shift) <= MAX_WINDOWED_SHIFT else 0.0
+    window = _cached_on(_window_cpu(window_size) * math.exp(-0.5 * windowed_shift),
+                        ("window", window_size, windowed_shift), device)
+    floor = FLOAT32_EPS * math.exp(-windowed_shift)
     # Each frame is (x - mean) pre-emphasised, then windowed: (x[i] - p x[i-1] - (1 - p) mean) w[i] for i >= 1,
     # and (1 - p) (x[0] - mean) w[0] for its first sample (Kaldi weighs it against itself).
     step = max(1, frames_per_chunk // batch)  # frames of every clip per chunk
@@ -279,6 +285,8 @@ def log_mel_filterbank(
             energies = torch.mm(squares, mel, out=energies_buffer[: batch * count])
         # In place on the contiguous energies, then one copy (log through out= into the strided slice was 3x slower).
         log_mel = torch.clamp_min_(energies, floor).log_().view(batch, count, num_mel_bins)  # log-mel - shift
+        if windowed_shift != shift:
+            log_mel.sub_(shift)
         if scale != 1.0:  # the division written straight into the output, rounded to float32 once
             torch.mul(log_mel, 1.0 / scale, out=features[:, start:stop])
         else:
