@@ -70,7 +70,8 @@ def _tokens_per_layer(model, x, **kwargs) -> tuple[torch.Tensor, list[int]]:
 
 def test_off_is_bit_identical(band_model):
     model, x = band_model
-    want = model(x).logits
+    with torch.no_grad():  # the inference path, as below (with autograd on, other kernels run)
+        want = model(x).logits
     model.set_token_reduction(keep=0.5, after_layer=2)
     model.set_token_reduction(None)
     assert model.audio_spectrogram_transformer.encoder.token_reduction is None
@@ -83,9 +84,10 @@ def test_off_is_bit_identical(band_model):
 # (keep, after_layer, least mean logit cosine to the full model, least share of equal top classes): the later and
 # the less is dropped, the closer (on this model, 0.5 after 1 of 3 layers gives 0.88 and 91%)
 @pytest.mark.parametrize("keep, after_layer, min_cosine, min_agreement", [
-    # agreement bounds leave room for the few borderline clips whose decision moves with the host's kernels (the
-    # model is trained on the running host): an AVX2-capped run changed 2 of 32
-    (0.75, 2, 0.995, 0.95), (0.5, 2, 0.99, 0.95), (0.25, 2, 0.98, 0.9), (0.75, 1, 0.95, 0.9)])
+    # the bounds leave room for the model, trained on the running host, to come out a little different with the
+    # host's kernels: an AVX2-capped run changed 2 of 32 decisions, and with MKL capped too the mean cosine at 25%
+    # was 0.9797
+    (0.75, 2, 0.995, 0.95), (0.5, 2, 0.99, 0.95), (0.25, 2, 0.97, 0.9), (0.75, 1, 0.95, 0.9)])
 def test_fewer_tokens_and_close_logits_on_a_trained_model(band_model, keep, after_layer, min_cosine, min_agreement):
     model, x = band_model
     full, full_tokens = _tokens_per_layer(model, x)
