@@ -274,6 +274,7 @@ def test_long_clip_is_cut_with_a_warning(caplog):
     ([np.zeros((16000, 2), np.float32)], "mono"),
     ("audio.wav", "numpy array"),
     ([], "empty list"),
+    ([["a", "b"] * 300], "give numbers"),
 ])
 def test_bad_input_is_refused(bad, message):
     with pytest.raises(ValueError, match=message):

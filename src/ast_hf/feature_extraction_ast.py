@@ -110,6 +110,8 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         for i, clip in enumerate(clips):
             if not isinstance(clip, torch.Tensor):
                 array = np.asarray(clip)
+                if array.dtype.kind not in "biuf":
+                    raise ValueError(f"clip {i} holds {array.dtype} values; give numbers (float samples in [-1, 1])")
                 # a read-only array (e.g. a memory map) is copied: torch cannot share it
                 clip = torch.from_numpy(array if array.flags.writeable else array.copy())
             if clip.ndim != 1:
