@@ -127,3 +127,12 @@ def trained_tiny_model():
         accuracy = (model(input_values=x).logits.argmax(-1) == y).float().mean().item()
     assert accuracy > 0.9, f"the tiny model did not learn speech / tone / noise (train accuracy {accuracy:.2f})"
     return model, fe
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """`ast-hf ARGV` in this process (arguments turned into strings): (exit code, stdout, stderr)."""
+    from ast_hf.cli import main
+
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err

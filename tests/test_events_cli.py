@@ -11,9 +11,8 @@ import pytest
 import soundfile as sf
 
 from ast_hf import tag_long_audio
-from ast_hf.cli import main
 from ast_hf.event_tsv import read_event_tsv
-from helpers import RATE, recording
+from helpers import RATE, recording, run_cli
 
 THRESHOLDS = ["--label-threshold", "tone=0.4:0.3", "--label-threshold", "noise=0.6:0.4", "--label-threshold",
               "speech=0.6:0.4", "--median-filter", "5", "--min-duration", "0.5", "--merge-gap", "0.3"]
@@ -32,14 +31,8 @@ def files(tmp_path_factory, trained):
     return root
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_detect_writes_the_events_of_a_known_scene(files, tmp_path, capsys):
-    code, out, err = run(capsys, "detect", files / "scene.wav", "--model", files / "model", "--events",
+    code, out, err = run_cli(capsys, "detect", files / "scene.wav", "--model", files / "model", "--events",
                          tmp_path / "out.tsv", "--plot", tmp_path / "out.png", "--reference", files / "ref.tsv",
                          "--no-progress", *THRESHOLDS)
     assert code == 0, err
@@ -63,7 +56,7 @@ def test_detect_writes_the_events_of_a_known_scene(files, tmp_path, capsys):
 ])
 def test_bad_reference_files_name_the_line_and_nothing_is_written(files, tmp_path, capsys, text, message):
     (tmp_path / "ref.tsv").write_text(text)
-    code, _, err = run(capsys, "detect", files / "scene.wav", "--model", files / "model", "--events",
+    code, _, err = run_cli(capsys, "detect", files / "scene.wav", "--model", files / "model", "--events",
                        tmp_path / "out.tsv", "--reference", tmp_path / "ref.tsv", "--no-progress")
     last = err.strip().splitlines()[-1]  # (above it: transformers' weight-loading bar)
     assert code == 1 and last.startswith("ast-hf detect: error: ") and message in last
@@ -75,7 +68,7 @@ def test_bad_detect_options_fail_clearly(files, tmp_path, capsys):
                            (["--label-threshold", "tone"], "LABEL=ON"),
                            (["--median-filter", "4"], "odd"),
                            (["--off-threshold", "0.7"], "must not exceed")):
-        code, _, err = run(capsys, "detect", files / "scene.wav", "--model", files / "model", "--events",
+        code, _, err = run_cli(capsys, "detect", files / "scene.wav", "--model", files / "model", "--events",
                            tmp_path / "out.tsv", "--no-progress", *extra)
         assert code == 1 and message in err, (extra, err)
     assert not (tmp_path / "out.tsv").exists()
@@ -83,7 +76,7 @@ def test_bad_detect_options_fail_clearly(files, tmp_path, capsys):
 
 def stdin_run(capsys, monkeypatch, data: bytes, *argv):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
-    return run(capsys, "listen", *argv)
+    return run_cli(capsys, "listen", *argv)
 
 
 def test_listen_stdin_prints_the_window_scores_of_tag_long_audio(files, trained, capsys, monkeypatch):
@@ -118,7 +111,7 @@ def test_listen_bad_sources_fail_clearly(files, capsys, monkeypatch):
     try:
         import sounddevice  # noqa: F401
     except (ImportError, OSError):
-        code, _, err = run(capsys, "listen", "--model", files / "model")
+        code, _, err = run_cli(capsys, "listen", "--model", files / "model")
         assert code == 1 and "sounddevice" in err and "--stdin" in err
 
 
@@ -128,7 +121,7 @@ def test_listen_realtime_paces_a_file(files, tmp_path, capsys):
     wave = sf.read(files / "scene.wav", dtype="float32")[0][: round(1.5 * RATE)]
     sf.write(tmp_path / "short.wav", wave, RATE)
     started = time.perf_counter()
-    code, out, err = run(capsys, "listen", "--realtime", tmp_path / "short.wav", "--model", files / "model",
+    code, out, err = run_cli(capsys, "listen", "--realtime", tmp_path / "short.wav", "--model", files / "model",
                          "--hop", "0.2")
     assert code == 0, err
     assert time.perf_counter() - started >= 1.4

@@ -9,8 +9,7 @@ import soundfile as sf
 import torch
 
 from ast_hf import ASTFeatureExtractor, ASTForAudioClassification
-from ast_hf.cli import main
-from helpers import RATE, recording, tiny_config
+from helpers import RATE, recording, run_cli, tiny_config
 
 LABELS = ["speech", "tone", "noise"]
 
@@ -31,14 +30,8 @@ def files(tmp_path_factory):
     return root
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_predict_one_file_prints_labels_and_writes_timeline_and_plot(files, tmp_path, capsys):
-    code, out, err = run(capsys, "predict", files / "rec.wav", "--model", files / "model", "--timeline",
+    code, out, err = run_cli(capsys, "predict", files / "rec.wav", "--model", files / "model", "--timeline",
                          tmp_path / "t.csv", "--plot", tmp_path / "t.png", "--top-k", "2", "--no-progress")
     assert code == 0, err
     assert "18 windows" in out and sum(name in out for name in LABELS) >= 2
@@ -46,7 +39,7 @@ def test_predict_one_file_prints_labels_and_writes_timeline_and_plot(files, tmp_
     assert len(rows) == 18 * 2 and {"start", "end", "label", "score"} <= set(rows[0])
     assert (tmp_path / "t.png").stat().st_size > 10_000
     # --threshold keeps only labels scoring at least that much (softmax over 3 labels: at most 2 reach 0.34).
-    code, out, _ = run(capsys, "predict", files / "rec.wav", "--model", files / "model", "--timeline",
+    code, out, _ = run_cli(capsys, "predict", files / "rec.wav", "--model", files / "model", "--timeline",
                        tmp_path / "u.csv", "--threshold", "0.34", "--top-k", "0", "--no-progress")
     rows = list(csv.DictReader(open(tmp_path / "u.csv")))
     assert code == 0 and all(float(r["score"]) >= 0.34 for r in rows) and len(rows) <= 18 * 2
@@ -62,16 +55,16 @@ def test_predict_one_file_prints_labels_and_writes_timeline_and_plot(files, tmp_
     ("missing.wav", [], "no such audio file"),
 ])
 def test_predict_bad_input_gives_a_clear_error(files, tmp_path, capsys, name, args, message):
-    code, out, err = run(capsys, "predict", files / name, "--model", files / "model", "--no-progress",
+    code, out, err = run_cli(capsys, "predict", files / name, "--model", files / "model", "--no-progress",
                          "--timeline", tmp_path / "t.csv", *args)
     assert code == 1 and message in err and "Traceback" not in err
     assert not (tmp_path / "t.csv").exists()
 
 
 def test_predict_bad_model_and_option_mixes(files, tmp_path, capsys):
-    code, _, err = run(capsys, "predict", files / "rec.wav", "--model", tmp_path / "nope", "--no-progress")
+    code, _, err = run_cli(capsys, "predict", files / "rec.wav", "--model", tmp_path / "nope", "--no-progress")
     assert code == 1 and "no model folder" in err
-    code, _, err = run(capsys, "predict", files / "rec.wav", files / "short.wav", "--model", files / "model",
+    code, _, err = run_cli(capsys, "predict", files / "rec.wav", files / "short.wav", "--model", files / "model",
                        "--plot", tmp_path / "p.png")
     assert code == 1 and "--timeline and --plot describe one recording" in err
 
@@ -84,7 +77,7 @@ def test_predict_many_files_with_an_ensemble(files, tmp_path, capsys):
             p.add_(0.05 * torch.randn_like(p))
     other.save_pretrained(tmp_path / "other")
     output = tmp_path / "out.jsonl"
-    code, _, err = run(capsys, "predict", files / "rec.wav", files / "short.wav", files / "corrupt.wav", "--model",
+    code, _, err = run_cli(capsys, "predict", files / "rec.wav", files / "short.wav", files / "corrupt.wav", "--model",
                        files / "model", "--model", tmp_path / "other", "--output", output, "--num-workers", "0",
                        "--no-progress")
     assert code == 1 and "corrupt.wav" in err and "2 scored now" in err
@@ -97,7 +90,7 @@ def test_predict_many_files_with_an_ensemble(files, tmp_path, capsys):
 
 def test_embed_writes_npz(files, tmp_path, capsys):
     output = tmp_path / "emb.npz"
-    code, out, err = run(capsys, "embed", files / "rec.wav", files / "short.wav", files / "empty.wav", "--model",
+    code, out, err = run_cli(capsys, "embed", files / "rec.wav", files / "short.wav", files / "empty.wav", "--model",
                          files / "model", "--output", output, "--patches")
     assert code == 1 and "empty.wav" in err  # the empty file is reported, the others are written
     data = np.load(output)  # no pickles needed
@@ -109,14 +102,15 @@ def test_embed_writes_npz(files, tmp_path, capsys):
 
 
 def test_explain_writes_png_and_checks_the_segment(files, tmp_path, capsys):
-    code, out, err = run(capsys, "explain", files / "rec.wav", "--model", files / "model", "--out",
+    code, out, err = run_cli(capsys, "explain", files / "rec.wav", "--model", files / "model", "--out",
                          tmp_path / "map.png", "--start", "3.5", "--duration", "1.0")
     assert code == 0, err
     assert (tmp_path / "map.png").stat().st_size > 10_000 and "patch grid 12x12" in out
-    code, _, err = run(capsys, "explain", files / "rec.wav", "--model", files / "model", "--out",
+    code, _, err = run_cli(capsys, "explain", files / "rec.wav", "--model", files / "model", "--out",
                        tmp_path / "bad.png", "--start", "20")
     assert code == 1 and "outside the recording" in err and not (tmp_path / "bad.png").exists()
-    code, _, err = run(capsys, "explain", files / "empty.wav", "--model", files / "model", "--out", tmp_path / "e.png")
+    code, _, err = run_cli(capsys, "explain", files / "empty.wav", "--model", files / "model", "--out",
+                           tmp_path / "e.png")
     assert code == 1 and "zero-length" in err
 
 
