@@ -327,8 +327,8 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed
         test = trainer.predict(data["test"], metric_key_prefix="test")
         trainer.save_model(str(staging / "model"))  # model + preprocessor_config.json
         # bf16 autocast leaves the weights in float32: the table measures the float32 model.
-        test_features = fe([decode_audio(a, RATE, index=i) for i, a in enumerate(data["test"]["audio"])],
-                           sampling_rate=RATE, return_tensors="pt")["input_values"]
+        test_waves = [decode_audio(a, RATE, index=i) for i, a in enumerate(data["test"]["audio"])]
+        test_features = fe(test_waves, sampling_rate=RATE, return_tensors="pt")["input_values"]
         reduction = token_reduction_table(trainer.model, test_features, list(data["test"]["label"]),
                                           settings.token_reduction_keep, settings.token_reduction_after_layer)
 
@@ -337,8 +337,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed
                               model=ASTForAudioClassification.from_pretrained(staging / "model"),
                               feature_extractor=ASTFeatureExtractor.from_pretrained(staging / "model"),
                               device="cpu")
-        clips = [{"raw": decode_audio(a, RATE, index=i), "sampling_rate": RATE}
-                 for i, a in enumerate(data["test"]["audio"])]
+        clips = [{"raw": wave, "sampling_rate": RATE} for wave in test_waves]
         truth = list(data["test"]["label"])
         outputs = classifier(clips, top_k=1, batch_size=64)
         predicted = [config.label2id[o[0]["label"]] for o in outputs]
