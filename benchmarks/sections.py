@@ -427,23 +427,25 @@ def events(quick: bool, repeats: int) -> list[dict]:
 
 
 def threads_under_load(quick: bool, repeats: int) -> list[dict]:
-    """A demo-size training step (D = 128, 4 layers, batch 32 x 128 frames, AdamW) with every core against the
-    thread count `ast_hf.threads.choose_threads` picks, on an idle machine and with one busy neighbour process
-    (a Python busy loop) beside it. The "transformers" column holds every core (what torch takes by default), so
+    """The demo's training step (its model and batch: D = 128, 4 layers, 32 x 128 frames; AdamW) with every core
+    against the thread count `ast_hf.threads.choose_threads` picks, on an idle machine and with one busy neighbour
+    process (a Python busy loop) beside it. The "transformers" column holds every core (what torch takes by default), so
     the ratio is what the choice gains; the note names the chosen count."""
     import subprocess
     import sys
+    from dataclasses import replace
 
-    from ast_hf import ASTConfig, ASTForAudioClassification
+    from ast_hf import ASTForAudioClassification
     from ast_hf.threads import choose_threads, usable_cores
+    from ast_hf.training.demo import DemoSettings, demo_config
 
-    config = ASTConfig(hidden_size=128, num_hidden_layers=1 if quick else 4, num_attention_heads=4,
-                       intermediate_size=512, max_length=128, num_mel_bins=64, frequency_stride=16, time_stride=8,
-                       num_labels=10)
+    settings = replace(DemoSettings(), num_hidden_layers=1) if quick else DemoSettings()
+    classes = 10
     torch.manual_seed(0)
-    model = ASTForAudioClassification(config).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x, y = torch.randn(32, 128, 64), torch.randint(0, 10, (32,))
+    model = ASTForAudioClassification(demo_config(settings, [f"class {i}" for i in range(classes)])).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
+    x = torch.randn(settings.batch_size, settings.max_length, settings.num_mel_bins)
+    y = torch.randint(0, classes, (settings.batch_size,))
 
     def step():
         model(x, labels=y).loss.backward()
