@@ -141,7 +141,8 @@ def test_client_tags_a_clip_refuses_bad_uploads_and_keeps_serving(served, clips)
     assert labels["confidences"][0]["label"] == "speech"
     assert _png_size(timeline)[0] == TIMELINE_WIDTH and _png_size(timeline)[1] > 300
     assert _png_size(explanation)[0] == EXPLANATION_WIDTH and _png_size(explanation)[1] > 300
-    csv_path, json_path = sorted(files)
+    # gradio_client downloads each file into a folder of its own with a random name: pick them by name, not path
+    csv_path, json_path = sorted(files, key=lambda path: Path(path).suffix)
     assert Path(csv_path).name == "speech_timeline.csv"
     assert Path(csv_path).read_text().splitlines()[0] == "window,start,end,rank,label,score"
     record = json.loads(Path(json_path).read_text())
