@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,14 +150,24 @@ def _soundfile_source(source):
     return io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)
 
 
-def _soundfile_info(source):
-    """soundfile's header info of a path or bytes, or None when libsndfile does not read the format."""
+def _open_soundfile(source):
+    """A `soundfile.SoundFile` opened on a path or bytes (its header read: samplerate, frames, format, channels), or
+    None when libsndfile does not read the format. The caller closes it."""
     import soundfile as sf
 
     try:
-        return sf.info(_soundfile_source(source))
+        return sf.SoundFile(_soundfile_source(source))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
         return None
+
+
+def _soundfile_info(source):
+    """soundfile's header info of a path or bytes, or None when libsndfile does not read the format."""
+    opened = _open_soundfile(source)
+    if opened is None:
+        return None
+    opened.close()
+    return opened  # samplerate, frames, format and channels stay readable after closing
 
 
 def _wav_declared_frames(head: bytes) -> int | None:
@@ -195,24 +205,26 @@ def _warn_if_truncated(name: str, info, declared: int, read: int) -> None:
                       f"part present", TruncatedAudioWarning, stacklevel=3)
 
 
-def _native_blocks(source, info, name: str, block_frames: int = -1) -> Iterator[np.ndarray]:
-    """Mono float32 blocks [samples] at the native rate, `block_frames` each (-1: all at once); warns at the end
-    when fewer frames came than the header declares."""
+def _native_blocks(source, name: str, block_frames: int = -1, opened=None) -> Iterator[np.ndarray]:
+    """Mono float32 blocks [samples] at the native rate, `block_frames` each (-1: all at once), read through
+    `opened` (an open `SoundFile` of `source`, closed here) or a new one; warns at the end when fewer frames came
+    than the header declares."""
     import soundfile as sf
 
-    declared = _declared_frames(source, info)
     read = 0
     try:
-        with sf.SoundFile(_soundfile_source(source)) as f:
+        with opened or sf.SoundFile(_soundfile_source(source)) as f:
+            declared = _declared_frames(source, f)
+            mono = f.channels == 1
             while True:
-                data = f.read(block_frames, dtype="float32", always_2d=True)
+                data = f.read(block_frames, dtype="float32", always_2d=not mono)
                 if not len(data):
                     break
                 read += len(data)
-                yield data.mean(axis=1, dtype=np.float32)
+                yield data if mono else data.mean(axis=1, dtype=np.float32)
     except (sf.LibsndfileError, RuntimeError) as error:
         raise ValueError(f"cannot decode {name}: {error}") from error
-    _warn_if_truncated(name, info, declared, read)
+    _warn_if_truncated(name, f, declared, read)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -304,10 +316,12 @@ def probe(source: str | Path | bytes, name: str | None = None) -> AudioInfo:
     return _ffprobe_header(source, name)
 
 
-def load_audio(source: str | Path | bytes, sampling_rate: int = 16000, name: str | None = None) -> np.ndarray:
+def load_audio(source: str | Path | bytes, sampling_rate: int = 16000, name: str | None = None,
+               check_rate: Callable[[int], None] | None = None) -> np.ndarray:
     """Decode a whole file, or encoded bytes, as a mono float32 waveform [samples] in [-1, 1] at `sampling_rate` Hz.
 
-    `name` names the source in messages (default: its path, or "the audio bytes").
+    `name` names the source in messages (default: its path, or "the audio bytes"). `check_rate` is called with the
+    native rate (Hz) from the header before any sample is decoded, to refuse a file by its rate (it raises).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -319,12 +333,21 @@ def load_audio(source: str | Path | bytes, sampling_rate: int = 16000, name: str
     sampling_rate = check_sampling_rate(sampling_rate)
     name = name or source_name(source)
     _check_file(source)
-    info = _soundfile_info(source)
-    if info is None:
+    opened = _open_soundfile(source)  # one open for the header and the samples
+    if opened is None:
+        if check_rate is not None:
+            check_rate(_ffprobe_header(source, name).sampling_rate)
         return _checked(_ffmpeg_decode(source, sampling_rate, name), name)
-    blocks = list(_native_blocks(source, info, name))
-    native = _checked(np.concatenate(blocks) if blocks else np.zeros(0, np.float32), name)
-    return _checked(resample(native, info.samplerate, sampling_rate), name)
+    rate = opened.samplerate
+    if check_rate is not None:
+        try:
+            check_rate(rate)
+        except BaseException:
+            opened.close()
+            raise
+    blocks = list(_native_blocks(source, name, opened=opened))
+    native = _checked(blocks[0] if len(blocks) == 1 else np.concatenate(blocks or [np.zeros(0, np.float32)]), name)
+    return _checked(resample(native, rate, sampling_rate), name)
 
 
 class AudioStream:
@@ -354,7 +377,7 @@ class AudioStream:
 
     def _soundfile_blocks(self) -> Iterator[np.ndarray]:
         rate = self._info.samplerate
-        native = _native_blocks(self.path, self._info, str(self.path), max(1, int(self.block_seconds * rate)))
+        native = _native_blocks(self.path, str(self.path), max(1, int(self.block_seconds * rate)))
         for out in resample_stream(native, rate, self.sampling_rate):
             if not np.isfinite(out).all():
                 raise ValueError(f"{self.path} contains NaN or infinite samples")

@@ -51,11 +51,15 @@ def _encoded(audio) -> str | Path | bytes | None:
     return audio if isinstance(audio, (str, Path)) else None
 
 
+class UpsamplingRefused(ValueError):
+    """A clip sampled below the model's rate, refused without allow_upsampling (readable, so not corrupt)."""
+
+
 def _refuse_upsampling(name: str, rate: int, sampling_rate: int, allow_upsampling: bool) -> None:
     if rate < sampling_rate and not allow_upsampling:
-        raise ValueError(f"{name} is sampled at {rate} Hz, below the model's {sampling_rate} Hz: upsampling leaves "
-                         f"the mel bins above {rate // 2} Hz empty. Pass allow_upsampling=True (--allow-upsampling) "
-                         f"to accept it anyway")
+        raise UpsamplingRefused(f"{name} is sampled at {rate} Hz, below the model's {sampling_rate} Hz: upsampling "
+                                f"leaves the mel bins above {rate // 2} Hz empty. Pass allow_upsampling=True "
+                                f"(--allow-upsampling) to accept it anyway")
 
 
 def decode_audio(audio, sampling_rate: int = TARGET_RATE, allow_upsampling: bool = False,
@@ -78,9 +82,10 @@ def decode_audio(audio, sampling_rate: int = TARGET_RATE, allow_upsampling: bool
     name = audio_name(audio, index)
     source = _encoded(audio)
     try:
-        if source is not None:
-            rate = probe(source, name).sampling_rate
-        elif isinstance(audio, dict) and audio.get("array") is not None:
+        if source is not None:  # the rate is checked from the header, before decoding
+            return load_audio(source, sampling_rate, name, check_rate=lambda rate: _refuse_upsampling(
+                name, rate, sampling_rate, allow_upsampling))
+        if isinstance(audio, dict) and audio.get("array") is not None:
             if audio.get("sampling_rate") is None:
                 raise ValueError(f"{name} has an array but no sampling_rate; give {{'array', 'sampling_rate'}}")
             rate = check_sampling_rate(audio["sampling_rate"])
@@ -92,14 +97,14 @@ def decode_audio(audio, sampling_rate: int = TARGET_RATE, allow_upsampling: bool
         else:
             raise ValueError(f"{name}: unsupported audio value of type {type(audio).__name__}; expected a path, "
                              f"{{'path', 'bytes'}}, {{'array', 'sampling_rate'}} or a torchcodec AudioDecoder")
+    except UpsamplingRefused:
+        raise
     except (ValueError, FileNotFoundError) as error:
         raise CorruptAudioError(str(error)) from None
     except RuntimeError as error:  # torchcodec decoding errors of decoded columns
         raise CorruptAudioError(f"cannot decode {name}: {error}") from None
     _refuse_upsampling(name, rate, sampling_rate, allow_upsampling)
     try:
-        if source is not None:
-            return load_audio(source, sampling_rate, name)
         if waveform.size == 0:
             raise ValueError(f"{name} holds no audio samples (zero-length recording)")
         waveform = resample(waveform, rate, sampling_rate)
