@@ -45,12 +45,19 @@ def twin_models(config, attn_implementation: str, dtype: torch.dtype, device: st
     return ours.to(device).eval(), theirs.to(device).eval()
 
 
-def forward_gmacs(config, frames: int | None = None) -> float:
-    """Multiply-accumulates of one clip's forward, in GMAC (patch embedding + encoder + head)."""
+def forward_gmacs(config, frames: int | None = None, prefix_only: bool = False) -> float:
+    """Multiply-accumulates of one clip's forward, in GMAC (patch embedding + encoder + head).
+
+    prefix_only: the last layer computes only the prefix tokens' outputs (keys and values still for every token),
+    as ast-hf's classifier does; transformers' computes every token's."""
     f, t = config.patch_grid(frames)
-    n, d, m = f * t + 2, config.hidden_size, config.intermediate_size
-    per_layer = 4 * n * d * d + 2 * n * d * m + 2 * n * n * d
-    return (config.num_hidden_layers * per_layer + f * t * d * config.patch_size ** 2) / 1e9
+    n, d, m = f * t + config.num_prefix_tokens, config.hidden_size, config.intermediate_size
+
+    def layer(queries: int) -> int:
+        return 2 * n * d * d + 2 * queries * d * d + 2 * queries * d * m + 2 * queries * n * d
+
+    last = layer(config.num_prefix_tokens if prefix_only else n)
+    return ((config.num_hidden_layers - 1) * layer(n) + last + f * t * d * config.patch_size ** 2) / 1e9
 
 
 def feature_extraction(quick: bool, repeats: int) -> list[dict]:
@@ -283,13 +290,14 @@ def gemm_efficiency(quick: bool, repeats: int, forward_rows: list[dict]) -> list
     figures = {name: flop / timing.median / 1e9 for name, timing in timings.items()}
     best_name = max(figures, key=figures.get)
     gemm_gflops = figures[best_name]
-    flops = 2 * forward_gmacs(config) * 8
+    # Each side's own arithmetic: ours skips the patch tokens' outputs in the last layer (the head reads the prefix).
+    flops = {side: 2 * forward_gmacs(config, prefix_only=side == "ours") * 8 for side in ("ours", "theirs")}
     note_gemm = ", ".join(f"{k} {v:.0f}" for k, v in figures.items())
     rows = []
     for row in forward_rows:
         if row["case"].startswith("batch 8, sdpa, float32"):
             for side in ("ours", "theirs"):
-                achieved = flops / row[side].median
+                achieved = flops[side] / row[side].median
                 rows.append(dict(section="efficiency", case=f"{side}: forward GFLOP/s vs same-shape GEMM",
                                  ours=achieved, theirs=gemm_gflops, unit="GFLOP/s", ratio_name="of GEMM",
                                  note=f"{100 * achieved / gemm_gflops:.0f}% of the best GEMM ({note_gemm} GFLOP/s)"))
@@ -480,6 +488,73 @@ def threads_under_load(quick: bool, repeats: int) -> list[dict]:
     return rows
 
 
+# The training options timed per epoch on the demo (their accuracy on the demo: docs/training.md).
+DEMO_EPOCH_OPTIONS = {"patchout-time 2": dict(time=2), "patchout-time 3": dict(time=3),
+                      "patchout-time 5": dict(time=5), "patchout-random 0.15": dict(random=0.15)}
+
+
+def demo_epoch(quick: bool, repeats: int) -> list[dict]:
+    """One training epoch of the demo (`ast-hf demo`: its data, collator with SpecAugment and noise, model size,
+    batch and fused AdamW, as `ASTTrainer` runs it) with transformers' AST and with ours, plain and with each of
+    `DEMO_EPOCH_OPTIONS`, all interleaved epoch by epoch. The per-epoch time includes reading and featurising the
+    clips (the same collator for every candidate)."""
+    import transformers
+    from torch.utils.data import DataLoader
+
+    from ast_hf import ASTFeatureExtractor, ASTForAudioClassification
+    from ast_hf.training.collator import ASTAudioCollator
+    from ast_hf.training.data import label_names, load_audio_dataset
+    from ast_hf.training.demo import QUICK, DemoSettings, demo_config, make_demo_data
+
+    settings = QUICK if quick else DemoSettings()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        make_demo_data(Path(folder) / "data", settings)
+        train = load_audio_dataset(Path(folder) / "data")["train"]
+        labels = label_names(train)
+        fe = ASTFeatureExtractor(num_mel_bins=settings.num_mel_bins, max_length=settings.max_length)
+        collator = ASTAudioCollator(fe, num_labels=len(labels), freqm=settings.freqm, timem=settings.timem,
+                                    mixup=settings.mixup, noise=True)
+        config = demo_config(settings, labels, problem_type="single_label_classification")
+        torch.manual_seed(0)
+        ours = ASTForAudioClassification(config)
+        ours.save_pretrained(Path(folder) / "model")
+        theirs = transformers.ASTForAudioClassification.from_pretrained(Path(folder) / "model")
+        models = {"ours": ours.train(), "theirs": theirs.train()}
+        optimisers = {name: torch.optim.AdamW(model.parameters(), lr=settings.learning_rate,
+                                              weight_decay=settings.weight_decay, fused=True)
+                      for name, model in models.items()}
+
+        def epoch(name: str, patchout: dict | None = None):
+            model, optimiser = models[name], optimisers[name]
+            loader = DataLoader(train, batch_size=settings.batch_size, shuffle=True, collate_fn=collator,
+                                generator=torch.Generator().manual_seed(0))
+
+            def run():
+                if patchout:
+                    model.set_patchout(**patchout)
+                try:
+                    for batch in loader:
+                        model(batch["input_values"], labels=batch["labels"]).loss.backward()
+                        optimiser.step()
+                        optimiser.zero_grad(set_to_none=True)
+                finally:
+                    if patchout:
+                        model.set_patchout()
+            return run
+
+        candidates = {"theirs": epoch("theirs"), "ours": epoch("ours")}
+        candidates |= {f"ours {option}": epoch("ours", patchout) for option, patchout in DEMO_EPOCH_OPTIONS.items()}
+        t = interleaved(candidates, repeats)
+    steps = -(-len(train) // settings.batch_size)
+    note = (f"{len(train)} clips, {steps} steps of {settings.batch_size}; D = {settings.hidden_size}, "
+            f"{settings.num_hidden_layers} layers; {time.perf_counter() - started:.0f} s in all with the data")
+    rows = [dict(section="demo epoch", case="ours vs theirs, float32", ours=t["ours"], theirs=t["theirs"], note=note)]
+    rows += [dict(section="demo epoch", case=f"ours with {option} vs theirs", ours=t[f"ours {option}"],
+                  theirs=t["theirs"], note="accuracy on the demo: docs/training.md") for option in DEMO_EPOCH_OPTIONS]
+    return rows
+
+
 SECTIONS = {
     "features": feature_extraction,
     "forward": forward,
@@ -490,6 +565,7 @@ SECTIONS = {
     "events": events,
     "tokens": token_reduction,
     "threads": threads_under_load,
+    "demo": demo_epoch,
 }
 
 
