@@ -287,10 +287,9 @@ def log_mel_filterbank(
         log_mel = torch.clamp_min_(energies, floor).log_().view(batch, count, num_mel_bins)  # log-mel - shift
         if windowed_shift != shift:
             log_mel.sub_(shift)
-        if scale != 1.0:  # the division written straight into the output, rounded to float32 once
-            torch.mul(log_mel, 1.0 / scale, out=features[:, start:stop])
-        else:
-            features[:, start:stop] = log_mel
+        if scale != 1.0:  # in place while in cache (a float32 out= would compute into a temporary and copy)
+            log_mel.mul_(1.0 / scale)
+        features[:, start:stop] = log_mel  # rounded to float32 once
     # Frames past each clip's end were computed from padding (or not at all): they hold a zero log-mel.
     if device.type == "cpu":  # only the frames concerned (lengths are on the host: no device sync)
         features[:, computed:] = padding
