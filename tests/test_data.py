@@ -173,6 +173,48 @@ def test_collator_training_mixes_waveforms_then_masks(tmp_path):
     assert ((masked - fill).abs() < 1e-6).float().mean() > 0.05
 
 
+def test_feature_cache_reuses_features_without_decoding_within_its_budget(tmp_path):
+    data = load_audio_dataset(_folder(tmp_path / "data"))
+    fe = ASTFeatureExtractor(max_length=64)
+    examples = [data["train"][i] for i in range(4)]
+    plain = ASTAudioCollator(fe, num_labels=2)
+    first = ASTAudioCollator(fe, num_labels=2, cache_mb=1.0)(examples)["input_values"]
+    torch.testing.assert_close(first, plain(examples)["input_values"], rtol=0, atol=0)
+    cached = ASTAudioCollator(fe, num_labels=2, cache_mb=1.0)
+    cached(examples[:3])
+    for example in examples:  # the files change on disk: cached clips are not read again, the others are
+        sf.write(example["audio"]["path"], _tone(5000.0), RATE)
+    out = cached(examples)["input_values"]
+    torch.testing.assert_close(out[:3], first[:3], rtol=0, atol=0)
+    torch.testing.assert_close(out[3], plain(examples[3:])["input_values"][0], rtol=0, atol=0)
+    assert not torch.equal(out[3], first[3])
+    # The budget: room for two clips' features keeps the first two only.
+    one_clip_mb = first[0].numel() * 4 / 2**20
+    small = ASTAudioCollator(fe, num_labels=2, cache_mb=2.5 * one_clip_mb)
+    small(examples)
+    assert len(small._cache) == 2 and small._cached_bytes <= small.cache_mb * 2**20
+
+
+def test_feature_cache_keeps_augmentation_fresh_and_the_cache_clean(tmp_path):
+    data = load_audio_dataset(_folder(tmp_path / "data"))
+    fe = ASTFeatureExtractor(max_length=64)
+    examples = [data["train"][i] for i in range(4)]
+    clean = ASTAudioCollator(fe, num_labels=2)(examples)["input_values"]
+    collator = ASTAudioCollator(fe, num_labels=2, freqm=30, timem=30, noise=True, cache_mb=1.0).train()
+    torch.manual_seed(0)
+    a = collator(examples)["input_values"]
+    b = collator(examples)["input_values"]  # all four from the cache, masked and shifted anew
+    assert not torch.equal(a, b)
+    assert all(torch.equal(collator._cache[e["audio"]["path"]], clean[i]) for i, e in enumerate(examples))
+
+
+@pytest.mark.parametrize("settings, message", [(dict(cache_mb=1.0, mixup=0.5), "use one or the other"),
+                                               (dict(cache_mb=-1.0), "cache_mb is a size in MB")])
+def test_feature_cache_refuses_mixup_and_negative_sizes(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ASTAudioCollator(ASTFeatureExtractor(), num_labels=2, **settings)
+
+
 def test_normalization_stats_match_the_authors_fbank(tmp_path):
     import torchaudio
 

@@ -15,6 +15,7 @@ import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ import torch
 from ..configuration_ast import ASTConfig
 from ..feature_extraction_ast import ASTFeatureExtractor
 from .augment import feature_noise, mix_targets, mix_waveforms, sample_mixup, spec_augment, time_shift
-from .data import CorruptAudioError, audio_name, decode_audio
+from .data import CorruptAudioError, _encoded, audio_name, decode_audio
 from .strong_labels import column_seconds, frame_targets
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,11 @@ class ASTAudioCollator:
         clip_labels: with `events_column`, also return the clip's classes as `labels` (the clip head trains beside
             the frame head); False trains the frame head alone (in the events demo the clip loss held the frame
             head back: event F1 0.14 after 800 joint updates, docs/training.md).
+        cache_mb: keep the (normalised, un-augmented) features of clips read from files, up to this many MB, and
+            reuse them in later epochs instead of decoding and featurising the clip again; the first clips seen
+            fill it, none is evicted (under shuffling a cache smaller than the data set serves its share of every
+            batch). SpecAugment and the noise recipe still draw anew every time. Needs `mixup=0` (mixup changes
+            the waveforms, so the features, every epoch). 0 (default): off.
     """
 
     feature_extractor: ASTFeatureExtractor
@@ -86,8 +92,17 @@ class ASTAudioCollator:
     events_column: str | None = None
     model_config: ASTConfig | None = None
     clip_labels: bool = True
+    cache_mb: float = 0.0
 
     def __post_init__(self):
+        if self.cache_mb < 0:
+            raise ValueError(f"cache_mb is a size in MB >= 0, got {self.cache_mb}")
+        if self.cache_mb and self.mixup > 0:
+            raise ValueError("cache_mb keeps each clip's features for later epochs, but mixup mixes new pairs of "
+                             "waveforms every epoch, so there is nothing to keep: use one or the other")
+        # path -> features [frames, mel]; shared by the train() and eval() copies (the same clip, the same features)
+        self._cache: dict[str, torch.Tensor] = {}
+        self._cached_bytes = 0
         if self.num_labels < 1:
             raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
         if not 0.0 <= self.mixup <= 1.0:
@@ -178,14 +193,45 @@ class ASTAudioCollator:
         return targets
 
     # ----------------------------------------------------------------------------------------------------------
+    def _cache_key(self, audio) -> str | None:
+        """The file path of an audio value read from a file, the key of its cached features (None: not cached)."""
+        if not self.cache_mb:
+            return None
+        source = _encoded(audio)
+        return str(source) if isinstance(source, (str, Path)) else None
+
+    def _features(self, waveforms: list[torch.Tensor | None], cached: list[torch.Tensor | None],
+                  keys: list[str | None]) -> torch.Tensor:
+        """[batch, frames, mel] normalised features: the cached rows as they are, the others computed in one
+        batched call (and kept while `cache_mb` allows)."""
+        fe = self.feature_extractor
+        todo = [waveform for waveform, row in zip(waveforms, cached) if row is None]
+        if not todo:
+            return torch.stack(cached)
+        # Cut to max_length as the authors' loader does (asked for, so no per-batch warning).
+        computed = fe(todo, sampling_rate=fe.sampling_rate, padding="max_length", max_length=self.max_length,
+                      truncation=True, return_tensors="pt", device=self.device)["input_values"]
+        rows = iter(computed)
+        features = [row if row is not None else next(rows) for row in cached]
+        for key, row, hit in zip(keys, features, cached):
+            size = row.numel() * row.element_size()
+            if (hit is None and key is not None and key not in self._cache
+                    and self._cached_bytes + size <= self.cache_mb * 2**20):
+                self._cache[key] = row.clone()  # not a view: the batch is augmented in place later
+                self._cached_bytes += size
+        return computed if len(todo) == len(cached) else torch.stack(features)
+
     def __call__(self, examples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         fe = self.feature_extractor
-        waveforms, label_lists, event_lists = [], [], []
+        waveforms, label_lists, event_lists, cached, keys = [], [], [], [], []
         for i, example in enumerate(examples):
             audio = example[self.audio_column]
+            key = self._cache_key(audio)
             try:
-                waveform = decode_audio(audio, fe.sampling_rate, allow_upsampling=self.allow_upsampling, index=i)
-                if waveform.shape[0] < fe.min_samples:
+                hit = self._cache.get(key) if key is not None else None
+                waveform = None if hit is not None else decode_audio(
+                    audio, fe.sampling_rate, allow_upsampling=self.allow_upsampling, index=i)
+                if waveform is not None and waveform.shape[0] < fe.min_samples:
                     raise CorruptAudioError(f"{audio_name(audio, i)} is shorter than one 25 ms frame")
             except CorruptAudioError as error:
                 if not self.skip_corrupt:
@@ -200,7 +246,9 @@ class ASTAudioCollator:
             else:
                 labels = example.get(self.label_column)
                 label_lists.append(self.label_indices(labels, audio_name(audio, i)) if labels is not None else None)
-            waveforms.append(torch.from_numpy(waveform))
+            waveforms.append(None if waveform is None else torch.from_numpy(waveform))
+            cached.append(hit)
+            keys.append(key)
         if not waveforms:
             raise ValueError("every clip of this batch failed to decode; see the warnings above")
         has_labels = all(x is not None for x in label_lists)
@@ -216,9 +264,7 @@ class ASTAudioCollator:
             if frames is not None:
                 frames = mix_targets(frames, partner, lam)
 
-        # Cut to max_length as the authors' loader does (asked for, so no per-batch warning).
-        features = fe(waveforms, sampling_rate=fe.sampling_rate, padding="max_length", max_length=self.max_length,
-                      truncation=True, return_tensors="pt", device=self.device)["input_values"]
+        features = self._features(waveforms, cached, keys)
         if self.training:
             if self.freqm or self.timem:
                 fill = float(fe.normalize(torch.tensor(0.0))) if fe.do_normalize else 0.0
