@@ -90,6 +90,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 5, quick 3)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 5)
+    from ast_hf.allocator import keep_freed_memory
+
+    # As ast-hf's command line does; one process, so transformers' side runs under the same allocator setting.
+    kept = keep_freed_memory()
     torch.manual_seed(0)
     load_before = load()
     rows: list[dict] = []
@@ -114,7 +118,8 @@ def main(argv=None) -> int:
     header = (f"Measured {datetime.date.today()} on {describe()}; "
               f"torch {torch.__version__} "
               f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
-              f"{'quick' if args.quick else 'full'} mode, {repeats} repeats; {load_before} at the start, "
+              f"{'quick' if args.quick else 'full'} mode, {repeats} repeats; malloc keeps freed memory "
+              f"(ast_hf.allocator, both sides): {'yes' if kept else 'no'}; {load_before} at the start, "
               f"{load()} at the end.")
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows, header)

@@ -26,6 +26,7 @@ _EXPORTS = {
     "register": "registration",
     "unregister": "registration",
     "load_audio": "audio_io",
+    "keep_freed_memory": "allocator",
     # the converter and the label tables
     "convert_original_checkpoint": "convert",
     "ConversionError": "convert",

@@ -619,6 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # this process is ours: reuse freed tensors' pages (AST_HF_KEEP_FREED_MEMORY=0: don't)
     try:
         if hasattr(args, "threads"):  # long-running commands: the cores left free, unless --threads says
             from .threads import use_threads
