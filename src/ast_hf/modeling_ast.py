@@ -495,10 +495,10 @@ class ASTEncoder(nn.Module):
                 all_hidden += (hidden_states,)
             if output_attentions:
                 attentions += (weights,)
-        if all_tokens is not None and last_layer_tokens is None:  # the kept tokens back among the dropped ones
-            hidden_states = all_tokens.scatter(1, kept.expand(-1, -1, hidden_states.shape[-1]), hidden_states)
-        if last_layer_tokens is not None and not self.layer:
+        if last_layer_tokens is not None:  # already these rows after a last layer; cut here without layers
             hidden_states = hidden_states[:, :last_layer_tokens]
+        elif all_tokens is not None:  # the kept tokens back among the dropped ones, in their places
+            hidden_states = all_tokens.scatter(1, kept.expand(-1, -1, hidden_states.shape[-1]), hidden_states)
         return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden, attentions=attentions)
 
 
