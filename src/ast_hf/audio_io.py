@@ -339,13 +339,10 @@ def load_audio(source: str | Path | bytes, sampling_rate: int = 16000, name: str
             check_rate(_ffprobe_header(source, name).sampling_rate)
         return _checked(_ffmpeg_decode(source, sampling_rate, name), name)
     rate = opened.samplerate
-    if check_rate is not None:
-        try:
+    with opened:  # closed if check_rate refuses the file (_native_blocks closes it otherwise)
+        if check_rate is not None:
             check_rate(rate)
-        except BaseException:
-            opened.close()
-            raise
-    blocks = list(_native_blocks(source, name, opened=opened))
+        blocks = list(_native_blocks(source, name, opened=opened))
     native = _checked(blocks[0] if len(blocks) == 1 else np.concatenate(blocks or [np.zeros(0, np.float32)]), name)
     return _checked(resample(native, rate, sampling_rate), name)
 
