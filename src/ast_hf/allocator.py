@@ -35,10 +35,9 @@ def _glibc():
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
-        return libc if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") \
-            else None
     except OSError:
         return None
+    return libc if hasattr(libc, "gnu_get_libc_version") else None  # glibc (which has mallopt), not musl
 
 
 def keep_freed_memory(limit_bytes: int = KEEP_BYTES) -> bool:
