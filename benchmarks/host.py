@@ -1,10 +1,11 @@
 """What the host is, for the header of every benchmark table: figures from one host do not carry to another.
 
 CPU model and flags from /proc/cpuinfo (bf16 dot products: avx512_bf16; AMX tiles: amx_bf16 / amx_tile), the SIMD
-level torch dispatches to, any cap set through ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA (rows measured so are a
-capped run on this machine, not another machine), torch's BLAS, and the oneDNN kernels our CPU paths actually get
-for a float32 and a bfloat16 matmul (read from ONEDNN_VERBOSE in a fresh process, since oneDNN prints its choice
-only when it first builds a primitive), and how a bf16 model computes here (`onednn.bf16_policy`).
+level torch dispatches to, any cap set through ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS /
+NUMBA_CPU_NAME (rows measured so are a capped run on this machine, not another machine), torch's BLAS, and the
+oneDNN kernels our CPU paths actually get for a float32 and a bfloat16 matmul (read from ONEDNN_VERBOSE in a fresh
+process, since oneDNN prints its choice only when it first builds a primitive), and how a bf16 model computes here
+(`onednn.bf16_policy`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import re
 import subprocess
 import sys
 
-CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "AST_HF_ONEDNN")
+CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "NUMBA_CPU_NAME",
+                 "AST_HF_ONEDNN")
 
 _PROBE = """
 import torch

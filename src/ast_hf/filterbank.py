@@ -17,13 +17,13 @@ the exact Kaldi answer by as much as torchaudio's own float32 fbank, more or les
 error left is the output's own float32 rounding (half a unit in the last place), on every host; the float64
 work costs some speed (benchmarks/results/). Apple's MPS has no float64: there the work stays in float32.
 
-All clips of a batch go through the same tensor operations; the work is cut into chunks of frames so
-that the intermediate spectra stay in cache (one giant FFT over the whole batch measured slower on CPU).
-The linear steps before the FFT are reordered so that each frame is touched twice instead of five times:
-pre-emphasis runs once on the waveform (per chunk), frame means come from block sums of the waveform, and
-the window product writes straight into a reused zero-padded FFT buffer, the mean term following as one
-rank-1 update. On a CPU the mel projection multiplies only the band of FFT bins each group of 16 filters
-covers (13% of the dense product for 128 bins at 16 kHz); elsewhere it is one dense matmul.
+All clips of a batch go through the same operations; the work is cut into chunks of frames so that the
+intermediate spectra stay in cache (one giant FFT over the whole batch measured slower on CPU). Around the FFT
+(torch's), a chunk takes two passes: framing (frame mean removal, pre-emphasis, window) straight into a reused
+zero-padded FFT buffer, and the mel projection of the power spectrum. On a CPU both are compiled kernels
+(`ast_hf.filterbank_cpu`: one read of each frame's samples, and only the bins where each filter has weight); on
+other devices they are tensor operations (the framing touching each frame twice, the mel projection one dense
+matmul).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import functools
 import math
 import threading
 
+import numpy as np
 import torch
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps  # Kaldi's (and torchaudio's) log floor, in every precision
@@ -40,8 +41,6 @@ FLOAT32_EPS = torch.finfo(torch.float32).eps  # Kaldi's (and torchaudio's) log f
 FRAMES_PER_CHUNK = 1024
 # Largest |shift| folded into the window (see log_mel_filterbank).
 MAX_WINDOWED_SHIFT = 30.0
-# Mel filters per band of the banded (CPU) mel projection: 16 measured fastest (8 and 32 were slower).
-FILTERS_PER_BAND = 16
 
 
 def frame_geometry(sampling_rate: int, frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0
@@ -144,31 +143,22 @@ def _cached_on(tensor: torch.Tensor, key: tuple, device: torch.device) -> torch.
 
 
 @functools.lru_cache(maxsize=32)
-def _mel_bands_cpu(num_mel_bins: int, n_fft: int, sampling_rate: int, low_freq: float, high_freq: float
-                   ) -> tuple[tuple[int, int, int, int, torch.Tensor], ...]:
-    """The mel matrix cut into bands: (first filter, end filter, first FFT bin, end FFT bin, paired weights
-    [2 * (end bin - first bin), end filter - first filter], see `_paired`) for each group of FILTERS_PER_BAND
-    filters, the bins being those where any filter of the group has weight (an empty range for a group of empty
-    filters)."""
-    weights = _mel_matrix_cpu(num_mel_bins, n_fft, sampling_rate, low_freq, high_freq)
-    bands = []
-    for first in range(0, num_mel_bins, FILTERS_PER_BAND):
-        end = min(first + FILTERS_PER_BAND, num_mel_bins)
-        bins = weights[:, first:end].gt(0).any(dim=1).nonzero().flatten()
-        lo, hi = (int(bins[0]), int(bins[-1]) + 1) if len(bins) else (0, 0)
-        bands.append((first, end, lo, hi, _paired(weights[lo:hi, first:end]).contiguous()))
-    return tuple(bands)
-
-
-def _project_to_mel_bands(squares: torch.Tensor, bands, out: torch.Tensor) -> torch.Tensor:
-    """out[:, filters] = squares[:, 2 bins] @ paired weights for each band; squares [frames, 2 (n_fft/2 + 1)]
-    (interleaved squared real and imaginary parts) -> out [frames, mel]."""
-    for first, end, lo, hi, weights in bands:
-        if hi > lo:
-            torch.mm(squares[:, 2 * lo:2 * hi], weights, out=out[:, first:end])
-        else:
-            out[:, first:end] = 0.0
-    return out
+def _mel_rows_cpu(num_mel_bins: int, n_fft: int, sampling_rate: int, low_freq: float, high_freq: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mel matrix as `filterbank_cpu.mel_energies` reads it: each filter's first FFT bin [mel] int64, number
+    of bins [mel] int64 and weights [mel, widest] float64 (zero-padded), its bins being those from its first to its
+    last non-zero weight (none for an empty filter)."""
+    rows = _mel_matrix_cpu(num_mel_bins, n_fft, sampling_rate, low_freq, high_freq).t()
+    first_bin = np.zeros(num_mel_bins, np.int64)
+    widths = np.zeros(num_mel_bins, np.int64)
+    for m, row in enumerate(rows):
+        nonzero = row.nonzero().flatten()
+        if len(nonzero):
+            first_bin[m], widths[m] = int(nonzero[0]), int(nonzero[-1]) - int(nonzero[0]) + 1
+    weights = np.zeros((num_mel_bins, max(1, int(widths.max()))), np.float64)
+    for m in range(num_mel_bins):
+        weights[m, :widths[m]] = rows[m, first_bin[m]:first_bin[m] + widths[m]].numpy()
+    return first_bin, widths, weights
 
 
 def _frame_means(waveforms: torch.Tensor, num: int, window: int, hop: int) -> torch.Tensor:
@@ -178,6 +168,26 @@ def _frame_means(waveforms: torch.Tensor, num: int, window: int, hop: int) -> to
     end = (num - 1) * hop + window
     sums = waveforms[:, :end].reshape(waveforms.shape[0], end // block, block).sum(dim=2)
     return sums.unfold(1, window // block, hop // block).sum(dim=2) / window
+
+
+def _fill_frames(waveforms: torch.Tensor, start: int, count: int, hop: int, window: torch.Tensor,
+                 preemphasis: float, out: torch.Tensor) -> None:
+    """`filterbank_cpu.fill_frames` as tensor operations (any device): frames [start, start + count) of every clip,
+    windowed, into out[:, :window size] (rows clip-major). Each frame is (x - mean) pre-emphasised, then windowed:
+    (x[i] - p x[i-1] - (1 - p) mean) w[i] for i >= 1, and (1 - p) (x[0] - mean) w[0] for its first sample (Kaldi
+    weighs it against itself). The window product writes straight into `out`, the mean term following as one rank-1
+    update."""
+    batch, window_size, dtype = waveforms.shape[0], window.shape[0], out.dtype
+    # Only this chunk's samples are widened to the compute dtype (a whole float64 copy was a pass more).
+    piece = waveforms[:, start * hop: (start + count - 1) * hop + window_size]
+    segment = kept_buffer("segment", tuple(piece.shape), dtype, out.device).copy_(piece)
+    dc = (_frame_means(segment, count, window_size, hop) * (1.0 - preemphasis)).reshape(-1)
+    emphasised = torch.sub(segment[:, 1:], segment[:, :-1], alpha=preemphasis,  # sample i of a frame: i - 1
+                           out=kept_buffer("emphasised", (batch, piece.shape[1] - 1), dtype, out.device))
+    torch.mul(emphasised.unfold(1, window_size - 1, hop), window[1:],
+              out=out.view(batch, count, out.shape[1])[:, :, 1:window_size])
+    out[:, 1:window_size].addr_(dc, window[1:], alpha=-1.0)
+    out[:, 0] = (segment[:, : (count - 1) * hop + 1: hop].reshape(-1) * (1.0 - preemphasis) - dc) * window[0]
 
 
 def log_mel_filterbank(
@@ -191,7 +201,7 @@ def log_mel_filterbank(
     preemphasis: float = 0.97,
     frames_per_chunk: int = FRAMES_PER_CHUNK,
     output_frames: int | None = None,
-    banded_mel: bool | None = None,
+    compiled_kernels: bool | None = None,
     shift: float = 0.0,
     scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,8 +214,9 @@ def log_mel_filterbank(
             is relative to Nyquist). preemphasis: pre-emphasis coefficient.
         output_frames: frames of the output (default: those of the longest clip); frames past it are not
             computed, frames past a clip's end are 0.
-        banded_mel: multiply only each filter group's band of FFT bins (default: on a CPU) instead of the
-            dense mel matrix (default elsewhere: one matmul beats many small ones on a GPU).
+        compiled_kernels: frame and project onto the mel filters with the compiled CPU kernels
+            (`ast_hf.filterbank_cpu`; the default on a CPU) instead of tensor operations and a dense mel matmul
+            (the default elsewhere: one matmul suits a GPU).
         shift, scale: return (log-mel - shift) / scale, computed in float64 before the one rounding and while the
             chunk is in cache (the AST's normalisation is shift = mean, scale = 2 std).
 
@@ -238,12 +249,14 @@ def log_mel_filterbank(
     if computed == 0:
         return features.fill_(padding), frames_per_clip
 
+    if compiled_kernels is None:
+        compiled_kernels = device.type == "cpu"
     mel_key = (num_mel_bins, n_fft, sampling_rate, float(low_freq), float(high_freq))
-    if banded_mel is None:
-        banded_mel = device.type == "cpu"
-    if banded_mel:
-        bands = [(first, end, lo, hi, _cached_on(weights, ("mel band", first) + mel_key, device))
-                 for first, end, lo, hi, weights in _mel_bands_cpu(*mel_key)]
+    if compiled_kernels:
+        if device.type != "cpu":
+            raise ValueError(f"compiled_kernels run on the CPU; the waveforms are on {device}")
+        from . import filterbank_cpu  # numba: imported (and its kernels loaded) on the first CPU call only
+        mel_rows = _mel_rows_cpu(*mel_key)
     else:
         mel = _cached_on(_paired(_mel_matrix_cpu(*mel_key)), ("paired mel",) + mel_key, device)
     # The shift rides on the window: frames windowed by w exp(-shift / 2) have energies E exp(-shift), whose log
@@ -254,8 +267,6 @@ def log_mel_filterbank(
     window = _cached_on(_window_cpu(window_size) * math.exp(-0.5 * windowed_shift),
                         ("window", window_size, windowed_shift), device)
     floor = FLOAT32_EPS * math.exp(-windowed_shift)
-    # Each frame is (x - mean) pre-emphasised, then windowed: (x[i] - p x[i-1] - (1 - p) mean) w[i] for i >= 1,
-    # and (1 - p) (x[0] - mean) w[0] for its first sample (Kaldi weighs it against itself).
     step = max(1, frames_per_chunk // batch)  # frames of every clip per chunk
     rows = batch * min(step, computed)
     buffer = kept_buffer("frames", (rows, n_fft), dtype, device)
@@ -265,26 +276,21 @@ def log_mel_filterbank(
         stop = min(start + step, computed)
         count = stop - start
         padded = buffer[: batch * count]
-        # Only this chunk's samples are widened to the compute dtype (a whole float64 copy was a pass more).
-        piece = waveforms[:, start * hop: (stop - 1) * hop + window_size]
-        segment = kept_buffer("segment", tuple(piece.shape), dtype, device).copy_(piece)
-        dc = (_frame_means(segment, count, window_size, hop) * (1.0 - preemphasis)).reshape(-1)
-        emphasised = torch.sub(segment[:, 1:], segment[:, :-1], alpha=preemphasis,  # sample i of a frame: i - 1
-                               out=kept_buffer("emphasised", (batch, piece.shape[1] - 1), dtype, device))
-        torch.mul(emphasised.unfold(1, window_size - 1, hop), window[1:],
-                  out=padded.view(batch, count, n_fft)[:, :, 1:window_size])
-        padded[:, 1:window_size].addr_(dc, window[1:], alpha=-1.0)
-        padded[:, 0] = (segment[:, : (count - 1) * hop + 1: hop].reshape(-1) * (1.0 - preemphasis) - dc) * window[0]
+        if compiled_kernels:
+            filterbank_cpu.fill_frames(waveforms, start, count, hop, window, preemphasis, padded)
+        else:
+            _fill_frames(waveforms, start, count, hop, window, preemphasis, padded)
         # Not into a kept buffer: rfft(out=) computes into a temporary and copies (measured slower).
         spectrum = torch.fft.rfft(padded, dim=1)  # [frames, n_fft/2 + 1] complex
-        # |X|^2 = re^2 + im^2: the interleaved (re, im) pairs squared in place, the pair sum done by the mel product.
-        squares = torch.view_as_real(spectrum).view(batch * count, -1).square_()
-        if banded_mel:
-            energies = _project_to_mel_bands(squares, bands, energies_buffer[: batch * count])
+        energies = energies_buffer[: batch * count]
+        if compiled_kernels:
+            filterbank_cpu.mel_energies(spectrum, mel_rows, floor, energies)
         else:
-            energies = torch.mm(squares, mel, out=energies_buffer[: batch * count])
+            # |X|^2 = re^2 + im^2: the (re, im) pairs squared in place, the pair sum done by the mel product.
+            torch.mm(torch.view_as_real(spectrum).view(batch * count, -1).square_(), mel, out=energies)
+            energies.clamp_min_(floor)
         # In place on the contiguous energies, then one copy (log through out= into the strided slice was 3x slower).
-        log_mel = torch.clamp_min_(energies, floor).log_().view(batch, count, num_mel_bins)  # log-mel - shift
+        log_mel = energies.log_().view(batch, count, num_mel_bins)  # log-mel - shift
         if windowed_shift != shift:
             log_mel.sub_(shift)
         if scale != 1.0:  # in place while in cache (a float32 out= would compute into a temporary and copy)
