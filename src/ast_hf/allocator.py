@@ -4,8 +4,10 @@ glibc's malloc serves large blocks with fresh `mmap`s and trims the top of its h
 the next tensor of that size then costs one page fault per 4 kB page on its first write. A featurised batch of 16
 clips (an 8 MB output, the FFT's 4 MB temporaries) paid ~5100 faults per call once the caller had dropped the
 previous batch, which is what a training loop or a tagger does (benchmarks/: the feature extraction row, 1.40x
-against 1.57x transformers' with this setting, both sides in the same process). Allocators tuned for PyTorch on
-CPUs (jemalloc, tcmalloc, Intel's launch scripts) keep such memory for the same reason.
+against 1.57x transformers' with this setting, both sides in the same process, before the compiled filterbank
+kernels; how many faults depends on the process's history, as glibc raises its mmap threshold as it goes).
+Allocators tuned for PyTorch on CPUs (jemalloc, tcmalloc, Intel's launch scripts) keep such memory for the same
+reason.
 
 This is a process-wide setting, so the library never applies it on import: ast-hf's command line applies it
 (`AST_HF_KEEP_FREED_MEMORY=0` leaves malloc alone), and a program of your own may call `keep_freed_memory()`.
