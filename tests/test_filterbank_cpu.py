@@ -128,6 +128,20 @@ def test_strided_and_offset_inputs():
     assert (got[0].double() - exact).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_samples_propagate_as_with_tensor_operations(bad):
+    """The extractor refuses NaN/inf before the filterbank; called directly, the kernels leave the frames they
+    reach NaN (not the log floor), as the tensor operations and torchaudio do, and the other frames alone."""
+    waves = clips(batch=2, seconds=0.5)
+    waves[1, 1000] = bad
+    compiled = log_mel_filterbank(waves)[0]
+    tensors = log_mel_filterbank(waves, compiled_kernels=False)[0]
+    # per frame (an empty filter sums no bin: 0 there, the floor, where the dense matmul's 0 x NaN is NaN)
+    assert torch.equal(compiled.isnan().any(dim=-1), tensors.isnan().any(dim=-1))
+    assert compiled[1].isnan().any(dim=1).nonzero().flatten().tolist() == [4, 5, 6]  # the frames holding sample 1000
+    assert not compiled[0].isnan().any()
+
+
 def test_compiled_kernels_are_cpu_only():
     with pytest.raises(ValueError, match="run on the CPU"):
         log_mel_filterbank(torch.zeros(1, SR, device="meta"), compiled_kernels=True)
