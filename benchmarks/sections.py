@@ -488,9 +488,11 @@ def threads_under_load(quick: bool, repeats: int) -> list[dict]:
     return rows
 
 
-# The training options timed per epoch on the demo (their accuracy on the demo: docs/training.md).
+# The training options timed per epoch on the demo (their accuracy on the demo: docs/training.md): patchout
+# settings (`set_patchout`'s arguments) and bf16 autocast, on CPUs that have bf16 units.
 DEMO_EPOCH_OPTIONS = {"patchout-time 2": dict(time=2), "patchout-time 3": dict(time=3),
                       "patchout-time 5": dict(time=5), "patchout-random 0.15": dict(random=0.15)}
+DEMO_EPOCH_BF16_OPTIONS = {"bf16": {}, "bf16 + patchout-random 0.15": dict(random=0.15)}
 
 
 def demo_epoch(quick: bool, repeats: int) -> list[dict]:
@@ -502,7 +504,7 @@ def demo_epoch(quick: bool, repeats: int) -> list[dict]:
     import transformers
     from torch.utils.data import DataLoader
 
-    from ast_hf import ASTFeatureExtractor, ASTForAudioClassification
+    from ast_hf import ASTFeatureExtractor, ASTForAudioClassification, onednn
     from ast_hf.training.collator import ASTAudioCollator
     from ast_hf.training.data import label_names, load_audio_dataset
     from ast_hf.training.demo import QUICK, DemoSettings, demo_config, make_demo_data
@@ -526,7 +528,7 @@ def demo_epoch(quick: bool, repeats: int) -> list[dict]:
                                               weight_decay=settings.weight_decay, fused=True)
                       for name, model in models.items()}
 
-        def epoch(name: str, patchout: dict | None = None):
+        def epoch(name: str, patchout: dict | None = None, bf16: bool = False):
             model, optimiser = models[name], optimisers[name]
             loader = DataLoader(train, batch_size=settings.batch_size, shuffle=True, collate_fn=collator,
                                 generator=torch.Generator().manual_seed(0))
@@ -536,7 +538,9 @@ def demo_epoch(quick: bool, repeats: int) -> list[dict]:
                     model.set_patchout(**patchout)
                 try:
                     for batch in loader:
-                        model(batch["input_values"], labels=batch["labels"]).loss.backward()
+                        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                            loss = model(batch["input_values"], labels=batch["labels"]).loss
+                        loss.backward()
                         optimiser.step()
                         optimiser.zero_grad(set_to_none=True)
                 finally:
@@ -544,15 +548,17 @@ def demo_epoch(quick: bool, repeats: int) -> list[dict]:
                         model.set_patchout()
             return run
 
+        options = dict(DEMO_EPOCH_OPTIONS) | (DEMO_EPOCH_BF16_OPTIONS if onednn.BF16_UNITS else {})
         candidates = {"theirs": epoch("theirs"), "ours": epoch("ours")}
-        candidates |= {f"ours {option}": epoch("ours", patchout) for option, patchout in DEMO_EPOCH_OPTIONS.items()}
+        candidates |= {f"ours {option}": epoch("ours", patchout, bf16=option.startswith("bf16"))
+                       for option, patchout in options.items()}
         t = interleaved(candidates, repeats)
     steps = -(-len(train) // settings.batch_size)
     note = (f"{len(train)} clips, {steps} steps of {settings.batch_size}; D = {settings.hidden_size}, "
             f"{settings.num_hidden_layers} layers; {time.perf_counter() - started:.0f} s in all with the data")
     rows = [dict(section="demo epoch", case="ours vs theirs, float32", ours=t["ours"], theirs=t["theirs"], note=note)]
     rows += [dict(section="demo epoch", case=f"ours with {option} vs theirs", ours=t[f"ours {option}"],
-                  theirs=t["theirs"], note="accuracy on the demo: docs/training.md") for option in DEMO_EPOCH_OPTIONS]
+                  theirs=t["theirs"], note="accuracy on the demo: docs/training.md") for option in options]
     return rows
 
 

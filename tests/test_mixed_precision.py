@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from ast_hf import ASTForAudioClassification, onednn
+from ast_hf import ASTForAudioClassification, autocast_cpu, onednn
 from helpers import tiny_config
 
 pytestmark = [pytest.mark.numeric,
@@ -27,8 +28,10 @@ def _step(model, x, labels, autocast: bool):
     return out, torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_training_step_under_bf16_autocast_matches_float32(model, attention):
+@pytest.mark.parametrize("attention,autocast_attention", [("sdpa", "fp32"), ("sdpa", "bf16"), ("sdpa", "auto"),
+                                                          ("eager", "auto")])
+def test_training_step_under_bf16_autocast_matches_float32(model, attention, autocast_attention, monkeypatch):
+    monkeypatch.setenv("AST_HF_AUTOCAST_ATTENTION", autocast_attention)
     model.config._attn_implementation = attention
     model.train()
     x, labels = torch.randn(4, 128, 128), torch.tensor([0, 1, 2, 4])
@@ -52,3 +55,52 @@ def test_evaluation_under_bf16_autocast(model):
             got = model(x).logits
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want, rtol=0, atol=2e-2)
+
+
+@pytest.mark.parametrize("choice,dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_attention_under_autocast_training_runs_in_the_chosen_dtype(model, choice, dtype, monkeypatch):
+    """The context is exactly torch's fused kernel in the chosen dtype on autocast's bf16 projections."""
+    monkeypatch.setenv("AST_HF_AUTOCAST_ATTENTION", choice)
+    attention = model.audio_spectrogram_transformer.encoder.layer[0].attention.attention
+    x = torch.randn(2, 30, model.config.hidden_size, requires_grad=True)
+    batch, tokens, dim = x.shape
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = attention(x)
+        q, k, v = (F.linear(x, layer.weight, layer.bias).view(batch, tokens, attention.num_heads, -1).transpose(1, 2)
+                   for layer in (attention.query, attention.key, attention.value))
+    assert q.dtype == torch.bfloat16  # autocast's projections
+    want = F.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype)).transpose(1, 2).reshape(batch, tokens,
+                                                                                                          dim)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    got.float().sum().backward()  # differentiable on either branch
+    assert torch.isfinite(x.grad).all()
+
+
+def test_patch_embedding_runs_in_float32_under_autocast_training(model):
+    embed = model.audio_spectrogram_transformer.embeddings.patch_embeddings
+    x = torch.randn(2, 128, 128)
+    want = F.conv2d(x.unsqueeze(1).transpose(2, 3), embed.projection.weight, embed.projection.bias,
+                    stride=embed.projection.stride).flatten(2).transpose(1, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = embed(x)
+        with torch.no_grad():
+            inference = embed(x)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert inference.dtype == torch.bfloat16  # inference under autocast: autocast's own choice, as before
+
+
+def test_autocast_attention_choice_is_measured_once_per_shape(monkeypatch):
+    monkeypatch.delenv("AST_HF_AUTOCAST_ATTENTION", raising=False)
+    autocast_cpu.attention_dtype.cache_clear()
+    seconds = autocast_cpu.measure_attention((2, 2, 40, 16), repeats=1)
+    assert set(seconds) == {"fp32", "bf16"} and all(0 < s < 10 for s in seconds.values())
+    first = autocast_cpu.attention_dtype(2, 2, 40, 16)
+    assert first in (torch.float32, torch.bfloat16)
+    assert autocast_cpu.attention_dtype(3, 2, 40, 16) is first  # kept for the shape, whatever the batch
+    monkeypatch.setenv("AST_HF_AUTOCAST_ATTENTION", "bf16")
+    assert autocast_cpu.attention_dtype(2, 2, 40, 16) is torch.bfloat16
+    monkeypatch.setenv("AST_HF_AUTOCAST_ATTENTION", "fast")
+    with pytest.raises(ValueError, match="AST_HF_AUTOCAST_ATTENTION='fast'"):
+        autocast_cpu.attention_dtype(2, 2, 40, 16)
+    autocast_cpu.attention_dtype.cache_clear()

@@ -1,0 +1,88 @@
+"""What a bf16 autocast training step on a CPU computes in float32 instead, and why.
+
+CPU autocast (`Trainer(bf16=True)`, `torch.autocast("cpu", torch.bfloat16)`) runs every matmul in bf16: on a CPU
+with AMX the model's linears then cost a fraction of their float32 time. Two of its choices cost more than they
+save, measured on the demo's model (benchmarks/results/):
+- torch's fused attention kernel in bf16 has a slow backward on the CPU wherever blocks are small (short sequences,
+  narrow heads): 3-7x its float32 time at the demo's 62 tokens x 32 dims, yet 0.75x at base width over 10.24 s
+  (1214 tokens x 64 dims). `attention_dtype` measures both at the first step of each shape and keeps the faster;
+- the patch embedding's convolution (one input channel) computes its weight gradient ~3x slower in bf16 than in
+  float32 at the demo's shape (equal at base width): `patch_embedding_in_float32` says when to run it in float32.
+
+Everything else follows autocast. `AST_HF_AUTOCAST_ATTENTION` ("auto", default; "bf16"; "fp32") forces the
+attention's branch, e.g. to make runs on different hosts compute the same thing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+AUTOCAST_ATTENTION_CHOICES = ("auto", "bf16", "fp32")
+# bf16 attention must be this much faster than float32 to be chosen: near a tie float32 is the more exact of the
+# two, and a margin keeps a noisy measurement from flipping the choice (and so the run's numbers) between runs.
+BF16_MARGIN = 1.1
+
+_chosen: dict[tuple[int, int, int], torch.dtype] = {}
+
+
+def cpu_bf16_training(x: torch.Tensor) -> bool:
+    """True in a differentiable CPU forward under bf16 autocast: where this module's choices apply."""
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
+def patch_embedding_in_float32(x: torch.Tensor) -> bool:
+    """Whether the patch embedding's convolution over `x` should run in float32 (CPU bf16 autocast training)."""
+    return cpu_bf16_training(x)
+
+
+def _fwd_bwd_seconds(shape: tuple[int, int, int, int], dtype: torch.dtype, repeats: int) -> float:
+    """Best wall seconds of one fused attention forward + backward of `shape` [batch, heads, tokens, head_dim]."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(shape, generator=generator, dtype=dtype).requires_grad_() for _ in range(3))
+    grad = torch.randn(shape, generator=generator, dtype=dtype)
+
+    def run():
+        F.scaled_dot_product_attention(q, k, v).backward(grad)
+
+    run()  # first call allocates and builds
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_attention(shape: tuple[int, int, int, int], repeats: int = 3) -> dict[str, float]:
+    """Best wall seconds of fused attention forward + backward at `shape` in float32 and in bf16, timed in turn."""
+    with torch.autocast("cpu", enabled=False), torch.enable_grad():
+        seconds = {"fp32": float("inf"), "bf16": float("inf")}
+        for _ in range(repeats):
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+                seconds[name] = min(seconds[name], _fwd_bwd_seconds(shape, dtype, 1))
+    return seconds
+
+
+def attention_dtype(batch: int, heads: int, tokens: int, head_dim: int) -> torch.dtype:
+    """The dtype CPU bf16 autocast training runs the fused attention in for this shape: bf16 where it is
+    `BF16_MARGIN` times as fast as float32 (forward + backward, measured once per (heads, tokens, head_dim) with the
+    first batch seen: about 4x the step's attention time, once), else float32; `AST_HF_AUTOCAST_ATTENTION` forces
+    one. `attention_dtype.cache_clear()` forgets the measurements."""
+    choice = os.environ.get("AST_HF_AUTOCAST_ATTENTION", "auto").lower()
+    if choice not in AUTOCAST_ATTENTION_CHOICES:
+        raise ValueError(f"AST_HF_AUTOCAST_ATTENTION={choice!r}: use one of {', '.join(AUTOCAST_ATTENTION_CHOICES)}")
+    if choice != "auto":
+        return torch.bfloat16 if choice == "bf16" else torch.float32
+    key = (heads, tokens, head_dim)
+    if key not in _chosen:
+        seconds = measure_attention((batch, heads, tokens, head_dim))
+        _chosen[key] = torch.bfloat16 if seconds["bf16"] * BF16_MARGIN < seconds["fp32"] else torch.float32
+    return _chosen[key]
+
+
+attention_dtype.cache_clear = _chosen.clear
