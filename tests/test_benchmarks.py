@@ -14,7 +14,7 @@ def test_quick_benchmark_writes_its_table_and_chart(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     table = (out / "results.md").read_text()
     for section in ("feature extraction", "forward", "efficiency", "forward memory", "end to end", "long audio",
-                    "training step", "tokens"):
+                    "training step", "tokens", "demo epoch"):
         assert f"| {section} |" in table, section
     assert "load average" in table
     assert (out / "results.png").stat().st_size > 10_000

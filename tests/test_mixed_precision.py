@@ -104,3 +104,20 @@ def test_autocast_attention_choice_is_measured_once_per_shape(monkeypatch):
     with pytest.raises(ValueError, match="AST_HF_AUTOCAST_ATTENTION='fast'"):
         autocast_cpu.attention_dtype(2, 2, 40, 16)
     autocast_cpu.attention_dtype.cache_clear()
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_first_autocast_step_measures_attention_inside_activation_checkpointing(model, monkeypatch, use_reentrant):
+    """The attention choice is measured (a forward + backward of its own) inside the first checkpointed layer's
+    forward; the checkpoint must not see the probe's tensors (it raised: 84 tensors saved against 24 recomputed)."""
+    monkeypatch.delenv("AST_HF_AUTOCAST_ATTENTION", raising=False)
+    autocast_cpu.attention_dtype.cache_clear()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    model.train()
+    x, labels = torch.randn(2, 128, 128, requires_grad=use_reentrant), torch.tensor([0, 3])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x, labels=labels).loss
+    loss.backward()
+    assert len(autocast_cpu._chosen) == 1  # measured during this step
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    autocast_cpu.attention_dtype.cache_clear()

@@ -331,3 +331,29 @@ def test_cpu_encoder_runs_clip_groups_with_unchanged_outputs(model, monkeypatch,
     batched = model(x, attention_mask=mask).logits
     for i, n in enumerate(lengths):
         torch.testing.assert_close(batched[i], model(x[i:i + 1, :n]).logits[0], atol=ATOL, rtol=0)
+
+
+def test_training_projections_are_one_matmul_equal_to_the_three_linears(model):
+    """Where autograd records, q, k and v come from one matmul over the concatenated weights: the same values and
+    weight gradients as three separate linears (float32 rounding apart)."""
+    attention = model.audio_spectrogram_transformer.encoder.layer[0].attention.attention
+    x = torch.randn(2, 30, model.config.hidden_size)
+    got = attention.projections(x, rows=30)
+    batch, tokens, _ = x.shape
+    want = [F.linear(x, layer.weight, layer.bias).view(batch, tokens, attention.num_heads, -1).transpose(1, 2)
+            for layer in (attention.query, attention.key, attention.value)]
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    probe = torch.randn(3, *want[0].shape)
+    layers = (attention.query, attention.key, attention.value)
+    grads = {}
+    for name, outputs in (("fused", got), ("separate", want)):
+        sum((o * p).sum() for o, p in zip(outputs, probe, strict=True)).backward()
+        grads[name] = [layer.weight.grad.clone() for layer in layers] + [layer.bias.grad.clone() for layer in layers]
+        model.zero_grad(set_to_none=True)
+    for g, w in zip(grads["fused"], grads["separate"], strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # inference: the three weights as they are, queries of the first rows only
+        q, k, v = attention.projections(x, rows=2)
+    assert q.shape[2] == 2 and k.shape[2] == v.shape[2] == 30
+    torch.testing.assert_close(q, want[0][:, :, :2], rtol=1e-5, atol=1e-6)

