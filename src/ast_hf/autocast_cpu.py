@@ -16,10 +16,12 @@ attention's branch, e.g. to make runs on different hosts compute the same thing.
 from __future__ import annotations
 
 import os
-import time
 
 import torch
 import torch.nn.functional as F
+
+from . import onednn
+from .onednn import best_seconds
 
 AUTOCAST_ATTENTION_CHOICES = ("auto", "bf16", "fp32")
 # bf16 attention must be this much faster than float32 to be chosen: near a tie float32 is the more exact of the
@@ -40,43 +42,28 @@ def patch_embedding_in_float32(x: torch.Tensor) -> bool:
     return cpu_bf16_training(x)
 
 
-def _fwd_bwd_seconds(shape: tuple[int, int, int, int], dtype: torch.dtype, repeats: int) -> float:
-    """Best wall seconds of one fused attention forward + backward of `shape` [batch, heads, tokens, head_dim]."""
-    generator = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(shape, generator=generator, dtype=dtype).requires_grad_() for _ in range(3))
-    grad = torch.randn(shape, generator=generator, dtype=dtype)
-
-    def run():
-        F.scaled_dot_product_attention(q, k, v).backward(grad)
-
-    run()  # first call allocates and builds
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def measure_attention(shape: tuple[int, int, int, int], repeats: int = 3) -> dict[str, float]:
-    """Best wall seconds of fused attention forward + backward at `shape` in float32 and in bf16, timed in turn.
+    """Best wall seconds of one fused attention forward + backward of `shape` [batch, heads, tokens, head_dim] in
+    float32 ("fp32") and in bf16 ("bf16"), timed in turn (`onednn.best_seconds`).
 
     Runs inside the model's forward at the first step: outside autocast, with grad, and with saved-tensor hooks of
     its own, so that an enclosing activation checkpoint does not count the probe's tensors as the layer's."""
+    generator = torch.Generator().manual_seed(0)
     identity = (lambda tensor: tensor, lambda tensor: tensor)
     with torch.autocast("cpu", enabled=False), torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(*identity):
-        seconds = {"fp32": float("inf"), "bf16": float("inf")}
-        for _ in range(repeats):
-            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-                seconds[name] = min(seconds[name], _fwd_bwd_seconds(shape, dtype, 1))
-    return seconds
+        kernels = {}
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            q, k, v = (torch.randn(shape, generator=generator, dtype=dtype).requires_grad_() for _ in range(3))
+            grad = torch.randn(shape, generator=generator, dtype=dtype)
+            kernels[name] = lambda q=q, k=k, v=v, grad=grad: F.scaled_dot_product_attention(q, k, v).backward(grad)
+        return best_seconds(kernels, repeats)
 
 
 def attention_dtype(batch: int, heads: int, tokens: int, head_dim: int) -> torch.dtype:
     """The dtype CPU bf16 autocast training runs the fused attention in for this shape: bf16 where it is
     `BF16_MARGIN` times as fast as float32 (forward + backward, measured once per (heads, tokens, head_dim) with the
-    first batch seen: about 4x the step's attention time, once), else float32; `AST_HF_AUTOCAST_ATTENTION` forces
-    one. `attention_dtype.cache_clear()` forgets the measurements."""
+    first batch seen: eight passes at that shape, ~1 s at base width over 10.24 s), else float32.
+    `AST_HF_AUTOCAST_ATTENTION` forces one; `attention_dtype.cache_clear()` forgets the measurements."""
     choice = os.environ.get("AST_HF_AUTOCAST_ATTENTION", "auto").lower()
     if choice not in AUTOCAST_ATTENTION_CHOICES:
         raise ValueError(f"AST_HF_AUTOCAST_ATTENTION={choice!r}: use one of {', '.join(AUTOCAST_ATTENTION_CHOICES)}")
@@ -90,3 +77,18 @@ def attention_dtype(batch: int, heads: int, tokens: int, head_dim: int) -> torch
 
 
 attention_dtype.cache_clear = _chosen.clear
+
+
+def slow_bf16_training_reason() -> str | None:
+    """Why bf16 autocast training would be slower than float32 on this CPU, or None where it is not expected to be.
+
+    The linears are where autocast gains; they run through oneDNN in bf16, so `onednn.bf16_policy`'s measured GEMMs
+    decide: on an AVX-512 bf16 CPU without AMX whose bf16 GEMM loses to float32 the demo's epoch took 0.93x
+    transformers' float32 time in bf16 against 1.22x in float32 (benchmarks/results/)."""
+    if not onednn.BF16_UNITS:
+        return ("this CPU has no bf16 units oneDNN can use: bf16 autocast would be emulated, far slower than "
+                "float32; train in float32")
+    if onednn.bf16_policy().matmul == "fp32":
+        return ("this CPU's bf16 GEMM is slower than its float32 GEMM (measured at first use; "
+                "AST_HF_BF16_MATMUL forces the choice): bf16 autocast training will be slower than float32 here")
+    return None

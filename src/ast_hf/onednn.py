@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -103,13 +104,17 @@ class BF16Policy:
     seconds: dict
 
 
-def _best_seconds(fn, repeats: int = 3) -> float:
-    fn()  # oneDNN builds its primitive on the first call
-    best = float("inf")
+def best_seconds(kernels: dict[str, Callable[[], object]], repeats: int = 3) -> dict[str, float]:
+    """Best wall seconds of each zero-argument callable: one warm-up call each (oneDNN builds its primitive on the
+    first), then `repeats` rounds timing them in turn, so that a slow stretch of a shared machine hits all alike."""
+    for kernel in kernels.values():
+        kernel()
+    best = dict.fromkeys(kernels, float("inf"))
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        for name, kernel in kernels.items():
+            start = time.perf_counter()
+            kernel()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
@@ -121,7 +126,7 @@ def _measure_gemms() -> dict[str, float]:
     w = torch.randn(out, width, generator=generator)
     a16, w16 = a.bfloat16(), w.bfloat16()
     with torch.no_grad():
-        return {"gemm fp32": _best_seconds(lambda: linear(a, w)), "gemm bf16": _best_seconds(lambda: linear(a16, w16))}
+        return best_seconds({"gemm fp32": lambda: linear(a, w), "gemm bf16": lambda: linear(a16, w16)})
 
 
 def _measure_attention() -> dict[str, float]:
@@ -129,8 +134,8 @@ def _measure_attention() -> dict[str, float]:
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(PROBE_ATTENTION_SHAPE, generator=generator).bfloat16() for _ in range(3))
     with torch.no_grad():
-        return {"attention fused": _best_seconds(lambda: F.scaled_dot_product_attention(q, k, v)),
-                "attention per head": _best_seconds(lambda: attention_per_head(q, k, v))}
+        return best_seconds({"attention fused": lambda: F.scaled_dot_product_attention(q, k, v),
+                             "attention per head": lambda: attention_per_head(q, k, v)})
 
 
 @functools.cache
@@ -180,16 +185,8 @@ def _measure_float32_linears(repeats: int = 5) -> dict[str, float]:
     generator = torch.Generator().manual_seed(0)
     x, w = torch.randn(tokens, width, generator=generator), torch.randn(out, width, generator=generator)
     kernels = {"onednn": lambda: linear(x, w, None, gelu=True), "blas": lambda: F.gelu(F.linear(x, w))}
-    best = dict.fromkeys(kernels, float("inf"))
     with torch.no_grad():
-        for kernel in kernels.values():
-            kernel()
-        for _ in range(repeats):
-            for name, kernel in kernels.items():
-                start = time.perf_counter()
-                kernel()
-                best[name] = min(best[name], time.perf_counter() - start)
-    return best
+        return best_seconds(kernels, repeats)
 
 
 # Attribute of a bf16 weight holding (data pointer, version, float32 copy) for the "fp32" policy: the copy lives

@@ -17,17 +17,21 @@ checkpointing and resuming), it adds:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import Trainer, TrainingArguments
 
+from .. import autocast_cpu
 from .averaging import WeightAveragingCallback
 from .collator import ASTAudioCollator
 from .data import check_not_empty
 from .metrics import compute_metrics as ast_compute_metrics
 from .sampling import balanced_sampler
 from .schedules import get_step_decay_schedule
+
+logger = logging.getLogger(__name__)
 
 _DEFAULT = object()
 
@@ -130,6 +134,8 @@ class ASTTrainer(Trainer):
             # evaluation then passes the frame targets (not a `*label*` argument of the model) and computes the loss
             self.label_names = ["labels", "frame_targets"] if data_collator.clip_labels else ["frame_targets"]
         self._steps_per_epoch: int | None = None
+        if self.args.bf16 and self.args.device.type == "cpu" and (reason := autocast_cpu.slow_bf16_training_reason()):
+            logger.warning("bf16=True: %s", reason)
 
     # ---- the collator in training or evaluation mode -----------------------------------------------------------
     def _with_collator(self, collator, build):
