@@ -1,8 +1,9 @@
-"""What a bf16 autocast training step on a CPU computes in float32 instead, and why.
+"""What a bf16 autocast training step on a CPU computes in float32 instead, and where bf16 training pays at all.
 
 CPU autocast (`Trainer(bf16=True)`, `torch.autocast("cpu", torch.bfloat16)`) runs every matmul in bf16: on a CPU
-with AMX the model's linears then cost a fraction of their float32 time. Two of its choices cost more than they
-save, measured on the demo's model (benchmarks/results/):
+with AMX the model's linears then cost a fraction of their float32 time; where the bf16 GEMM loses to float32 the
+whole step is slower (`slow_bf16_training_reason`, which `ASTTrainer` reports). Two of autocast's choices cost more
+than they save, measured on the demo's model (benchmarks/results/):
 - torch's fused attention kernel in bf16 has a slow backward on the CPU wherever blocks are small (short sequences,
   narrow heads): 3-7x its float32 time at the demo's 62 tokens x 32 dims, yet 0.75x at base width over 10.24 s
   (1214 tokens x 64 dims). `attention_dtype` measures both at the first step of each shape and keeps the faster;
