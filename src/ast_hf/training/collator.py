@@ -23,7 +23,7 @@ import torch
 from ..configuration_ast import ASTConfig
 from ..feature_extraction_ast import ASTFeatureExtractor
 from .augment import feature_noise, mix_targets, mix_waveforms, sample_mixup, spec_augment, time_shift
-from .data import CorruptAudioError, _encoded, audio_name, decode_audio
+from .data import CorruptAudioError, audio_name, decode_audio, encoded_source
 from .strong_labels import column_seconds, frame_targets
 
 logger = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class ASTAudioCollator:
         """The file path of an audio value read from a file, the key of its cached features (None: not cached)."""
         if not self.cache_mb:
             return None
-        source = _encoded(audio)
+        source = encoded_source(audio)
         return str(source) if isinstance(source, (str, Path)) else None
 
     def _features(self, waveforms: list[torch.Tensor | None], cached: list[torch.Tensor | None],

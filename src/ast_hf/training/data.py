@@ -44,7 +44,7 @@ def audio_name(audio, index: int | None = None) -> str:
     return str(path) if path else f"example {index}" if index is not None else "an in-memory clip"
 
 
-def _encoded(audio) -> str | Path | bytes | None:
+def encoded_source(audio) -> str | Path | bytes | None:
     """The file path or encoded bytes behind an audio value, None for decoded values (arrays, decoders)."""
     if isinstance(audio, dict) and audio.get("array") is None:
         return audio.get("bytes") or audio.get("path")
@@ -80,7 +80,7 @@ def decode_audio(audio, sampling_rate: int = TARGET_RATE, allow_upsampling: bool
         ValueError: the clip is sampled below `sampling_rate` and `allow_upsampling` is False.
     """
     name = audio_name(audio, index)
-    source = _encoded(audio)
+    source = encoded_source(audio)
     try:
         if source is not None:  # the rate is checked from the header, before decoding
             return load_audio(source, sampling_rate, name, check_rate=lambda rate: _refuse_upsampling(
@@ -124,7 +124,7 @@ def _header(audio) -> int:
     """Sampling rate read from a file's header (no samples decoded); raises CorruptAudioError."""
     if isinstance(audio, dict) and audio.get("array") is not None:
         return int(audio["sampling_rate"])
-    source = _encoded(audio)
+    source = encoded_source(audio)
     if source is None:
         raise CorruptAudioError("neither a file path nor audio bytes")
     try:
