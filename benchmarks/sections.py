@@ -548,10 +548,12 @@ def demo_epoch(quick: bool, repeats: int) -> list[dict]:
                         model.set_patchout()
             return run
 
-        options = dict(DEMO_EPOCH_OPTIONS) | (DEMO_EPOCH_BF16_OPTIONS if onednn.BF16_UNITS else {})
+        bf16_options = DEMO_EPOCH_BF16_OPTIONS if onednn.BF16_UNITS else {}
+        options = list(DEMO_EPOCH_OPTIONS) + list(bf16_options)
         candidates = {"theirs": epoch("theirs"), "ours": epoch("ours")}
-        candidates |= {f"ours {option}": epoch("ours", patchout, bf16=option.startswith("bf16"))
-                       for option, patchout in options.items()}
+        candidates |= {f"ours {option}": epoch("ours", patchout) for option, patchout in DEMO_EPOCH_OPTIONS.items()}
+        candidates |= {f"ours {option}": epoch("ours", patchout, bf16=True)
+                       for option, patchout in bf16_options.items()}
         t = interleaved(candidates, repeats)
     steps = -(-len(train) // settings.batch_size)
     note = (f"{len(train)} clips, {steps} steps of {settings.batch_size}; D = {settings.hidden_size}, "

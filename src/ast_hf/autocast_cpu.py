@@ -8,7 +8,7 @@ than they save, measured on the demo's model (benchmarks/results/):
   narrow heads): 3-7x its float32 time at the demo's 62 tokens x 32 dims, yet 0.75x at base width over 10.24 s
   (1214 tokens x 64 dims). `attention_dtype` measures both at the first step of each shape and keeps the faster;
 - the patch embedding's convolution (one input channel) computes its weight gradient ~3x slower in bf16 than in
-  float32 at the demo's shape (equal at base width): `patch_embedding_in_float32` says when to run it in float32.
+  float32 at the demo's shape (equal at base width): the model runs it in float32 where `cpu_bf16_training`.
 
 Everything else follows autocast. `AST_HF_AUTOCAST_ATTENTION` ("auto", default; "bf16"; "fp32") forces the
 attention's branch, e.g. to make runs on different hosts compute the same thing.
@@ -36,11 +36,6 @@ def cpu_bf16_training(x: torch.Tensor) -> bool:
     """True in a differentiable CPU forward under bf16 autocast: where this module's choices apply."""
     return (x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-
-
-def patch_embedding_in_float32(x: torch.Tensor) -> bool:
-    """Whether the patch embedding's convolution over `x` should run in float32 (CPU bf16 autocast training)."""
-    return cpu_bf16_training(x)
 
 
 def measure_attention(shape: tuple[int, int, int, int], repeats: int = 3) -> dict[str, float]:

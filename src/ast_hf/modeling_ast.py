@@ -104,7 +104,7 @@ class ASTPatchEmbeddings(nn.Module):
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
         # The spectrogram is seen as a one-channel image with frequency as height: [B, 1, F, T].
         image = input_values.unsqueeze(1).transpose(2, 3)
-        if autocast_cpu.patch_embedding_in_float32(image):
+        if autocast_cpu.cpu_bf16_training(image):  # its bf16 weight gradient is the slower (autocast_cpu)
             with torch.autocast("cpu", enabled=False):
                 return self.projection(image.float()).flatten(2).transpose(1, 2)
         return self.projection(image).flatten(2).transpose(1, 2)
@@ -322,13 +322,14 @@ class ASTSelfAttention(nn.Module):
         weights = None
         if not output_attentions and dropout == 0.0 and q.dtype == torch.bfloat16 and onednn.cpu_inference(q):
             return onednn.bf16_attention(q, k, v, key_mask), None  # the host's fastest bf16 attention (bf16_policy)
-        if self.config._attn_implementation == "sdpa" and not output_attentions and autocast_cpu.cpu_bf16_training(q):
+        fused = self.config._attn_implementation == "sdpa" and not output_attentions
+        if fused and autocast_cpu.cpu_bf16_training(q):
             # the fused kernel in whichever dtype trains faster at this shape here (autocast_cpu)
             dtype = autocast_cpu.attention_dtype(batch, self.num_heads, tokens, self.head_dim)
             with torch.autocast("cpu", enabled=False):
                 context = F.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), attn_mask=key_mask,
                                                          dropout_p=dropout)
-        elif self.config._attn_implementation == "sdpa" and not output_attentions:
+        elif fused:
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
         else:
             scores = (q @ k.transpose(-2, -1)) * (self.head_dim ** -0.5)
