@@ -77,14 +77,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 # `AST_HF_BF16_MATMUL`: "auto" (default: measure at first use), "bf16" or "fp32" (force one branch).
 BF16_MATMUL_CHOICES = ("auto", "bf16", "fp32")
-# The probe's GEMM: a 2048-token slice through the MLP's first matmul at base width (768 -> 3072).
+# The probes' GEMM: a 2048-token slice through the MLP's first matmul at base width (768 -> 3072).
 PROBE_GEMM_SHAPE = (2048, 768, 3072)
 # `AST_HF_FP32_LINEAR`: "auto" (default: measure at first use), "onednn" or "blas" (force one).
 FP32_LINEAR_CHOICES = ("auto", "onednn", "blas")
-# How much faster torch's BLAS must be on the lone probe GEMM to be chosen: inside the model oneDNN gains what the
-# probe cannot show (its fused GELU, fewer passes over the activations), so a probe a little in BLAS's favour
-# still went with a faster forward through oneDNN on the hosts measured (benchmarks/results/).
-BLAS_MARGIN = 1.5
 # The probe's attention: one clip of 10.24 s (1214 tokens) and two heads of 64 dims.
 PROBE_ATTENTION_SHAPE = (1, 2, 1214, 64)
 
@@ -163,30 +159,41 @@ def float32_linear() -> str:
     """Which kernel runs float32 linears in CPU inference here: "onednn" (`linear`, the GELU fused) or "blas"
     (torch's `F.linear`, MKL or OpenBLAS, then GELU), decided at the first float32 use and kept for the process.
 
-    Why: neither wins everywhere. On AMD EPYC torch's MKL skips its AVX-512 kernels and oneDNN is faster; where
-    oneDNN's ISA is capped below MKL's (`ONEDNN_MAX_CPU_ISA` alone) MKL is far ahead and the forward fell behind
-    transformers' (benchmarks/results/). "auto" (`AST_HF_FP32_LINEAR` unset) times the MLP's first matmul with its
-    GELU (`PROBE_GEMM_SHAPE`, best of 5 in turn after a warm-up, about 0.3 s) both ways: oneDNN unless torch's
-    path is `BLAS_MARGIN` times as fast. `float32_linear.cache_clear()` forgets the choice."""
+    Why: neither wins everywhere. On AMD EPYC torch's MKL skips its AVX-512 kernels and oneDNN is faster; on Intel
+    Xeons MKL's GEMMs are the faster at the model's shapes, more so as the batch grows, and its separate GELU costs
+    little once it runs in place; where oneDNN's ISA is capped below MKL's (`ONEDNN_MAX_CPU_ISA` alone) MKL is far
+    ahead (benchmarks/results/). "auto" (`AST_HF_FP32_LINEAR` unset) times the whole MLP block (`PROBE_GEMM_SHAPE`:
+    its first matmul with the GELU, then the second) both ways, best of 5 in turn after a warm-up (about 0.6 s),
+    and keeps the faster. `float32_linear.cache_clear()` forgets the choice."""
     choice = os.environ.get("AST_HF_FP32_LINEAR", "auto").lower()
     if choice not in FP32_LINEAR_CHOICES:
         raise ValueError(f"AST_HF_FP32_LINEAR={choice!r}: use one of {', '.join(FP32_LINEAR_CHOICES)}")
     if choice != "auto":
         return choice
     seconds = _measure_float32_linears()
-    return "blas" if seconds["blas"] * BLAS_MARGIN < seconds["onednn"] else "onednn"
+    return "blas" if seconds["blas"] < seconds["onednn"] else "onednn"
 
 
 def _measure_float32_linears(repeats: int = 5) -> dict[str, float]:
-    """Best wall seconds of the `PROBE_GEMM_SHAPE` linear + GELU through oneDNN (fused) and through torch, the two
-    timed in turn after a warm-up each (the two are often within 10%: interleaving keeps a slow stretch of a
-    shared machine from deciding)."""
-    tokens, width, out = PROBE_GEMM_SHAPE
+    """Best wall seconds of the MLP block at `PROBE_GEMM_SHAPE` (linear + GELU, then linear back to the width)
+    through oneDNN (GELU fused) and through torch (`_blas_linear`), the two timed in turn after a warm-up each
+    (they are often within 10%: interleaving keeps a slow stretch of a shared machine from deciding)."""
+    tokens, width, hidden = PROBE_GEMM_SHAPE
     generator = torch.Generator().manual_seed(0)
-    x, w = torch.randn(tokens, width, generator=generator), torch.randn(out, width, generator=generator)
-    kernels = {"onednn": lambda: linear(x, w, None, gelu=True), "blas": lambda: F.gelu(F.linear(x, w))}
+    x = torch.randn(tokens, width, generator=generator)
+    up, down = torch.randn(hidden, width, generator=generator), torch.randn(width, hidden, generator=generator)
+    kernels = {"onednn": lambda: linear(linear(x, up, None, gelu=True), down),
+               "blas": lambda: _blas_linear(_blas_linear(x, up, None, gelu=True), down)}
     with torch.no_grad():
         return best_seconds(kernels, repeats)
+
+
+def _blas_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 gelu: bool = False) -> torch.Tensor:
+    """`F.linear` (torch's BLAS: MKL or OpenBLAS), then exact GELU in place on its fresh output if `gelu`: one pass
+    over the widest activation, no second tensor of its size. Inference only (an in-place GELU has no autograd)."""
+    out = F.linear(x, weight, bias)
+    return torch.ops.aten.gelu_(out) if gelu else out
 
 
 # Attribute of a bf16 weight holding (data pointer, version, float32 copy) for the "fp32" policy: the copy lives
@@ -213,7 +220,8 @@ def bf16_runs_in_float32(x: torch.Tensor) -> bool:
 
 
 def linear_layer(x: torch.Tensor, layer: nn.Module, gelu: bool = False) -> torch.Tensor:
-    """`layer(x)` (then exact GELU if `gelu`): oneDNN with the GELU fused in CPU fp32/bf16 inference, else torch.
+    """`layer(x)` (then exact GELU if `gelu`). In CPU inference: oneDNN with the GELU fused, or for float32 the
+    kernel `float32_linear` chose; else (training, autocast, other devices) torch's differentiable ops.
 
     A bf16 layer on a host whose `bf16_policy` is "fp32" computes in float32 and returns bf16."""
     if not isinstance(layer, nn.Linear):  # e.g. an int8 dynamically quantised Linear: it runs its own kernel
@@ -225,6 +233,7 @@ def linear_layer(x: torch.Tensor, layer: nn.Module, gelu: bool = False) -> torch
             return out.to(torch.bfloat16)
         if x.dtype != torch.float32 or float32_linear() == "onednn":
             return linear(x, layer.weight, layer.bias, gelu)
+        return _blas_linear(x, layer.weight, layer.bias, gelu)
     out = F.linear(x, layer.weight, layer.bias)
     return F.gelu(out) if gelu else out
 
