@@ -115,3 +115,52 @@ def test_onednn_off_leaves_bf16_models_to_torch(policy, models, monkeypatch):
 def test_unknown_setting_is_refused(policy):
     with pytest.raises(ValueError, match="AST_HF_BF16_MATMUL"):
         policy("fast")
+
+
+@pytest.fixture
+def row_split(monkeypatch):
+    """Force `AST_HF_BF16_ROW_SPLIT` to a value; the cached choices are forgotten before and after."""
+    def force(value: str) -> None:
+        monkeypatch.setenv("AST_HF_BF16_ROW_SPLIT", value)
+        onednn.bf16_row_split.cache_clear()
+
+    yield force
+    onednn.bf16_row_split.cache_clear()
+
+
+@pytest.mark.skipif(not onednn.ENABLED, reason="AST_HF_ONEDNN=0 leaves bf16 models to torch's ops")
+def test_linears_in_row_halves_run_and_give_the_same_logits(policy, row_split, models, monkeypatch):
+    """Forced on, every bf16 linear of the model runs as two oneDNN calls over half its rows each; the logits stay
+    those of whole calls within bf16 rounding, and both stay within the bf16 tolerance of the float32 model."""
+    full, half = models
+    policy("bf16")
+    x = torch.randn(3, 256, 128)
+    calls, real = [], onednn.linear
+    monkeypatch.setattr(onednn, "linear", lambda x, *a, **k: calls.append(x.shape[:-1].numel()) or real(x, *a, **k))
+    results = {}
+    with torch.no_grad():
+        want = full(x).logits
+        for setting in ("off", "on"):
+            row_split(setting)
+            calls.clear()
+            results[setting] = (half(x).logits.float(), list(calls))
+    (whole, whole_calls), (halves, halves_calls) = results["off"], results["on"]
+    assert len(halves_calls) == 2 * len(whole_calls) and sum(halves_calls) == sum(whole_calls)
+    torch.testing.assert_close(halves, whole, rtol=0, atol=2e-2)
+    torch.testing.assert_close(halves, want, rtol=0, atol=BF16_LOGIT_TOLERANCE)
+
+
+def test_row_split_is_measured_per_shape_and_only_for_large_ones(row_split, monkeypatch):
+    row_split("auto")
+    timed = []
+    real = onednn.best_seconds
+    monkeypatch.setattr(onednn, "best_seconds", lambda kernels, repeats: timed.append(set(kernels)) or
+                        real(kernels, repeats))
+    assert onednn.bf16_row_split(onednn.BF16_ROW_SPLIT_MIN_ROWS - 1, 64, 64) is False
+    assert timed == []  # too few rows: not measured
+    assert onednn.bf16_row_split(600, 64, 96) in (True, False)
+    assert onednn.bf16_row_split(600, 64, 96) in (True, False)
+    assert timed == [{"whole", "halves"}]  # measured once for the shape, then remembered
+    with pytest.raises(ValueError, match="AST_HF_BF16_ROW_SPLIT"):
+        row_split("sometimes")
+        onednn.bf16_row_split(600, 64, 96)

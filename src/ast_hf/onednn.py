@@ -7,7 +7,8 @@ import) sends the model back to plain torch ops.
 The paths, all measured in benchmarks/ and tested against the plain ones, apply to CPU inference (no autograd)
 in a dtype of `DTYPES`, outside CPU autocast, torch.compile and ONNX export (`cpu_inference`):
 - float32 linears through oneDNN with the GELU fused, or through torch's BLAS where this host's probe finds it
-  faster (`float32_linear`); bf16 linears through oneDNN (`linear_layer`, on top of the raw `linear`);
+  faster (`float32_linear`); bf16 linears through oneDNN (`linear_layer`, on top of the raw `linear`), over their
+  rows in two halves for the shapes where that measured faster (`bf16_row_split`);
 - bfloat16 attention as per-head oneDNN matmuls (`attention_per_head`);
 - the encoder run over a few clips at a time (`clips_per_call`, `CPU_TOKENS_PER_CALL`);
 - for bfloat16 models, a per-host choice of arithmetic (`bf16_policy`): CPUs whose bf16 GEMM is slower than their
@@ -154,6 +155,52 @@ def bf16_policy() -> BF16Policy:
     return BF16Policy("bf16", attention, seconds)
 
 
+# `AST_HF_BF16_ROW_SPLIT`: "auto" (default: measured per shape at first sight), "on" or "off" (force one).
+BF16_ROW_SPLIT_CHOICES = ("auto", "on", "off")
+# Linears over fewer rows are never split (each half would be too small to gain); a split must be this much faster
+# to be taken, so that timing noise cannot flip the choice (and the last bits of the outputs) between runs.
+BF16_ROW_SPLIT_MIN_ROWS = 512
+BF16_ROW_SPLIT_MARGIN = 1.2
+
+
+@functools.lru_cache(maxsize=256)
+def bf16_row_split(rows: int, in_features: int, out_features: int) -> bool:
+    """Whether a bf16 linear of `rows` x `in_features` -> `out_features` runs as two oneDNN calls over half the
+    rows each: measured once per shape (best of 3 in turn after a warm-up, a few ms) and kept for the process.
+
+    Why: oneDNN's bf16 GEMM picks its blocking and threading from the shape, and at some row counts the pick is
+    poor: on the AMX host measured (2 threads) 768-wide outputs ran at 1.1-1.4 TFLOP/s over 768-1280 rows against
+    2.0-2.4 at 640 or 1536 and more, and one 10.24 s clip is 1214 rows: two halves took the batch-1 bf16 forward
+    from 260 to 228 ms (benchmarks/results/). Which shapes suffer is the library's and the host's business, so
+    it is measured, not listed. `AST_HF_BF16_ROW_SPLIT=on|off` forces it; `bf16_row_split.cache_clear()`
+    forgets."""
+    choice = os.environ.get("AST_HF_BF16_ROW_SPLIT", "auto").lower()
+    if choice not in BF16_ROW_SPLIT_CHOICES:
+        raise ValueError(f"AST_HF_BF16_ROW_SPLIT={choice!r}: use one of {', '.join(BF16_ROW_SPLIT_CHOICES)}")
+    if choice != "auto" or rows < BF16_ROW_SPLIT_MIN_ROWS:
+        return choice == "on" and rows >= 2
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, in_features, generator=generator).to(torch.bfloat16)
+    w = torch.randn(out_features, in_features, generator=generator).to(torch.bfloat16)
+    half = rows // 2
+    with torch.no_grad():
+        seconds = best_seconds({"whole": lambda: linear(x, w), "halves": lambda: (linear(x[:half], w),
+                                                                               linear(x[half:], w))}, 3)
+    return seconds["halves"] * BF16_ROW_SPLIT_MARGIN < seconds["whole"]
+
+
+def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                gelu: bool = False) -> torch.Tensor:
+    """`linear` for bf16 `x` [..., in_features], over its rows in two halves where `bf16_row_split` found that
+    faster for this shape (each row's result is computed alike either way)."""
+    rows = x.numel() // x.shape[-1]
+    if not bf16_row_split(rows, x.shape[-1], weight.shape[0]):
+        return linear(x, weight, bias, gelu)
+    flat, half = x.reshape(rows, x.shape[-1]), rows // 2
+    out = torch.cat([linear(flat[:half], weight, bias, gelu), linear(flat[half:], weight, bias, gelu)])
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
 @functools.cache
 def float32_linear() -> str:
     """Which kernel runs float32 linears in CPU inference here: "onednn" (`linear`, the GELU fused) or "blas"
@@ -220,8 +267,9 @@ def bf16_runs_in_float32(x: torch.Tensor) -> bool:
 
 
 def linear_layer(x: torch.Tensor, layer: nn.Module, gelu: bool = False) -> torch.Tensor:
-    """`layer(x)` (then exact GELU if `gelu`). In CPU inference: oneDNN with the GELU fused, or for float32 the
-    kernel `float32_linear` chose; else (training, autocast, other devices) torch's differentiable ops.
+    """`layer(x)` (then exact GELU if `gelu`). In CPU inference: bf16 through oneDNN with the GELU fused
+    (`bf16_linear`), float32 through the kernel `float32_linear` chose; else (training, autocast, other devices)
+    torch's differentiable ops.
 
     A bf16 layer on a host whose `bf16_policy` is "fp32" computes in float32 and returns bf16."""
     if not isinstance(layer, nn.Linear):  # e.g. an int8 dynamically quantised Linear: it runs its own kernel
@@ -231,7 +279,9 @@ def linear_layer(x: torch.Tensor, layer: nn.Module, gelu: bool = False) -> torch
         if x.dtype == torch.bfloat16 and layer.weight.dtype == torch.bfloat16 and bf16_policy().matmul == "fp32":
             out = linear(x.float(), _float32_copy(layer.weight), _float32_copy(layer.bias), gelu)
             return out.to(torch.bfloat16)
-        if x.dtype != torch.float32 or float32_linear() == "onednn":
+        if x.dtype == torch.bfloat16:
+            return bf16_linear(x, layer.weight, layer.bias, gelu)
+        if float32_linear() == "onednn":
             return linear(x, layer.weight, layer.bias, gelu)
         return _blas_linear(x, layer.weight, layer.bias, gelu)
     out = F.linear(x, layer.weight, layer.bias)
