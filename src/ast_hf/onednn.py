@@ -169,11 +169,10 @@ def bf16_row_split(rows: int, in_features: int, out_features: int) -> bool:
     rows each: measured once per shape (best of 3 in turn after a warm-up, a few ms) and kept for the process.
 
     Why: oneDNN's bf16 GEMM picks its blocking and threading from the shape, and at some row counts the pick is
-    poor: on the AMX host measured (2 threads) 768-wide outputs ran at 1.1-1.4 TFLOP/s over 768-1280 rows against
-    2.0-2.4 at 640 or 1536 and more, and one 10.24 s clip is 1214 rows: two halves took the batch-1 bf16 forward
-    from 260 to 228 ms (benchmarks/results/). Which shapes suffer is the library's and the host's business, so
-    it is measured, not listed. `AST_HF_BF16_ROW_SPLIT=on|off` forces it; `bf16_row_split.cache_clear()`
-    forgets."""
+    poor: on the AMX host measured (2 threads) 768-wide outputs over 768-1280 rows ran at about half the rate of
+    640 or 1536+ rows, and one 10.24 s clip is 1214 rows (README, benchmarks/results/). Which shapes suffer is the
+    library's and the host's business, so it is measured, not listed. `AST_HF_BF16_ROW_SPLIT=on|off` forces it;
+    `bf16_row_split.cache_clear()` forgets."""
     choice = os.environ.get("AST_HF_BF16_ROW_SPLIT", "auto").lower()
     if choice not in BF16_ROW_SPLIT_CHOICES:
         raise ValueError(f"AST_HF_BF16_ROW_SPLIT={choice!r}: use one of {', '.join(BF16_ROW_SPLIT_CHOICES)}")
