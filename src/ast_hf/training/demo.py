@@ -246,6 +246,12 @@ def demo_training_arguments(settings, output_dir: Path, **fields):
         dataloader_num_workers=0, report_to="none", **fields)
 
 
+def _accuracy(logits: torch.Tensor, truth: torch.Tensor) -> float:
+    """Fraction of clips whose top logit is the true class, counted in Python: the same count then prints the same
+    percentage as the demo's main accuracy (a float32 mean of 383 right of 400 printed 95.7% against 95.8%)."""
+    return int((logits.argmax(-1) == truth).sum()) / len(truth)
+
+
 def token_reduction_table(model, features: torch.Tensor, truth: list[int], keeps: tuple[float, ...],
                           after_layer: int, batch_size: int = 64) -> list[dict]:
     """Accuracy and speed of the trained `model` on `features` [clips, frames, mel] with opt-in token reduction
@@ -266,14 +272,14 @@ def token_reduction_table(model, features: torch.Tensor, truth: list[int], keeps
 
     full, full_seconds = logits_and_seconds()
     truth = torch.tensor(truth)
-    rows = [{"keep": 1.0, "accuracy": float((full.argmax(-1) == truth).float().mean()), "seconds": full_seconds,
+    rows = [{"keep": 1.0, "accuracy": _accuracy(full, truth), "seconds": full_seconds,
              "speedup": 1.0, "cosine_mean": 1.0, "cosine_min": 1.0}]
     try:
         for keep in keeps:
             model.set_token_reduction(keep=keep, after_layer=after_layer)
             logits, seconds = logits_and_seconds()
             cosine = torch.nn.functional.cosine_similarity(logits, full, dim=-1)
-            rows.append({"keep": keep, "accuracy": float((logits.argmax(-1) == truth).float().mean()),
+            rows.append({"keep": keep, "accuracy": _accuracy(logits, truth),
                          "seconds": seconds, "speedup": full_seconds / seconds,
                          "cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min())})
     finally:
