@@ -180,9 +180,9 @@ def test_demo_table_reports_the_trained_model_against_itself(band_model):
 
 
 def test_demo_accuracy_prints_like_the_demos_main_line():
-    """383 right of 400 is 95.75%: the token reduction table's "full" accuracy must print as the demo's main line
-    does (95.8%), not as a float32 mean of it would (95.7%)."""
-    from ast_hf.training.demo import _accuracy
+    """383 right of 400 is 95.75%: the token reduction table's "full" accuracy (`metrics.accuracy`, as the demo's
+    main line) must print 95.8%, not as a float32 mean of it would (95.7%)."""
+    from ast_hf.training.metrics import accuracy as _accuracy
 
     truth = torch.zeros(400, dtype=torch.long)
     logits = torch.zeros(400, 3)

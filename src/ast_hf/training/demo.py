@@ -246,18 +246,14 @@ def demo_training_arguments(settings, output_dir: Path, **fields):
         dataloader_num_workers=0, report_to="none", **fields)
 
 
-def _accuracy(logits: torch.Tensor, truth: torch.Tensor) -> float:
-    """Fraction of clips whose top logit is the true class, counted in Python: the same count then prints the same
-    percentage as the demo's main accuracy (a float32 mean of 383 right of 400 printed 95.7% against 95.8%)."""
-    return int((logits.argmax(-1) == truth).sum()) / len(truth)
-
-
 def token_reduction_table(model, features: torch.Tensor, truth: list[int], keeps: tuple[float, ...],
                           after_layer: int, batch_size: int = 64) -> list[dict]:
     """Accuracy and speed of the trained `model` on `features` [clips, frames, mel] with opt-in token reduction
     (`set_token_reduction(keep, after_layer)`) against the full model: one row per keep fraction (keep 1.0 = the
     full model first). Seconds are the best of three passes over the test set (float32, inference mode); cosine is
     the logit cosine similarity to the full model (mean and minimum over clips)."""
+    from .metrics import accuracy  # the demo's main accuracy too: the same count prints the same percentage
+
     model.eval()
 
     def logits_and_seconds() -> tuple[torch.Tensor, float]:
@@ -272,14 +268,14 @@ def token_reduction_table(model, features: torch.Tensor, truth: list[int], keeps
 
     full, full_seconds = logits_and_seconds()
     truth = torch.tensor(truth)
-    rows = [{"keep": 1.0, "accuracy": _accuracy(full, truth), "seconds": full_seconds,
+    rows = [{"keep": 1.0, "accuracy": accuracy(full, truth), "seconds": full_seconds,
              "speedup": 1.0, "cosine_mean": 1.0, "cosine_min": 1.0}]
     try:
         for keep in keeps:
             model.set_token_reduction(keep=keep, after_layer=after_layer)
             logits, seconds = logits_and_seconds()
             cosine = torch.nn.functional.cosine_similarity(logits, full, dim=-1)
-            rows.append({"keep": keep, "accuracy": _accuracy(logits, truth),
+            rows.append({"keep": keep, "accuracy": accuracy(logits, truth),
                          "seconds": seconds, "speedup": full_seconds / seconds,
                          "cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min())})
     finally:
