@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from . import onednn
-from .onednn import best_seconds
 
 AUTOCAST_ATTENTION_CHOICES = ("auto", "bf16", "fp32")
 # bf16 attention must be this much faster than float32 to be chosen: near a tie float32 is the more exact of the
@@ -52,7 +51,7 @@ def measure_attention(shape: tuple[int, int, int, int], repeats: int = 3) -> dic
             q, k, v = (torch.randn(shape, generator=generator, dtype=dtype).requires_grad_() for _ in range(3))
             grad = torch.randn(shape, generator=generator, dtype=dtype)
             kernels[name] = lambda q=q, k=k, v=v, grad=grad: F.scaled_dot_product_attention(q, k, v).backward(grad)
-        return best_seconds(kernels, repeats)
+        return onednn.best_seconds(kernels, repeats)
 
 
 def attention_dtype(batch: int, heads: int, tokens: int, head_dim: int) -> torch.dtype:
