@@ -90,6 +90,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 5, quick 3)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 5)
+    # The kernel choices are part of what is measured: probe them in this run, neither reading nor keeping answers
+    # of other runs (ast_hf.probe_cache), unless the caller pointed the cache somewhere.
+    os.environ.setdefault("AST_HF_PROBE_CACHE", "0")
     from ast_hf.allocator import keep_freed_memory
 
     # As ast-hf's command line does; one process, so transformers' side runs under the same allocator setting.

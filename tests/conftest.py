@@ -11,6 +11,9 @@ from helpers import FIXTURES, SSAST_FIXTURES, tiny_config, trained_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Kernel choices are measured in each test process, never read from or written to the user's cache (probe_cache);
+# test_probe_cache.py points the cache at its own files.
+os.environ["AST_HF_PROBE_CACHE"] = "0"
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:

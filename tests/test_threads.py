@@ -51,3 +51,16 @@ def test_long_commands_take_the_thread_count_before_they_start(tmp_path):
         assert main(["predict", str(tmp_path / "missing.wav"), "--model", str(tmp_path), "--threads", "0"]) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_watch_during_torchs_import_does_not_count_the_import(tmp_path):
+    """`use_threads` watches the machine while torch imports in the same process: on an idle machine a fresh
+    process must still take every core (the import's CPU time is its own, not a neighbour's)."""
+    import subprocess
+    import sys
+
+    if busy_cores(0.5) > 0.3:
+        pytest.skip("other processes keep the machine busy: an idle reading is not possible now")
+    code = "import sys; from ast_hf.threads import use_threads; assert 'torch' not in sys.modules; print(use_threads())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout) == usable_cores()

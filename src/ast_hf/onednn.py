@@ -24,11 +24,13 @@ import functools
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import probe_cache
 
 ENABLED = os.environ.get("AST_HF_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
 
@@ -142,17 +144,36 @@ def bf16_policy() -> BF16Policy:
     "auto" (`AST_HF_BF16_MATMUL` unset): one GEMM of `PROBE_GEMM_SHAPE` in both dtypes (best of 3 after a warm-up,
     a fraction of a second); bf16 matmuls where bf16 is faster, else float32. With bf16 matmuls the attention is
     measured too (`PROBE_ATTENTION_SHAPE`, fused kernel against per-head oneDNN). `AST_HF_BF16_MATMUL=bf16` or
-    `fp32` forces the matmul branch. `bf16_policy.cache_clear()` forgets the choice.
+    `fp32` forces the matmul branch. The measured policy is kept on disk for this host (`probe_cache`);
+    `bf16_policy.cache_clear()` forgets the process's copy.
     """
     choice = os.environ.get("AST_HF_BF16_MATMUL", "auto").lower()
     if choice not in BF16_MATMUL_CHOICES:
         raise ValueError(f"AST_HF_BF16_MATMUL={choice!r}: use one of {', '.join(BF16_MATMUL_CHOICES)}")
-    seconds = _measure_gemms() if choice == "auto" else {}
-    if choice == "fp32" or (seconds and seconds["gemm bf16"] >= seconds["gemm fp32"]):
+    if choice == "fp32":
+        return BF16Policy("fp32", "fp32", {})
+    if choice == "bf16":
+        return _measure_bf16_policy(matmul="bf16")
+    kept = probe_cache.remembered("bf16_policy", lambda: asdict(_measure_bf16_policy()),
+                                  _valid_bf16_policy)
+    return BF16Policy(**kept)
+
+
+def _measure_bf16_policy(matmul: str | None = None) -> BF16Policy:
+    """`bf16_policy` as measured now; `matmul` given: only the attention is measured."""
+    seconds = _measure_gemms() if matmul is None else {}
+    if matmul is None and seconds["gemm bf16"] >= seconds["gemm fp32"]:
         return BF16Policy("fp32", "fp32", seconds)
     seconds |= _measure_attention()
     attention = "fused" if seconds["attention fused"] < seconds["attention per head"] else "per_head"
     return BF16Policy("bf16", attention, seconds)
+
+
+def _valid_bf16_policy(value) -> bool:
+    """Whether a kept value is a `BF16Policy` as a dict (probe_cache)."""
+    return (isinstance(value, dict) and set(value) == {"matmul", "attention", "seconds"}
+            and (value["matmul"], value["attention"]) in {("fp32", "fp32"), ("bf16", "fused"), ("bf16", "per_head")}
+            and isinstance(value["seconds"], dict))
 
 
 # `AST_HF_BF16_ROW_SPLIT`: "auto" (default: measured per shape at first sight), "on" or "off" (force one).
@@ -166,18 +187,26 @@ BF16_ROW_SPLIT_MARGIN = 1.2
 @functools.lru_cache(maxsize=256)
 def bf16_row_split(rows: int, in_features: int, out_features: int) -> bool:
     """Whether a bf16 linear of `rows` x `in_features` -> `out_features` runs as two oneDNN calls over half the
-    rows each: measured once per shape (best of 3 in turn after a warm-up, a few ms) and kept for the process.
+    rows each: measured once per shape (best of 3 in turn after a warm-up, a few ms) and kept for the process and on disk for this host (`probe_cache`).
 
     Why: oneDNN's bf16 GEMM picks its blocking and threading from the shape, and at some row counts the pick is
     poor: on the AMX host measured (2 threads) 768-wide outputs over 768-1280 rows ran at about half the rate of
     640 or 1536+ rows, and one 10.24 s clip is 1214 rows (README, benchmarks/results/). Which shapes suffer is the
     library's and the host's business, so it is measured, not listed. `AST_HF_BF16_ROW_SPLIT=on|off` forces it;
-    `bf16_row_split.cache_clear()` forgets."""
+    `bf16_row_split.cache_clear()` forgets the process's answers."""
     choice = os.environ.get("AST_HF_BF16_ROW_SPLIT", "auto").lower()
     if choice not in BF16_ROW_SPLIT_CHOICES:
         raise ValueError(f"AST_HF_BF16_ROW_SPLIT={choice!r}: use one of {', '.join(BF16_ROW_SPLIT_CHOICES)}")
     if choice != "auto" or rows < BF16_ROW_SPLIT_MIN_ROWS:
         return choice == "on" and rows >= 2
+    return probe_cache.remembered(f"bf16_row_split {rows}x{in_features}x{out_features}",
+                                  lambda: _halves_faster(rows, in_features, out_features),
+                                  lambda value: isinstance(value, bool))
+
+
+def _halves_faster(rows: int, in_features: int, out_features: int) -> bool:
+    """Whether two oneDNN bf16 linears over half the rows each measure `BF16_ROW_SPLIT_MARGIN` times as fast as one
+    over all of them (`bf16_row_split`)."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(rows, in_features, generator=generator).to(torch.bfloat16)
     w = torch.randn(out_features, in_features, generator=generator).to(torch.bfloat16)
@@ -210,12 +239,18 @@ def float32_linear() -> str:
     little once it runs in place; where oneDNN's ISA is capped below MKL's (`ONEDNN_MAX_CPU_ISA` alone) MKL is far
     ahead (benchmarks/results/). "auto" (`AST_HF_FP32_LINEAR` unset) times the whole MLP block (`PROBE_GEMM_SHAPE`:
     its first matmul with the GELU, then the second) both ways, best of 5 in turn after a warm-up (about 0.6 s),
-    and keeps the faster. `float32_linear.cache_clear()` forgets the choice."""
+    and keeps the faster, on disk for this host too (`probe_cache`, so later processes skip the probe);
+    `float32_linear.cache_clear()` forgets the process's choice."""
     choice = os.environ.get("AST_HF_FP32_LINEAR", "auto").lower()
     if choice not in FP32_LINEAR_CHOICES:
         raise ValueError(f"AST_HF_FP32_LINEAR={choice!r}: use one of {', '.join(FP32_LINEAR_CHOICES)}")
     if choice != "auto":
         return choice
+    return probe_cache.remembered("float32_linear", _faster_float32_linear, lambda value: value in ("onednn", "blas"))
+
+
+def _faster_float32_linear() -> str:
+    """"blas" or "onednn", whichever ran the MLP block faster just now (`float32_linear`)."""
     seconds = _measure_float32_linears()
     return "blas" if seconds["blas"] < seconds["onednn"] else "onednn"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 SAMPLE_SECONDS = 0.25  # how long the machine's CPU use is watched
 
@@ -61,10 +62,15 @@ def choose_threads(requested: int | None = None) -> int:
 
 
 def use_threads(requested: int | None = None) -> int:
-    """`torch.set_num_threads(choose_threads(requested))`; returns the count."""
-    import torch
+    """`torch.set_num_threads(choose_threads(requested))`; returns the count.
 
-    threads = choose_threads(requested)
+    The machine is watched while torch imports (seconds, against the watch's `SAMPLE_SECONDS`): the import's CPU
+    time is this process's own, which `busy_cores` leaves out, so the watch adds no wait to a command."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        chosen = pool.submit(choose_threads, requested)
+        import torch
+
+        threads = chosen.result()
     torch.set_num_threads(threads)
     return threads
 
