@@ -139,7 +139,7 @@ def _measure_attention() -> dict[str, float]:
 
 @functools.cache
 def bf16_policy() -> BF16Policy:
-    """This host's `BF16Policy`, decided at the first bf16 use and kept for the process.
+    """This host's `BF16Policy`, decided at the first bf16 use and kept (for the process, and on disk per host).
 
     "auto" (`AST_HF_BF16_MATMUL` unset): one GEMM of `PROBE_GEMM_SHAPE` in both dtypes (best of 3 after a warm-up,
     a fraction of a second); bf16 matmuls where bf16 is faster, else float32. With bf16 matmuls the attention is
@@ -187,7 +187,8 @@ BF16_ROW_SPLIT_MARGIN = 1.2
 @functools.lru_cache(maxsize=256)
 def bf16_row_split(rows: int, in_features: int, out_features: int) -> bool:
     """Whether a bf16 linear of `rows` x `in_features` -> `out_features` runs as two oneDNN calls over half the
-    rows each: measured once per shape (best of 3 in turn after a warm-up, a few ms) and kept for the process and on disk for this host (`probe_cache`).
+    rows each: measured once per shape (best of 3 in turn after a warm-up, a few ms) and kept for the process
+    and on disk for this host (`probe_cache`).
 
     Why: oneDNN's bf16 GEMM picks its blocking and threading from the shape, and at some row counts the pick is
     poor: on the AMX host measured (2 threads) 768-wide outputs over 768-1280 rows ran at about half the rate of
@@ -232,7 +233,7 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 @functools.cache
 def float32_linear() -> str:
     """Which kernel runs float32 linears in CPU inference here: "onednn" (`linear`, the GELU fused) or "blas"
-    (torch's `F.linear`, MKL or OpenBLAS, then GELU), decided at the first float32 use and kept for the process.
+    (torch's `F.linear`, MKL or OpenBLAS, then GELU), decided at the first float32 use and kept.
 
     Why: neither wins everywhere. On AMD EPYC torch's MKL skips its AVX-512 kernels and oneDNN is faster; on Intel
     Xeons MKL's GEMMs are the faster at the model's shapes, more so as the batch grows, and its separate GELU costs
