@@ -166,3 +166,16 @@ def test_a_measured_bf16_policy_is_kept_whole(cache_file):
     policy = onednn.bf16_policy()  # the invalid answer is measured again
     entry = kept(cache_file)["bf16_policy"]["value"]
     assert onednn.BF16Policy(**entry) == policy and policy.attention in ("fused", "per_head", "fp32")
+
+
+def test_info_lists_the_kept_choices(cache_file, capsys):
+    from ast_hf.cli import main
+
+    assert main(["info"]) == 0
+    assert f"none kept for this host in {cache_file}" in capsys.readouterr().out
+    write_cache(cache_file, {"float32_linear": "onednn", "bf16_row_split 1214x768x768": True})
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"kernel choices kept for this host in {cache_file}:" in out
+    assert '  float32_linear: "onednn"' in out and "  bf16_row_split 1214x768x768: true" in out
+    assert "CPU: " + probe_cache._cpu_identity()[0] in out

@@ -7,21 +7,35 @@ arguments and returns the process exit code. Heavy imports happen inside `func`,
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="print the versions of ast-hf, transformers and torch, and whether CUDA is "
-                                    "available")
+    p = sub.add_parser("info", help="print the versions of ast-hf, transformers and torch, whether CUDA is "
+                                    "available, this CPU and the kernel choices kept for it")
 
     def run(args) -> int:
         import torch
         import transformers
 
-        from . import __version__
+        from . import __version__, onednn, probe_cache
 
         print(f"ast-hf {__version__}, transformers {transformers.__version__}, torch {torch.__version__}, "
               f"CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+        print(f"CPU: {probe_cache._cpu_identity()[0]}; torch dispatches {torch.backends.cpu.get_cpu_capability()}, "
+              f"{torch.get_num_threads()} threads; oneDNN fast paths {'on' if onednn.ENABLED else 'off'}, "
+              f"bf16 matmuls {'yes' if onednn.BF16_UNITS else 'no'}")
+        path = probe_cache.cache_path()
+        kept = probe_cache.kept_answers()
+        if path is None:
+            print(f"kernel choices: measured in every process ({probe_cache.CACHE_ENV}=0)")
+        elif not kept:
+            print(f"kernel choices: none kept for this host in {path} yet (measured at first use)")
+        else:
+            print(f"kernel choices kept for this host in {path}:")
+            for probe, value in kept.items():
+                print(f"  {probe}: {json.dumps(value)}")
         return 0
 
     p.set_defaults(func=run)

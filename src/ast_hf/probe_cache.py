@@ -97,6 +97,22 @@ def _read(path: Path) -> dict:
     return data["hosts"]
 
 
+def _fresh(entry, valid: Callable[[Any], bool] = lambda value: True) -> bool:
+    """Whether a read entry is {"value", "when"} measured within `MAX_AGE_DAYS` (and not in the future), its value
+    one that `valid` accepts."""
+    return (isinstance(entry, dict) and isinstance(entry.get("when"), (int, float))
+            and 0 <= time.time() - entry["when"] < MAX_AGE_DAYS * 86400 and valid(entry.get("value")))
+
+
+def kept_answers() -> dict[str, Any]:
+    """{probe: value} of the fresh answers kept for this host (nothing is measured); empty with the cache off."""
+    path = cache_path()
+    if path is None:
+        return {}
+    entries = _read(path).get(host_key(), {})
+    return {probe: entry["value"] for probe, entry in sorted(entries.items()) if _fresh(entry)}
+
+
 def remembered(probe: str, measure: Callable[[], Any], valid: Callable[[Any], bool]) -> Any:
     """This host's kept answer to `probe` if there is a fresh one that `valid` accepts, else `measure()`, kept.
 
@@ -109,8 +125,7 @@ def remembered(probe: str, measure: Callable[[], Any], valid: Callable[[Any], bo
         return measure()
     key = host_key()
     entry = _read(path).get(key, {}).get(probe)
-    if (isinstance(entry, dict) and isinstance(entry.get("when"), (int, float))
-            and 0 <= time.time() - entry["when"] < MAX_AGE_DAYS * 86400 and valid(entry.get("value"))):
+    if _fresh(entry, valid):
         return entry["value"]
     value = measure()
     hosts = _read(path)  # read again: another process may have written meanwhile
@@ -123,4 +138,4 @@ def remembered(probe: str, measure: Callable[[], Any], valid: Callable[[Any], bo
     return value
 
 
-__all__ = ["cache_path", "host_key", "remembered", "CACHE_ENV", "MAX_AGE_DAYS"]
+__all__ = ["cache_path", "host_key", "kept_answers", "remembered", "CACHE_ENV", "MAX_AGE_DAYS"]
