@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .harness import interleaved, peak_memory_mib
+from .harness import interleaved, paired_ratio, peak_memory_mib
 
 SR = 16000
 
@@ -276,7 +276,9 @@ def token_reduction(quick: bool, repeats: int) -> list[dict]:
 def gemm_efficiency(quick: bool, repeats: int, forward_rows: list[dict]) -> list[dict]:
     """Achieved GFLOP/s of the batch-8 fp32 sdpa forward against a same-shape GEMM (the MLP's first matmul),
     measured in the same run through torch's default BLAS (`a @ b`) and through oneDNN; the faster is the
-    machine's figure."""
+    machine's figure. Then the roofline of the comparison: transformers' measured time over the time of our
+    forward's arithmetic (attention included) at that GEMM rate, i.e. the most any implementation of our
+    arithmetic could lead by on this host; the measured lead is shown as a share of it."""
     config = model_config(quick)
     f, t = config.patch_grid()
     tokens = 8 * (f * t + 2)
@@ -301,6 +303,15 @@ def gemm_efficiency(quick: bool, repeats: int, forward_rows: list[dict]) -> list
                 rows.append(dict(section="efficiency", case=f"{side}: forward GFLOP/s vs same-shape GEMM",
                                  ours=achieved, theirs=gemm_gflops, unit="GFLOP/s", ratio_name="of GEMM",
                                  note=f"{100 * achieved / gemm_gflops:.0f}% of the best GEMM ({note_gemm} GFLOP/s)"))
+            at_gemm_rate = flops["ours"] / gemm_gflops  # seconds: GFLOP / (GFLOP/s)
+            bound = row["theirs"].median / at_gemm_rate
+            measured = paired_ratio(row["theirs"], row["ours"])
+            rows.append(dict(section="efficiency", per=8,
+                             case="roofline: transformers vs our arithmetic at the best GEMM rate",
+                             ours=1e3 * at_gemm_rate / 8, theirs=1e3 * row["theirs"].median / 8, unit="ms",
+                             note=f"the most any implementation of our forward's arithmetic could lead by here "
+                                  f"(every FLOP, attention included, at {gemm_gflops:.0f} GFLOP/s); measured "
+                                  f"{measured:.2f}x = {100 * measured / bound:.0f}% of it"))
     return rows
 
 
