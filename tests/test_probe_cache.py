@@ -82,7 +82,7 @@ def test_the_key_names_the_isa_caps_the_threads_and_the_cpu(monkeypatch):
         torch.set_num_threads(threads)
     assert len({key, capped, more_threads}) == 3
     assert probe_cache.host_key() == key
-    model, flags = probe_cache._cpu_identity()
+    model, flags = probe_cache.cpu_identity()
     assert model  # the CPU is named (from /proc/cpuinfo or the platform)
 
 
@@ -178,4 +178,4 @@ def test_info_lists_the_kept_choices(cache_file, capsys):
     out = capsys.readouterr().out
     assert f"kernel choices kept for this host in {cache_file}:" in out
     assert '  float32_linear: "onednn"' in out and "  bf16_row_split 1214x768x768: true" in out
-    assert "CPU: " + probe_cache._cpu_identity()[0] in out
+    assert "CPU: " + probe_cache.cpu_identity()[0] in out

@@ -23,7 +23,7 @@ def _add_info(sub) -> None:
 
         print(f"ast-hf {__version__}, transformers {transformers.__version__}, torch {torch.__version__}, "
               f"CUDA {'yes' if torch.cuda.is_available() else 'no'}")
-        print(f"CPU: {probe_cache._cpu_identity()[0]}; torch dispatches {torch.backends.cpu.get_cpu_capability()}, "
+        print(f"CPU: {probe_cache.cpu_identity()[0]}; torch dispatches {torch.backends.cpu.get_cpu_capability()}, "
               f"{torch.get_num_threads()} threads; oneDNN fast paths {'on' if onednn.ENABLED else 'off'}, "
               f"bf16 matmuls {'yes' if onednn.BF16_UNITS else 'no'}")
         path = probe_cache.cache_path()

@@ -52,7 +52,7 @@ def cache_path() -> Path | None:
 
 
 @functools.cache
-def _cpu_identity() -> tuple[str, str]:
+def cpu_identity() -> tuple[str, str]:
     """(model name, sorted flags) of this CPU from /proc/cpuinfo; the platform's processor string elsewhere."""
     model, flags = "", ""
     try:
@@ -78,7 +78,7 @@ def host_key() -> str:
 
     from . import __version__
 
-    model, flags = _cpu_identity()
+    model, flags = cpu_identity()
     parts = {"cpu": model, "flags": flags, "torch": torch.__version__,
              "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
              "ast_hf": __version__, "env": {name: os.environ.get(name) for name in KERNEL_ENVIRONMENT}}
@@ -138,4 +138,4 @@ def remembered(probe: str, measure: Callable[[], Any], valid: Callable[[Any], bo
     return value
 
 
-__all__ = ["cache_path", "host_key", "kept_answers", "remembered", "CACHE_ENV", "MAX_AGE_DAYS"]
+__all__ = ["cache_path", "cpu_identity", "host_key", "kept_answers", "remembered", "CACHE_ENV", "MAX_AGE_DAYS"]
