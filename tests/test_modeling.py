@@ -310,6 +310,34 @@ def test_bfloat16_cpu_fast_path_is_as_accurate_as_transformers_bfloat16(tmp_path
     assert ours_err <= 1.5 * theirs_err + 1e-3, (ours_err, theirs_err)
 
 
+@pytest.mark.skipif(not onednn.ENABLED, reason="AST_HF_ONEDNN=0 switches the CPU clip grouping off")
+@pytest.mark.skipif(not onednn.BF16_UNITS, reason="bf16 CPU inference takes the fast paths only with bf16 matmuls")
+def test_bf16_clip_groups_hold_the_same_bytes_as_float32_ones(model, monkeypatch):
+    """The per-call budget is activation bytes: a bf16 model takes twice the clips per call of a float32 one, with
+    the logits it has in one call."""
+    monkeypatch.setenv("AST_HF_BF16_MATMUL", "bf16")  # the bf16 encoder itself, not its float32 twin
+    onednn.bf16_policy.cache_clear()
+    calls = []
+    backbone = model.audio_spectrogram_transformer
+    backbone.encoder.layer[0].register_forward_pre_hook(lambda layer, args: calls.append(len(args[0])))
+    tokens = backbone.embeddings(features(batch=1))[0].shape[1]
+    monkeypatch.setattr(onednn, "CPU_TOKENS_PER_CALL", 2 * tokens)
+    x = features(batch=5)
+    try:
+        with torch.inference_mode():
+            model(x)
+            assert calls == [2, 2, 1]
+            calls.clear()
+            model.bfloat16()
+            grouped = model(x.bfloat16()).logits
+            assert calls == [4, 1]
+            monkeypatch.setattr(onednn, "CPU_TOKENS_PER_CALL", 100 * tokens)
+            whole = model(x.bfloat16()).logits
+    finally:
+        onednn.bf16_policy.cache_clear()
+    torch.testing.assert_close(grouped, whole, atol=0, rtol=0)  # each clip's rows alike in any group
+
+
 @torch.no_grad()
 @pytest.mark.skipif(not onednn.ENABLED, reason="AST_HF_ONEDNN=0 switches the CPU clip grouping off")
 def test_cpu_encoder_runs_clip_groups_with_unchanged_outputs(model, monkeypatch, tmp_path):

@@ -53,8 +53,10 @@ def _builds_bf16_matmul() -> bool:
 BF16_UNITS = _builds_bf16_matmul()
 DTYPES = ((torch.float32,) + ((torch.bfloat16,) if BF16_UNITS else ())) if ENABLED else ()
 
-# Tokens the encoder takes per call on the CPU (two 10.24 s clips): activations of a few clips stay in cache
-# (measured 5-10% faster per clip than a whole batch of 8) and peak memory stops growing with the batch size.
+# Float32 tokens the encoder takes per call on the CPU (two 10.24 s clips): activations of a few clips stay in cache
+# (measured 5-10% faster per clip than a whole batch of 8) and peak memory stops growing with the batch size. A
+# budget of bytes: bf16 activations are half the size, so bf16 calls take twice the tokens (four clips; AMX's bf16
+# GEMMs ran faster over the larger row count: a batch of 8 3% faster than in two-clip calls, benchmarks/).
 CPU_TOKENS_PER_CALL = 2560
 
 
@@ -376,9 +378,10 @@ def attention_per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def clips_per_call(hidden_states: torch.Tensor) -> int:
-    """Clips of `hidden_states` [batch, tokens, D] the encoder should take per call: `CPU_TOKENS_PER_CALL` worth
-    (at least one) where the fast paths apply, else the whole batch."""
+    """Clips of `hidden_states` [batch, tokens, D] the encoder should take per call: the activation bytes of
+    `CPU_TOKENS_PER_CALL` float32 tokens (twice the tokens in bf16; at least one clip) where the fast paths apply,
+    else the whole batch."""
     batch, tokens, _ = hidden_states.shape
     if not cpu_inference(hidden_states):
         return batch
-    return max(1, CPU_TOKENS_PER_CALL // tokens)
+    return max(1, CPU_TOKENS_PER_CALL * 4 // hidden_states.element_size() // tokens)
