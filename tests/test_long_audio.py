@@ -267,3 +267,6 @@ def test_default_windows_per_call_follow_the_cpu_encoder_group():
     short = ASTConfig(max_length=128)  # 12 x 12 + 2 = 146 tokens
     assert default_windows_per_call(short, torch.device("cpu")) == CPU_TOKENS_PER_CALL // 146
     assert default_windows_per_call(base, torch.device("cuda")) == 8
+    # the same bytes in bf16: twice the windows, as the encoder's own bf16 groups (onednn.clips_per_call)
+    assert default_windows_per_call(base, torch.device("cpu"), torch.bfloat16) == 4
+    assert default_windows_per_call(base, torch.device("cpu"), torch.float32) == 2

@@ -188,7 +188,7 @@ def stitch_columns(model, feature_extractor, audio, per_window, sampling_rate: i
     if step // column_hop > window_columns:
         raise ValueError(f"hop ({step / rate:g} s) leaves gaps between windows of {win / rate:g} s ({window_columns} "
                          f"columns of {column_hop / rate:g} s): give a hop of at most the window")
-    batch_size = batch_size or default_windows_per_call(config, model_device_dtype(model)[0])
+    batch_size = batch_size or default_windows_per_call(config, *model_device_dtype(model))
     blocks, duration, name = audio_blocks(audio, sampling_rate, rate)
     frame_hop = round(FRAME_SHIFT_SECONDS * rate)
 

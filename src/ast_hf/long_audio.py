@@ -126,16 +126,17 @@ def batched(iterable: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def default_windows_per_call(config, device: torch.device) -> int:
-    """Windows scored per model call by default. On a CPU the encoder takes `CPU_TOKENS_PER_CALL` tokens at a
-    time whatever the batch (two 10.24 s windows), so larger calls would only hold more memory, and the peak
-    stays that of two windows however long the recording; on a GPU batching pays: 8."""
-    from .onednn import CPU_TOKENS_PER_CALL
+def default_windows_per_call(config, device: torch.device, dtype: torch.dtype = torch.float32) -> int:
+    """Windows scored per model call by default. On a CPU the encoder takes `onednn.cpu_tokens_per_call(dtype)`
+    tokens at a time whatever the batch (two 10.24 s windows in float32, four in bf16), so larger calls would only
+    hold more memory, and the peak stays that of one such group however long the recording; on a GPU batching
+    pays: 8."""
+    from .onednn import cpu_tokens_per_call
 
     if torch.device(device).type != "cpu" or not hasattr(config, "patch_grid"):  # a GPU, or transformers' AST
         return 8
     f, t = config.patch_grid()
-    return max(1, CPU_TOKENS_PER_CALL // (config.num_prefix_tokens + f * t))
+    return max(1, cpu_tokens_per_call(dtype) // (config.num_prefix_tokens + f * t))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -282,7 +283,7 @@ def tag_long_audio(
         hop: step between window starts in seconds (default min(5 s, window / 2)); must be positive.
         aggregate: clip-level scores as the "mean" or "max" over windows.
         batch_size: windows per model call; None: `default_windows_per_call` (2 windows of 10.24 s on a CPU,
-            8 on a GPU).
+            4 in bf16, 8 on a GPU).
         activation: "auto" (sigmoid for multi-label models, softmax for single-label), "sigmoid", "softmax", "none".
         progress: show a tqdm progress bar over windows.
         allow_shorter: score a recording shorter than the window whole instead of raising (default: only when
@@ -295,7 +296,7 @@ def tag_long_audio(
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     config = model.config
-    batch_size = batch_size or default_windows_per_call(config, model_device_dtype(model)[0])
+    batch_size = batch_size or default_windows_per_call(config, *model_device_dtype(model))
     activation = resolve_activation(config, activation)
     rate = feature_extractor.sampling_rate
     win, step, default_window = window_samples(window, hop, rate, config.max_length)

@@ -384,4 +384,10 @@ def clips_per_call(hidden_states: torch.Tensor) -> int:
     batch, tokens, _ = hidden_states.shape
     if not cpu_inference(hidden_states):
         return batch
-    return max(1, CPU_TOKENS_PER_CALL * 4 // hidden_states.element_size() // tokens)
+    return max(1, cpu_tokens_per_call(hidden_states.dtype) // tokens)
+
+
+def cpu_tokens_per_call(dtype: torch.dtype) -> int:
+    """Tokens of `dtype` the encoder takes per CPU call: the activation bytes of `CPU_TOKENS_PER_CALL` float32
+    tokens (2560 in float32, 5120 in bf16)."""
+    return CPU_TOKENS_PER_CALL * 4 // dtype.itemsize

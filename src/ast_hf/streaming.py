@@ -122,7 +122,7 @@ class StreamingTagger:
         if events is not None:
             events.check()
             events.thresholds(self.labels)  # unknown labels fail now, not at the first window
-        self.batch_size = batch_size or default_windows_per_call(self.config, model_device_dtype(model)[0])
+        self.batch_size = batch_size or default_windows_per_call(self.config, *model_device_dtype(model))
         self._events: list[SoundEvent] = []
         self._start_stream()
 
