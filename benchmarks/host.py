@@ -32,17 +32,6 @@ if onednn.BF16_UNITS:
 """
 
 
-def cpu_model_and_flags() -> tuple[str, set[str]]:
-    """("Intel(R) Xeon(R) ...", {"avx512f", "amx_bf16", ...}) from /proc/cpuinfo; elsewhere the platform's word."""
-    try:
-        text = open("/proc/cpuinfo", encoding="utf-8").read()
-    except OSError:
-        return platform.processor() or platform.machine(), set()
-    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-    return (model.group(1).strip() if model else platform.machine()), set(flags.group(1).split() if flags else ())
-
-
 def onednn_kernels() -> dict[str, str]:
     """{"float32": "brg_matmul:avx512_core", "bfloat16": "brg_matmul:avx512_core_amx", ...}: the implementation
     oneDNN picked for one matmul of each dtype our CPU paths run here (empty where oneDNN is off or absent)."""
@@ -68,8 +57,9 @@ def describe() -> str:
     import torch
 
     from ast_hf import onednn
+    from ast_hf.probe_cache import cpu_identity
 
-    model, flags = cpu_model_and_flags()
+    model, flags = cpu_identity()
     units = ", ".join(unit for unit, flag in (("AVX-512", "avx512f"), ("AVX-512 bf16", "avx512_bf16"),
                                               ("AMX bf16", "amx_bf16")) if flag in flags) or "no AVX-512"
     caps = [f"{name}={os.environ[name]}" for name in CAP_VARIABLES if name in os.environ]

@@ -52,9 +52,10 @@ def cache_path() -> Path | None:
 
 
 @functools.cache
-def cpu_identity() -> tuple[str, str]:
-    """(model name, sorted flags) of this CPU from /proc/cpuinfo; the platform's processor string elsewhere."""
-    model, flags = "", ""
+def cpu_identity() -> tuple[str, frozenset[str]]:
+    """("Intel(R) Xeon(R) ...", {"avx512f", "amx_bf16", ...}) of this CPU from /proc/cpuinfo (flags, or Features on
+    Arm); elsewhere the platform's processor string and no flags."""
+    model, flags = "", frozenset()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -63,7 +64,7 @@ def cpu_identity() -> tuple[str, str]:
                 if name == "model name" and not model:
                     model = value.strip()
                 elif name in ("flags", "Features") and not flags:
-                    flags = " ".join(sorted(value.split()))
+                    flags = frozenset(value.split())
                 if model and flags:
                     break
     except OSError:
@@ -79,7 +80,7 @@ def host_key() -> str:
     from . import __version__
 
     model, flags = cpu_identity()
-    parts = {"cpu": model, "flags": flags, "torch": torch.__version__,
+    parts = {"cpu": model, "flags": sorted(flags), "torch": torch.__version__,
              "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
              "ast_hf": __version__, "env": {name: os.environ.get(name) for name in KERNEL_ENVIRONMENT}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
