@@ -255,22 +255,25 @@ def test_onednn_cpu_linear_matches_the_torch_path(model, monkeypatch):
 
 
 @pytest.mark.skipif(not onednn.ENABLED, reason="AST_HF_ONEDNN=0 switches the oneDNN fast paths off")
-def test_training_uses_the_differentiable_path(model, monkeypatch):
+@pytest.mark.parametrize("kernel", ["onednn", "blas"])
+def test_training_uses_the_differentiable_path(model, monkeypatch, kernel):
+    """Training records gradients through `onednn.differentiable_linear`: oneDNN's own autograd function where the
+    host's float32 kernel is oneDNN, torch's ops where it is BLAS; inference takes the no-grad fast path."""
     from ast_hf import onednn
 
     calls = []
-    real = torch.ops.mkldnn._linear_pointwise
-    monkeypatch.setattr(onednn, "ENABLED", True)
-    monkeypatch.setenv("AST_HF_FP32_LINEAR", "onednn")  # the host's probe may pick torch's BLAS for float32
+    real = onednn._Float32Linear.apply
+    monkeypatch.setenv("AST_HF_FP32_LINEAR", kernel)  # the host's probe may pick either
     onednn.float32_linear.cache_clear()
-    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(1) or real(*a), raising=False)
+    monkeypatch.setattr(onednn._Float32Linear, "apply", lambda *a: calls.append(1) or real(*a))
     try:
         model.train()
         model(features(batch=2), labels=torch.tensor([0, 1])).loss.backward()
-        assert not calls and model.classifier.dense.weight.grad is not None
+        assert bool(calls) == (kernel == "onednn") and model.classifier.dense.weight.grad is not None
+        calls.clear()
         with torch.no_grad():
             model.eval()(features(batch=1))
-        assert calls  # and inference does take the fast path
+        assert not calls  # no autograd function in inference
     finally:
         onednn.float32_linear.cache_clear()
 

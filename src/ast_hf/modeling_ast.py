@@ -303,7 +303,7 @@ class ASTSelfAttention(nn.Module):
         if torch.is_grad_enabled() and rows == tokens and all(isinstance(p, nn.Linear) for p in projections):
             weight = torch.cat([p.weight for p in projections])
             bias = None if self.query.bias is None else torch.cat([p.bias for p in projections])
-            qkv = F.linear(hidden_states, weight, bias).view(batch, tokens, 3, *heads)
+            qkv = onednn.differentiable_linear(hidden_states, weight, bias).view(batch, tokens, 3, *heads)
             return qkv.permute(2, 0, 3, 1, 4).unbind(0)
         q = onednn.linear_layer(hidden_states[:, :rows], self.query).view(batch, rows, *heads).transpose(1, 2)
         k = onednn.linear_layer(hidden_states, self.key).view(batch, tokens, *heads).transpose(1, 2)

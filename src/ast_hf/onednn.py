@@ -303,10 +303,60 @@ def bf16_runs_in_float32(x: torch.Tensor) -> bool:
     return x.dtype == torch.bfloat16 and cpu_inference(x) and bf16_policy().matmul == "fp32"
 
 
+class _Float32Linear(torch.autograd.Function):
+    """x @ weight^T + bias with all three GEMMs of training through oneDNN: the forward, grad_x = grad @ weight and
+    grad_weight = grad^T @ x (the transposes as strided views, which oneDNN reads in place)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return linear(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad = grad.reshape(-1, weight.shape[0])
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = linear(grad, weight.t().contiguous()).view(x.shape)
+        if ctx.needs_input_grad[1]:
+            # oneDNN copies a strided first operand and reads a strided second one in place: the copied one is the
+            # narrower of grad and x (a [3072, rows] copy cost 8-100 ms, the GEMM 40)
+            x = x.reshape(-1, weight.shape[1])
+            if x.shape[1] < grad.shape[1]:
+                grad_weight = linear(x.t(), grad.t()).t()  # (x^T grad)^T
+            else:
+                grad_weight = linear(grad.t(), x.t())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def float32_training(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `differentiable_linear(x, weight)` runs through oneDNN: float32 on the CPU with autograd recording,
+    outside autocast, torch.compile and ONNX export, on a host whose `float32_linear` probe chose oneDNN (there,
+    e.g. AMD EPYC, torch's MKL runs its AVX2 code and oneDNN's AVX-512 GEMMs were 1.5-2.2x as fast in all three
+    of training's GEMMs, benchmarks/)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and torch.float32 in DTYPES and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and x.numel() > 0 and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export()
+            and float32_linear() == "onednn")
+
+
+def differentiable_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`, differentiable: in float32 CPU training where `float32_training` says so, its
+    forward and backward GEMMs through oneDNN (`_Float32Linear`); else torch's own op."""
+    if float32_training(x, weight):
+        return _Float32Linear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
 def linear_layer(x: torch.Tensor, layer: nn.Module, gelu: bool = False) -> torch.Tensor:
     """`layer(x)` (then exact GELU if `gelu`). In CPU inference: bf16 through oneDNN with the GELU fused
     (`bf16_linear`), float32 through the kernel `float32_linear` chose; else (training, autocast, other devices)
-    torch's differentiable ops.
+    `differentiable_linear` (float32 CPU training through oneDNN where that host's probe chose it).
 
     A bf16 layer on a host whose `bf16_policy` is "fp32" computes in float32 and returns bf16."""
     if not isinstance(layer, nn.Linear):  # e.g. an int8 dynamically quantised Linear: it runs its own kernel
@@ -321,7 +371,7 @@ def linear_layer(x: torch.Tensor, layer: nn.Module, gelu: bool = False) -> torch
         if float32_linear() == "onednn":
             return linear(x, layer.weight, layer.bias, gelu)
         return _blas_linear(x, layer.weight, layer.bias, gelu)
-    out = F.linear(x, layer.weight, layer.bias)
+    out = differentiable_linear(x, layer.weight, layer.bias)
     return F.gelu(out) if gelu else out
 
 
