@@ -390,7 +390,20 @@ def test_browser_uploads_clips_sees_results_events_live_tags_and_messages(cli_ap
             page.get_by_role("tab", name="Live").click()
             page.locator("#live-microphone button", has_text="Record").click()
             # generous waits: the stream is real time, and a loaded machine (a parallel job) delays every chunk
-            expect(page.locator("#live-labels")).to_contain_text("tone", timeout=90_000)
+            try:
+                expect(page.locator("#live-labels")).to_contain_text("tone", timeout=60_000)
+            except AssertionError:
+                # Once in a full suite run on 2026-12-02 no tag appeared in 90 s (and the test passed alone, three
+                # times): record again once, and say what the page showed the first time if that fails too.
+                first = page.locator("#live-status").inner_text()
+                page.locator("#live-microphone button", has_text="Stop").click()
+                expect(page.locator("#live-microphone button", has_text="Record")).to_be_visible(timeout=60_000)
+                page.locator("#live-microphone button", has_text="Record").click()
+                try:
+                    expect(page.locator("#live-labels")).to_contain_text("tone", timeout=90_000)
+                except AssertionError as error:
+                    raise AssertionError(f"no live tag 'tone'; status the first time: {first!r}, now: "
+                                         f"{page.locator('#live-status').inner_text()!r}") from error
             expect(page.locator("#live-status")).to_contain_text("windows of 1.28 s", timeout=10_000)
             page.wait_for_function("() => /Heard ([5-9]|\\d\\d)\\./.test(document.querySelector('#live-status')"
                                    ".innerText)", timeout=90_000)  # the tone of the loop has ended once

@@ -11,6 +11,8 @@ in a dtype of `DTYPES`, outside CPU autocast, torch.compile and ONNX export (`cp
   rows in two halves for the shapes where that measured faster (`bf16_row_split`);
 - bfloat16 attention as per-head oneDNN matmuls (`attention_per_head`);
 - the encoder run over a few clips at a time (`clips_per_call`, `CPU_TOKENS_PER_CALL`);
+- in float32 CPU training (autograd recording, no autocast), the model's linears as one autograd function whose
+  forward and backward GEMMs all run through oneDNN, where `float32_linear` chose oneDNN (`differentiable_linear`);
 - for bfloat16 models, a per-host choice of arithmetic (`bf16_policy`): CPUs whose bf16 GEMM is slower than their
   fp32 GEMM (bf16 dot products without AMX on some Intel Xeons) run a bf16 model's encoder in float32 (a float32
   twin of it, made once; `bf16_runs_in_float32`) and its other linears with the weights upcast once; the others
