@@ -261,19 +261,23 @@ def test_training_uses_the_differentiable_path(model, monkeypatch, kernel):
     host's float32 kernel is oneDNN, torch's ops where it is BLAS; inference takes the no-grad fast path."""
     from ast_hf import onednn
 
-    calls = []
-    real = onednn._Float32Linear.apply
+    calls, raw_calls = [], []
+    real, real_raw = onednn._Float32Linear.apply, torch.ops.mkldnn._linear_pointwise
     monkeypatch.setenv("AST_HF_FP32_LINEAR", kernel)  # the host's probe may pick either
     onednn.float32_linear.cache_clear()
     monkeypatch.setattr(onednn._Float32Linear, "apply", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: raw_calls.append(1) or real_raw(*a),
+                        raising=False)
     try:
         model.train()
         model(features(batch=2), labels=torch.tensor([0, 1])).loss.backward()
         assert bool(calls) == (kernel == "onednn") and model.classifier.dense.weight.grad is not None
         calls.clear()
+        raw_calls.clear()
         with torch.no_grad():
             model.eval()(features(batch=1))
         assert not calls  # no autograd function in inference
+        assert bool(raw_calls) == (kernel == "onednn")  # and inference takes the chosen kernel's fast path
     finally:
         onednn.float32_linear.cache_clear()
 

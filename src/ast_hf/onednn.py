@@ -62,14 +62,18 @@ DTYPES = ((torch.float32,) + ((torch.bfloat16,) if BF16_UNITS else ())) if ENABL
 CPU_TOKENS_PER_CALL = 2560
 
 
-def cpu_inference(x: torch.Tensor) -> bool:
-    """True where the fast paths apply to `x`: CPU inference in a dtype of `DTYPES`, outside CPU autocast (the raw
-    oneDNN ops do not cast: under `Trainer(bf16=True)` evaluation a bf16 activation met an fp32 weight and oneDNN
-    refused the pair; torch's ops cast as autocast asks), torch.compile (inductor only lowers the oneDNN linear for
-    weights it froze as constants) and ONNX export (no ONNX translation)."""
-    return (x.device.type == "cpu" and x.dtype in DTYPES and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu")
+def _raw_cpu_ops_apply(x: torch.Tensor) -> bool:
+    """Whether the raw oneDNN ops may take `x`: on the CPU in a dtype of `DTYPES`, outside CPU autocast (the raw
+    ops do not cast: under `Trainer(bf16=True)` evaluation a bf16 activation met an fp32 weight and oneDNN refused
+    the pair; torch's ops cast as autocast asks), torch.compile (inductor only lowers the oneDNN linear for weights
+    it froze as constants) and ONNX export (no ONNX translation)."""
+    return (x.device.type == "cpu" and x.dtype in DTYPES and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
+
+
+def cpu_inference(x: torch.Tensor) -> bool:
+    """True where the inference fast paths apply to `x`: no autograd recording, and `_raw_cpu_ops_apply`."""
+    return not torch.is_grad_enabled() and _raw_cpu_ops_apply(x)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -312,7 +316,6 @@ class _Float32Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
         return linear(x, weight, bias)
 
     @staticmethod
@@ -331,7 +334,7 @@ class _Float32Linear(torch.autograd.Function):
                 grad_weight = linear(x.t(), grad.t()).t()  # (x^T grad)^T
             else:
                 grad_weight = linear(grad.t(), x.t())
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False where bias is None
             grad_bias = grad.sum(0)
         return grad_x, grad_weight, grad_bias
 
@@ -341,10 +344,8 @@ def float32_training(x: torch.Tensor, weight: torch.Tensor) -> bool:
     outside autocast, torch.compile and ONNX export, on a host whose `float32_linear` probe chose oneDNN (there,
     e.g. AMD EPYC, torch's MKL runs its AVX2 code and oneDNN's AVX-512 GEMMs were 1.5-2.2x as fast in all three
     of training's GEMMs, benchmarks/)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and torch.float32 in DTYPES and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and x.numel() > 0 and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export()
-            and float32_linear() == "onednn")
+    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and x.numel() > 0
+            and torch.is_grad_enabled() and _raw_cpu_ops_apply(x) and float32_linear() == "onednn")
 
 
 def differentiable_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
