@@ -276,42 +276,47 @@ def token_reduction(quick: bool, repeats: int) -> list[dict]:
 def gemm_efficiency(quick: bool, repeats: int, forward_rows: list[dict]) -> list[dict]:
     """Achieved GFLOP/s of the batch-8 fp32 sdpa forward against a same-shape GEMM (the MLP's first matmul),
     measured in the same run through torch's default BLAS (`a @ b`) and through oneDNN; the faster is the
-    machine's figure. Then the roofline of the comparison: transformers' measured time over the time of our
-    forward's arithmetic (attention included) at that GEMM rate, i.e. the most any implementation of our
-    arithmetic could lead by on this host; the measured lead is shown as a share of it."""
+    machine's figure. Then, at batch 8 and at batch 1 (each against the GEMM of its own row count), the roofline
+    of the comparison: transformers' measured time over the time of our forward's arithmetic (attention included)
+    at that GEMM rate, i.e. the most any implementation of our arithmetic could lead by on this host; the measured
+    lead is shown as a share of it."""
     config = model_config(quick)
     f, t = config.patch_grid()
-    tokens = 8 * (f * t + 2)
-    a = torch.randn(tokens, config.hidden_size)
-    w = torch.randn(config.intermediate_size, config.hidden_size)
-    gemms = {"torch BLAS": lambda: a @ w.t()}
-    if torch.backends.mkldnn.is_available():
-        gemms["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
-    timings = interleaved(gemms, repeats * 5)
-    flop = 2 * tokens * config.hidden_size * config.intermediate_size
-    figures = {name: flop / timing.median / 1e9 for name, timing in timings.items()}
-    best_name = max(figures, key=figures.get)
-    gemm_gflops = figures[best_name]
-    # Each side's own arithmetic: ours skips the patch tokens' outputs in the last layer (the head reads the prefix).
-    flops = {side: 2 * forward_gmacs(config, prefix_only=side == "ours") * 8 for side in ("ours", "theirs")}
-    note_gemm = ", ".join(f"{k} {v:.0f}" for k, v in figures.items())
     rows = []
-    for row in forward_rows:
-        if row["case"].startswith("batch 8, sdpa, float32"):
+    for batch in (8, 1):
+        row = next((r for r in forward_rows if r["case"].startswith(f"batch {batch}, sdpa, float32")), None)
+        if row is None:
+            continue
+        tokens = batch * (f * t + 2)
+        a = torch.randn(tokens, config.hidden_size)
+        w = torch.randn(config.intermediate_size, config.hidden_size)
+        gemms = {"torch BLAS": lambda: a @ w.t()}
+        if torch.backends.mkldnn.is_available():
+            gemms["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+        timings = interleaved(gemms, repeats * 5)
+        flop = 2 * tokens * config.hidden_size * config.intermediate_size
+        figures = {name: flop / timing.median / 1e9 for name, timing in timings.items()}
+        gemm_gflops = max(figures.values())
+        # Each side's own arithmetic: ours skips the patch tokens' outputs in the last layer (the head reads the
+        # prefix).
+        flops = {side: 2 * forward_gmacs(config, prefix_only=side == "ours") * batch for side in ("ours", "theirs")}
+        note_gemm = ", ".join(f"{k} {v:.0f}" for k, v in figures.items())
+        if batch == 8:
             for side in ("ours", "theirs"):
                 achieved = flops[side] / row[side].median
                 rows.append(dict(section="efficiency", case=f"{side}: forward GFLOP/s vs same-shape GEMM",
                                  ours=achieved, theirs=gemm_gflops, unit="GFLOP/s", ratio_name="of GEMM",
                                  note=f"{100 * achieved / gemm_gflops:.0f}% of the best GEMM ({note_gemm} GFLOP/s)"))
-            at_gemm_rate = flops["ours"] / gemm_gflops  # seconds: GFLOP / (GFLOP/s)
-            bound = row["theirs"].median / at_gemm_rate
-            measured = paired_ratio(row["theirs"], row["ours"])
-            rows.append(dict(section="efficiency", per=8,
-                             case="roofline: transformers vs our arithmetic at the best GEMM rate",
-                             ours=1e3 * at_gemm_rate / 8, theirs=1e3 * row["theirs"].median / 8, unit="ms",
-                             note=f"the most any implementation of our forward's arithmetic could lead by here "
-                                  f"(every FLOP, attention included, at {gemm_gflops:.0f} GFLOP/s); measured "
-                                  f"{measured:.2f}x = {100 * measured / bound:.0f}% of it"))
+        at_gemm_rate = flops["ours"] / gemm_gflops  # seconds: GFLOP / (GFLOP/s)
+        bound = row["theirs"].median / at_gemm_rate
+        measured = paired_ratio(row["theirs"], row["ours"])
+        rows.append(dict(section="efficiency", per=batch,
+                         case=f"roofline, batch {batch}: transformers vs our arithmetic at the best GEMM rate",
+                         ours=1e3 * at_gemm_rate / batch, theirs=1e3 * row["theirs"].median / batch, unit="ms",
+                         note=f"the most any implementation of our forward's arithmetic could lead by here "
+                              f"(every FLOP, attention included, at {gemm_gflops:.0f} GFLOP/s, the best GEMM of "
+                              f"{tokens} rows: {note_gemm}); measured {measured:.2f}x = {100 * measured / bound:.0f}% "
+                              f"of it"))
     return rows
 
 

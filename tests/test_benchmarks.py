@@ -16,7 +16,8 @@ def test_quick_benchmark_writes_its_table_and_chart(tmp_path):
     for section in ("feature extraction", "forward", "efficiency", "forward memory", "end to end", "long audio",
                     "training step", "tokens", "demo epoch"):
         assert f"| {section} |" in table, section
-    assert "| efficiency | roofline: transformers vs our arithmetic at the best GEMM rate (per clip) |" in table
+    roofline = "| efficiency | roofline, batch {}: transformers vs our arithmetic at the best GEMM rate"
+    assert roofline.format(8) + " (per clip) |" in table and roofline.format(1) + " |" in table
     assert "load average" in table
     assert (out / "results.png").stat().st_size > 10_000
     assert (out / "results.json").is_file()
