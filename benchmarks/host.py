@@ -72,6 +72,8 @@ def describe() -> str:
     if onednn.DTYPES:
         parts.append(f"float32 linears: {onednn.float32_linear()} (AST_HF_FP32_LINEAR="
                      f"{os.environ.get('AST_HF_FP32_LINEAR', 'auto')})")
+        parts.append(f"float32 attention of a 10.24 s clip: {onednn.float32_attention(12, 1214, 1214, 64)} "
+                     f"(AST_HF_FP32_ATTENTION={os.environ.get('AST_HF_FP32_ATTENTION', 'auto')})")
     if onednn.DTYPES and onednn.BF16_UNITS:
         policy = onednn.bf16_policy()
         parts.append(f"bf16 models: {policy.matmul} matmuls, {policy.attention} attention (AST_HF_BF16_MATMUL="

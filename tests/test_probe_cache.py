@@ -23,9 +23,10 @@ def cache_file(tmp_path, monkeypatch):
     forgotten before and after."""
     path = tmp_path / "probes.json"
     monkeypatch.setenv(probe_cache.CACHE_ENV, str(path))
-    for name in ("AST_HF_FP32_LINEAR", "AST_HF_BF16_MATMUL", "AST_HF_BF16_ROW_SPLIT"):
+    for name in ("AST_HF_FP32_LINEAR", "AST_HF_BF16_MATMUL", "AST_HF_BF16_ROW_SPLIT", "AST_HF_FP32_ATTENTION"):
         monkeypatch.delenv(name, raising=False)
-    clear = (onednn.float32_linear.cache_clear, onednn.bf16_policy.cache_clear, onednn.bf16_row_split.cache_clear)
+    clear = (onednn.float32_linear.cache_clear, onednn.bf16_policy.cache_clear, onednn.bf16_row_split.cache_clear,
+             onednn.float32_attention.cache_clear)
     for forget in clear:
         forget()
     yield path
@@ -179,3 +180,13 @@ def test_info_lists_the_kept_choices(cache_file, capsys):
     assert f"kernel choices kept for this host in {cache_file}:" in out
     assert '  float32_linear: "onednn"' in out and "  bf16_row_split 1214x768x768: true" in out
     assert "CPU: " + probe_cache.cpu_identity()[0] in out
+
+
+def test_the_float32_attention_choice_is_kept_per_shape(cache_file):
+    shape = (2, onednn.FP32_ATTENTION_MIN_TOKENS, onednn.FP32_ATTENTION_MIN_TOKENS, 32)
+    choice = onednn.float32_attention(*shape)
+    name = "float32_attention " + "x".join(map(str, shape))
+    assert kept(cache_file)[name]["value"] == choice
+    write_cache(cache_file, {name: "fused" if choice == "per_head" else "per_head"})
+    onednn.float32_attention.cache_clear()
+    assert onednn.float32_attention(*shape) != choice  # read back, not measured again

@@ -320,9 +320,12 @@ class ASTSelfAttention(nn.Module):
         q, k, v = self.projections(hidden_states, rows)
         dropout = self.config.attention_probs_dropout_prob if self.training else 0.0
         weights = None
-        if not output_attentions and dropout == 0.0 and q.dtype == torch.bfloat16 and onednn.cpu_inference(q):
-            return onednn.bf16_attention(q, k, v, key_mask), None  # the host's fastest bf16 attention (bf16_policy)
         fused = self.config._attn_implementation == "sdpa" and not output_attentions
+        if not output_attentions and dropout == 0.0 and onednn.cpu_inference(q):
+            if q.dtype == torch.bfloat16:
+                return onednn.bf16_attention(q, k, v, key_mask), None  # the host's fastest (bf16_policy)
+            if fused and onednn.float32_attention(self.num_heads, rows, tokens, self.head_dim) == "per_head":
+                return onednn.attention_per_head(q, k, v, key_mask), None
         if fused and autocast_cpu.cpu_bf16_training(q):
             # the fused kernel in whichever dtype trains faster at this shape here (autocast_cpu)
             dtype = autocast_cpu.attention_dtype(batch, self.num_heads, tokens, self.head_dim)

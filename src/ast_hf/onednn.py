@@ -9,7 +9,8 @@ in a dtype of `DTYPES`, outside CPU autocast, torch.compile and ONNX export (`cp
 - float32 linears through oneDNN with the GELU fused, or through torch's BLAS where this host's probe finds it
   faster (`float32_linear`); bf16 linears through oneDNN (`linear_layer`, on top of the raw `linear`), over their
   rows in two halves for the shapes where that measured faster (`bf16_row_split`);
-- bfloat16 attention as per-head oneDNN matmuls (`attention_per_head`);
+- bfloat16 attention as per-head oneDNN matmuls (`attention_per_head`), and float32 attention the same way where
+  this host's probe finds it faster than torch's fused kernel (`float32_attention`);
 - the encoder run over a few clips at a time (`clips_per_call`, `CPU_TOKENS_PER_CALL`);
 - in float32 CPU training (autograd recording, no autocast), the model's linears as one autograd function whose
   forward and backward GEMMs all run through oneDNN, where `float32_linear` chose oneDNN (`differentiable_linear`);
@@ -94,6 +95,16 @@ PROBE_GEMM_SHAPE = (2048, 768, 3072)
 FP32_LINEAR_CHOICES = ("auto", "onednn", "blas")
 # The probe's attention: one clip of 10.24 s (1214 tokens) and two heads of 64 dims.
 PROBE_ATTENTION_SHAPE = (1, 2, 1214, 64)
+# `AST_HF_FP32_ATTENTION`: "auto" (default: measure at first use), "fused" or "per_head" (force one).
+FP32_ATTENTION_CHOICES = ("auto", "fused", "per_head")
+# Per-head float32 attention must measure this much faster than the fused kernel to be chosen, so that timing
+# noise cannot flip the choice (and the last bits of the outputs) between runs; sequences shorter than this many
+# tokens take the fused kernel without measuring (`float32_attention`).
+FP32_ATTENTION_MARGIN = 1.1
+FP32_ATTENTION_MIN_TOKENS = 512
+# `attention_per_head` takes the queries of a head in blocks whose scores [rows, tokens] take about this many bytes:
+# a block's scores stay in cache between the two matmuls and the softmax, and a long clip's memory stays bounded.
+ATTENTION_BLOCK_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -401,33 +412,89 @@ def bf16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 def attention_per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(head_dim)) v, one (clip, head) at a time with oneDNN bf16 matmuls (CPU inference).
+    """softmax(q k^T / sqrt(head_dim)) v, one (clip, head, block of queries) at a time with oneDNN matmuls (CPU
+    inference, bfloat16 or float32).
 
-    torch's fused CPU attention kernel accumulates bf16 products through a slow mixed-precision path on CPUs
-    without AMX (as fast in bf16 as in fp32, benchmarks/); oneDNN's bf16 matmul runs at ~2x that. Scores are
-    rounded to bf16 before a float32 softmax, as in eager bf16 attention; probabilities go back to bf16 for the
-    second matmul, as in the fused kernel. One [tokens, tokens] score matrix is alive at a time.
+    Why: torch's fused CPU attention kernel runs its products as many small GEMMs. In bf16 it accumulates them
+    through a slow mixed-precision path on CPUs without AMX (as fast in bf16 as in fp32), where oneDNN's bf16
+    matmul runs at ~2x; in float32 two large oneDNN GEMMs per block beat it on some hosts and lose on others
+    (`float32_attention` measures). Scores are in the inputs' dtype before a float32 softmax (bf16: rounded, as
+    in eager bf16 attention); probabilities go back to that dtype for the second matmul, as in the fused kernel.
+    Queries go in blocks of about `ATTENTION_BLOCK_BYTES` of scores (a whole 10.24 s clip's 1214 in bf16, two
+    blocks in float32); query rows are independent, so the blocking only bounds the memory.
 
     Args:
-        q, k, v: [batch, heads, tokens, head_dim], bfloat16.
+        q: [batch, heads, queries, head_dim]; k, v: [batch, heads, tokens, head_dim]; bfloat16 or float32.
         key_mask: [batch, 1, 1, tokens] bool, True where a token may be attended to; None: all.
 
     Returns:
-        context [batch, tokens, heads * head_dim].
+        context [batch, queries, heads * head_dim].
     """
-    batch, heads, tokens, head_dim = q.shape
-    q = (q * head_dim ** -0.5).contiguous()
+    batch, heads, queries, head_dim = q.shape
+    tokens = k.shape[2]
+    scaled = torch.empty(q.shape, dtype=q.dtype)  # [batch, heads, queries, head_dim], each head's rows contiguous
+    torch.mul(q, head_dim ** -0.5, out=scaled)
     k = k.contiguous()
     v_t = v.transpose(2, 3).contiguous()  # [batch, heads, head_dim, tokens]: p @ v = linear(p, v^T)
-    context = torch.empty_like(q)
+    context = torch.empty(batch, queries, heads, head_dim, dtype=q.dtype)
+    blocks = -(-queries * tokens * q.element_size() // ATTENTION_BLOCK_BYTES)
+    rows = -(-queries // blocks)
     for b in range(batch):
         for h in range(heads):
-            scores = linear(q[b, h], k[b, h])
-            if key_mask is not None:
-                scores.masked_fill_(~key_mask[b, 0], torch.finfo(scores.dtype).min)
-            probs = scores.softmax(dim=-1)  # bf16 in and out, float32 inside
-            context[b, h] = linear(probs, v_t[b, h])
-    return context.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+            for start in range(0, queries, rows):
+                scores = linear(scaled[b, h, start:start + rows], k[b, h])
+                if key_mask is not None:
+                    scores.masked_fill_(~key_mask[b, 0], torch.finfo(scores.dtype).min)
+                probs = scores.softmax(dim=-1)  # bf16: bf16 in and out, float32 inside
+                context[b, start:start + rows, h] = linear(probs, v_t[b, h])
+    return context.view(batch, queries, heads * head_dim)
+
+
+@functools.lru_cache(maxsize=256)
+def float32_attention(heads: int, queries: int, tokens: int, head_dim: int) -> str:
+    """How float32 attention of one clip's `heads` x `queries` x `tokens` x `head_dim` runs in CPU inference here:
+    "fused" (torch's `scaled_dot_product_attention`) or "per_head" (`attention_per_head`); measured once per shape
+    and kept (for the process, and on disk for this host: `probe_cache`).
+
+    Why: neither wins everywhere. On the AMD EPYC (Zen 5) measured, per-head oneDNN GEMMs ran a 10.24 s clip's
+    attention (12 x 1214 x 1214 x 64) 1.5x as fast as the fused kernel; with the ISA capped to AVX2 they were 1.4x
+    slower; below ~512 tokens the two oneDNN calls per head and block cost more than they save, on both
+    (benchmarks/). Shorter sequences than `FP32_ATTENTION_MIN_TOKENS` therefore take the fused kernel unmeasured.
+    "auto" (`AST_HF_FP32_ATTENTION` unset) times both on one clip of this shape, its q, k, v laid out as the model
+    makes them (best of 5 in turn after a warm-up: ~0.3 s for 12 x 1214 tokens), and takes per-head only if it is
+    `FP32_ATTENTION_MARGIN` times as fast. `AST_HF_FP32_ATTENTION=fused|per_head` forces one;
+    `float32_attention.cache_clear()` forgets the process's answers. Where oneDNN does not run
+    (`AST_HF_ONEDNN=0`) the fused kernel runs, whatever was chosen."""
+    choice = os.environ.get("AST_HF_FP32_ATTENTION", "auto").lower()
+    if choice not in FP32_ATTENTION_CHOICES:
+        raise ValueError(f"AST_HF_FP32_ATTENTION={choice!r}: use one of {', '.join(FP32_ATTENTION_CHOICES)}")
+    if choice != "auto":
+        return choice
+    if tokens < FP32_ATTENTION_MIN_TOKENS:
+        return "fused"
+    shape = (heads, queries, tokens, head_dim)
+    return probe_cache.remembered(f"float32_attention {'x'.join(map(str, shape))}",
+                                  lambda: _faster_float32_attention(shape),
+                                  lambda value: value in ("fused", "per_head"))
+
+
+def _measure_float32_attention(heads: int, queries: int, tokens: int, head_dim: int,
+                               repeats: int = 5) -> dict[str, float]:
+    """Best wall seconds of one clip's float32 attention of this shape through torch's fused kernel and per head, on
+    q, k, v that are head views of [1, tokens, heads, head_dim] projections, as in the model."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, rows, heads, head_dim, generator=generator).transpose(1, 2)
+               for rows in (queries, tokens, tokens))
+    with torch.no_grad():
+        return best_seconds({"fused": lambda: F.scaled_dot_product_attention(q, k, v),
+                             "per_head": lambda: attention_per_head(q, k, v)}, repeats)
+
+
+def _faster_float32_attention(shape: tuple[int, int, int, int]) -> str:
+    """"per_head" where it measured `FP32_ATTENTION_MARGIN` times as fast as the fused kernel just now at `shape`
+    (heads, queries, tokens, head_dim), else "fused" (`float32_attention`)."""
+    seconds = _measure_float32_attention(*shape)
+    return "per_head" if seconds["per_head"] * FP32_ATTENTION_MARGIN < seconds["fused"] else "fused"
 
 
 def clips_per_call(hidden_states: torch.Tensor) -> int:
