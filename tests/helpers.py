@@ -4,6 +4,7 @@ tell the three apart. Fixtures live in conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
@@ -136,3 +137,19 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+@contextlib.contextmanager
+def kernel_setting(monkeypatch, variable: str, choice, read: bool = False):
+    """Yields force(value): sets the environment `variable` (an `AST_HF_*` kernel setting) and forgets the answers
+    cached by `choice` (the `onednn` function that reads it), returning `choice()` if `read`; the answers are
+    forgotten again at the end."""
+    def force(value: str):
+        monkeypatch.setenv(variable, value)
+        choice.cache_clear()
+        return choice() if read else None
+
+    try:
+        yield force
+    finally:
+        choice.cache_clear()

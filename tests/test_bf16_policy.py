@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ast_hf import ASTForAudioClassification, onednn
-from helpers import tiny_config
+from helpers import kernel_setting, tiny_config
 
 pytestmark = [pytest.mark.numeric,
               pytest.mark.skipif(not onednn.BF16_UNITS, reason="no bf16 units: bf16 models stay on torch's ops")]
@@ -16,14 +16,10 @@ BF16_LOGIT_TOLERANCE = 3e-2  # the forward benchmark's bf16 models sit 2-3e-2 fr
 
 @pytest.fixture
 def policy(monkeypatch):
-    """Force `AST_HF_BF16_MATMUL` to a value; the cached policy is forgotten before and after."""
-    def force(value: str) -> onednn.BF16Policy:
-        monkeypatch.setenv("AST_HF_BF16_MATMUL", value)
-        onednn.bf16_policy.cache_clear()
-        return onednn.bf16_policy()
-
-    yield force
-    onednn.bf16_policy.cache_clear()
+    """Force `AST_HF_BF16_MATMUL` to a value and return the policy; the cached policy is forgotten before and
+    after."""
+    with kernel_setting(monkeypatch, "AST_HF_BF16_MATMUL", onednn.bf16_policy, read=True) as force:
+        yield force
 
 
 @pytest.fixture
@@ -120,12 +116,8 @@ def test_unknown_setting_is_refused(policy):
 @pytest.fixture
 def row_split(monkeypatch):
     """Force `AST_HF_BF16_ROW_SPLIT` to a value; the cached choices are forgotten before and after."""
-    def force(value: str) -> None:
-        monkeypatch.setenv("AST_HF_BF16_ROW_SPLIT", value)
-        onednn.bf16_row_split.cache_clear()
-
-    yield force
-    onednn.bf16_row_split.cache_clear()
+    with kernel_setting(monkeypatch, "AST_HF_BF16_ROW_SPLIT", onednn.bf16_row_split) as force:
+        yield force
 
 
 @pytest.mark.skipif(not onednn.ENABLED, reason="AST_HF_ONEDNN=0 leaves bf16 models to torch's ops")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import transformers
 
 from ast_hf import ASTForAudioClassification, onednn
-from helpers import tiny_config
+from helpers import kernel_setting, tiny_config
 
 pytestmark = [pytest.mark.numeric,
               pytest.mark.skipif(not onednn.ENABLED, reason="AST_HF_ONEDNN=0: attention is torch's own")]
@@ -19,12 +19,8 @@ pytestmark = [pytest.mark.numeric,
 @pytest.fixture
 def choose(monkeypatch):
     """Force `AST_HF_FP32_ATTENTION` to a value; the cached choices are forgotten before and after."""
-    def force(value: str) -> None:
-        monkeypatch.setenv("AST_HF_FP32_ATTENTION", value)
-        onednn.float32_attention.cache_clear()
-
-    yield force
-    onednn.float32_attention.cache_clear()
+    with kernel_setting(monkeypatch, "AST_HF_FP32_ATTENTION", onednn.float32_attention) as force:
+        yield force
 
 
 def _heads(batch: int, rows: int, heads: int, head_dim: int, generator) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ast_hf import ASTForAudioClassification, onednn
-from helpers import tiny_config
+from helpers import kernel_setting, tiny_config
 
 pytestmark = [pytest.mark.numeric,
               pytest.mark.skipif(not onednn.ENABLED, reason="AST_HF_ONEDNN=0: float32 linears are torch's own")]
@@ -19,14 +19,10 @@ pytestmark = [pytest.mark.numeric,
 
 @pytest.fixture
 def choose(monkeypatch):
-    """Force `AST_HF_FP32_LINEAR` to a value; the cached choice is forgotten before and after."""
-    def force(value: str) -> str:
-        monkeypatch.setenv("AST_HF_FP32_LINEAR", value)
-        onednn.float32_linear.cache_clear()
-        return onednn.float32_linear()
-
-    yield force
-    onednn.float32_linear.cache_clear()
+    """Force `AST_HF_FP32_LINEAR` to a value and return the choice; the cached choice is forgotten before and
+    after."""
+    with kernel_setting(monkeypatch, "AST_HF_FP32_LINEAR", onednn.float32_linear, read=True) as force:
+        yield force
 
 
 @pytest.mark.parametrize("kernel", ["onednn", "blas"])

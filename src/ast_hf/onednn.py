@@ -122,6 +122,18 @@ class BF16Policy:
     seconds: dict
 
 
+def _setting(variable: str, choices: tuple[str, ...]) -> str:
+    """The environment `variable`'s value, lower-cased ("auto" where unset), one of `choices`.
+
+    Raises:
+        ValueError: any other value, naming the variable and the accepted ones.
+    """
+    choice = os.environ.get(variable, "auto").lower()
+    if choice not in choices:
+        raise ValueError(f"{variable}={choice!r}: use one of {', '.join(choices)}")
+    return choice
+
+
 def best_seconds(kernels: dict[str, Callable[[], object]], repeats: int = 3) -> dict[str, float]:
     """Best wall seconds of each zero-argument callable: one warm-up call each (oneDNN builds its primitive on the
     first), then `repeats` rounds timing them in turn, so that a slow stretch of a shared machine hits all alike."""
@@ -147,13 +159,20 @@ def _measure_gemms() -> dict[str, float]:
         return best_seconds({"gemm fp32": lambda: linear(a, w), "gemm bf16": lambda: linear(a16, w16)})
 
 
+def _time_attentions(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Best wall seconds ("fused", "per_head") of softmax(q k^T) v through torch's fused kernel and through
+    `attention_per_head` (`best_seconds`)."""
+    with torch.no_grad():
+        return best_seconds({"fused": lambda: F.scaled_dot_product_attention(q, k, v),
+                             "per_head": lambda: attention_per_head(q, k, v)}, repeats)
+
+
 def _measure_attention() -> dict[str, float]:
     """Best wall seconds of one bf16 `PROBE_ATTENTION_SHAPE` attention through torch's fused kernel and per head."""
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(PROBE_ATTENTION_SHAPE, generator=generator).bfloat16() for _ in range(3))
-    with torch.no_grad():
-        return best_seconds({"attention fused": lambda: F.scaled_dot_product_attention(q, k, v),
-                             "attention per head": lambda: attention_per_head(q, k, v)})
+    seconds = _time_attentions(q, k, v, repeats=3)
+    return {"attention fused": seconds["fused"], "attention per head": seconds["per_head"]}
 
 
 @functools.cache
@@ -166,9 +185,7 @@ def bf16_policy() -> BF16Policy:
     `fp32` forces the matmul branch. The measured policy is kept on disk for this host (`probe_cache`);
     `bf16_policy.cache_clear()` forgets the process's copy.
     """
-    choice = os.environ.get("AST_HF_BF16_MATMUL", "auto").lower()
-    if choice not in BF16_MATMUL_CHOICES:
-        raise ValueError(f"AST_HF_BF16_MATMUL={choice!r}: use one of {', '.join(BF16_MATMUL_CHOICES)}")
+    choice = _setting("AST_HF_BF16_MATMUL", BF16_MATMUL_CHOICES)
     if choice == "fp32":
         return BF16Policy("fp32", "fp32", {})
     if choice == "bf16":
@@ -214,9 +231,7 @@ def bf16_row_split(rows: int, in_features: int, out_features: int) -> bool:
     640 or 1536+ rows, and one 10.24 s clip is 1214 rows (README, benchmarks/results/). Which shapes suffer is the
     library's and the host's business, so it is measured, not listed. `AST_HF_BF16_ROW_SPLIT=on|off` forces it;
     `bf16_row_split.cache_clear()` forgets the process's answers."""
-    choice = os.environ.get("AST_HF_BF16_ROW_SPLIT", "auto").lower()
-    if choice not in BF16_ROW_SPLIT_CHOICES:
-        raise ValueError(f"AST_HF_BF16_ROW_SPLIT={choice!r}: use one of {', '.join(BF16_ROW_SPLIT_CHOICES)}")
+    choice = _setting("AST_HF_BF16_ROW_SPLIT", BF16_ROW_SPLIT_CHOICES)
     if choice != "auto" or rows < BF16_ROW_SPLIT_MIN_ROWS:
         return choice == "on" and rows >= 2
     return probe_cache.remembered(f"bf16_row_split {rows}x{in_features}x{out_features}",
@@ -261,9 +276,7 @@ def float32_linear() -> str:
     its first matmul with the GELU, then the second) both ways, best of 5 in turn after a warm-up (about 0.6 s),
     and keeps the faster, on disk for this host too (`probe_cache`, so later processes skip the probe);
     `float32_linear.cache_clear()` forgets the process's choice."""
-    choice = os.environ.get("AST_HF_FP32_LINEAR", "auto").lower()
-    if choice not in FP32_LINEAR_CHOICES:
-        raise ValueError(f"AST_HF_FP32_LINEAR={choice!r}: use one of {', '.join(FP32_LINEAR_CHOICES)}")
+    choice = _setting("AST_HF_FP32_LINEAR", FP32_LINEAR_CHOICES)
     if choice != "auto":
         return choice
     return probe_cache.remembered("float32_linear", _faster_float32_linear, lambda value: value in ("onednn", "blas"))
@@ -465,9 +478,7 @@ def float32_attention(heads: int, queries: int, tokens: int, head_dim: int) -> s
     `FP32_ATTENTION_MARGIN` times as fast. `AST_HF_FP32_ATTENTION=fused|per_head` forces one;
     `float32_attention.cache_clear()` forgets the process's answers. Where oneDNN does not run
     (`AST_HF_ONEDNN=0`) the fused kernel runs, whatever was chosen."""
-    choice = os.environ.get("AST_HF_FP32_ATTENTION", "auto").lower()
-    if choice not in FP32_ATTENTION_CHOICES:
-        raise ValueError(f"AST_HF_FP32_ATTENTION={choice!r}: use one of {', '.join(FP32_ATTENTION_CHOICES)}")
+    choice = _setting("AST_HF_FP32_ATTENTION", FP32_ATTENTION_CHOICES)
     if choice != "auto":
         return choice
     if tokens < FP32_ATTENTION_MIN_TOKENS:
@@ -485,9 +496,7 @@ def _measure_float32_attention(heads: int, queries: int, tokens: int, head_dim: 
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, rows, heads, head_dim, generator=generator).transpose(1, 2)
                for rows in (queries, tokens, tokens))
-    with torch.no_grad():
-        return best_seconds({"fused": lambda: F.scaled_dot_product_attention(q, k, v),
-                             "per_head": lambda: attention_per_head(q, k, v)}, repeats)
+    return _time_attentions(q, k, v, repeats)
 
 
 def _faster_float32_attention(shape: tuple[int, int, int, int]) -> str:
