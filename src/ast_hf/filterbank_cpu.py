@@ -24,6 +24,8 @@ import numba
 import numpy as np
 import torch
 
+from .threads import numba_threads
+
 LANES = 8  # frames per block of `mel_energies` (one AVX-512 register of float64; two AVX2 ones)
 
 
@@ -113,14 +115,6 @@ def _mel_serial(spectra, first_bin, widths, weights, floor, out):
         _mel_block(spectra, block * LANES, first_bin, widths, weights, floor, out)
 
 
-def _threads() -> int:
-    """torch's intra-op thread count (numba's pool has at most NUMBA_NUM_THREADS); 1: run the serial kernels."""
-    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    if threads > 1:
-        numba.set_num_threads(threads)
-    return threads
-
-
 def fill_frames(waveforms: torch.Tensor, start: int, count: int, hop: int, window: torch.Tensor,
                 preemphasis: float, out: torch.Tensor) -> None:
     """Write frames [start, start + count) of every clip, windowed, into `out`.
@@ -132,7 +126,7 @@ def fill_frames(waveforms: torch.Tensor, start: int, count: int, hop: int, windo
         out: [batch * count, >= size] float64 CPU tensor, rows clip-major (clip b's frame start + j is row
             b * count + j); columns past `size` are left as they are (the FFT's zero padding).
     """
-    kernel = _frames_parallel if _threads() > 1 else _frames_serial
+    kernel = _frames_parallel if numba_threads() > 1 else _frames_serial
     kernel(waveforms.numpy(), start, count, hop, window.numpy(), float(preemphasis), out.numpy())
 
 
@@ -147,6 +141,6 @@ def mel_energies(spectra: torch.Tensor, mel_rows: tuple[np.ndarray, np.ndarray, 
         floor: the log floor, applied to each energy.
         out: [frames, filters] float64 CPU tensor (contiguous).
     """
-    kernel = _mel_parallel if _threads() > 1 else _mel_serial
+    kernel = _mel_parallel if numba_threads() > 1 else _mel_serial
     kernel(torch.view_as_real(spectra).view(spectra.shape[0], -1).numpy(), *mel_rows, float(floor), out.numpy())
     return out

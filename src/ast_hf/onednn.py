@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import probe_cache
+from .softmax_cpu import softmax_bf16_
 
 ENABLED = os.environ.get("AST_HF_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
 
@@ -433,6 +434,7 @@ def attention_per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     matmul runs at ~2x; in float32 two large oneDNN GEMMs per block beat it on some hosts and lose on others
     (`float32_attention` measures). Scores are in the inputs' dtype before a float32 softmax (bf16: rounded, as
     in eager bf16 attention); probabilities go back to that dtype for the second matmul, as in the fused kernel.
+    The bf16 softmax runs in place through `softmax_cpu.softmax_bf16_` (faster than torch's: benchmarks/).
     Queries go in blocks of about `ATTENTION_BLOCK_BYTES` of scores (a whole 10.24 s clip's 1214 in bf16, two
     blocks in float32); query rows are independent, so the blocking only bounds the memory.
 
@@ -458,7 +460,8 @@ def attention_per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 scores = linear(scaled[b, h, start:start + rows], k[b, h])
                 if key_mask is not None:
                     scores.masked_fill_(~key_mask[b, 0], torch.finfo(scores.dtype).min)
-                probs = scores.softmax(dim=-1)  # bf16: bf16 in and out, float32 inside
+                # bf16: bf16 in and out, float32 inside (in place, compiled: `softmax_cpu`)
+                probs = softmax_bf16_(scores) if scores.dtype == torch.bfloat16 else scores.softmax(dim=-1)
                 context[b, start:start + rows, h] = linear(probs, v_t[b, h])
     return context.view(batch, queries, heads * head_dim)
 

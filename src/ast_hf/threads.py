@@ -75,4 +75,17 @@ def use_threads(requested: int | None = None) -> int:
     return threads
 
 
-__all__ = ["choose_threads", "use_threads", "busy_cores", "usable_cores"]
+def numba_threads() -> int:
+    """Size numba's thread pool (at most NUMBA_NUM_THREADS) to torch's intra-op thread count, so that the compiled
+    CPU kernels (`filterbank_cpu`, `softmax_cpu`) follow this module's choice under load; returns the count.
+    1: the caller runs its serial kernel, and numba's pool never starts."""
+    import numba
+    import torch
+
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    if threads > 1:
+        numba.set_num_threads(threads)
+    return threads
+
+
+__all__ = ["choose_threads", "use_threads", "busy_cores", "usable_cores", "numba_threads"]

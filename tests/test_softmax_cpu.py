@@ -1,0 +1,100 @@
+"""The compiled bf16 softmax (ast_hf.softmax_cpu) against a float64 softmax of the same bf16 scores, and against
+torch's own bf16 softmax on the same host: the reference for how close a float32-inside, rounded-once softmax gets.
+The per-head attention that calls it is compared to torch's fused kernel in test_modeling.py and
+test_bf16_policy.py."""
+
+import pytest
+import torch
+
+from ast_hf.softmax_cpu import softmax_bf16_
+
+pytestmark = pytest.mark.numeric
+
+
+def bf16_scores(rows, tokens, scale, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(rows, tokens, generator=g)).bfloat16()
+
+
+def ulp_bf16(x: torch.Tensor) -> torch.Tensor:
+    """The spacing of bf16 numbers at |x| (float64; the smallest subnormal's spacing below the normals)."""
+    exponent = torch.floor(torch.log2(x.abs().clamp_min(2.0 ** -126)))
+    return torch.exp2(exponent - 7)
+
+
+@pytest.mark.parametrize("rows, tokens, scale", [(1214, 1214, 3.0), (97, 1214, 30.0), (7, 5, 1.0), (1, 1, 1.0),
+                                                 (33, 1000, 0.01)])
+def test_within_one_ulp_of_the_exact_softmax_and_as_close_as_torch(rows, tokens, scale):
+    """Every cell within one bf16 ulp of the float64 softmax of the same scores (the correctly rounded value is
+    within half of one), no cell further from it than torch's own bf16 softmax gets plus one ulp, and torch's
+    result to the last bit in all but a few cells (the two float32 exps differ by an ulp or two, which moves a
+    rounding only next to a bf16 boundary)."""
+    scores = bf16_scores(rows, tokens, scale)
+    exact = scores.double().softmax(-1)
+    theirs = scores.softmax(-1)
+    ours = softmax_bf16_(scores.clone())
+    assert ours.dtype == torch.bfloat16 and ours.shape == scores.shape
+    error = (ours.double() - exact).abs()
+    assert bool((error <= ulp_bf16(exact)).all()), float((error / ulp_bf16(exact)).max())
+    assert float(error.max()) <= float((theirs.double() - exact).abs().max()) + float(ulp_bf16(exact).max())
+    assert float((ours != theirs).double().mean()) < 1e-3
+    assert torch.allclose(ours.double().sum(-1), torch.ones(rows, dtype=torch.float64), rtol=0, atol=tokens * 2e-3)
+
+
+def test_writes_over_its_input_and_returns_it():
+    scores = bf16_scores(4, 9, 1.0)
+    want = scores.softmax(-1)
+    got = softmax_bf16_(scores)
+    assert got.data_ptr() == scores.data_ptr()
+    torch.testing.assert_close(got, want, rtol=0, atol=2 ** -8)
+
+
+def test_masked_and_minus_infinity_scores_get_exactly_zero():
+    """The attention masks keys with bf16's lowest number; -inf, far negative and underflowing scores give 0, as
+    torch's softmax does, and a single real key takes all the weight."""
+    scores = bf16_scores(6, 40, 2.0)
+    scores[:, 25:] = torch.finfo(torch.bfloat16).min
+    scores[1, 3] = float("-inf")
+    scores[2, :25] = -1e4
+    scores[2, 0] = 0.0
+    got = softmax_bf16_(scores.clone())
+    want = scores.softmax(-1)
+    assert bool((got[:, 25:] == 0).all()) and float(got[1, 3]) == 0.0
+    assert float(got[2, 0]) == 1.0 and bool((got[2, 1:] == 0).all())
+    torch.testing.assert_close(got, want, rtol=0, atol=2 ** -8)
+
+
+def test_rows_large_and_small_numbers_and_constant_rows():
+    """Scores of every magnitude bf16 holds (up to 1e30: the maximum is subtracted first), and constant rows
+    (every weight 1/tokens, rounded once)."""
+    scores = torch.stack([torch.linspace(-1e30, 1e30, 64), torch.full((64,), 7.0), torch.full((64,), -3e38),
+                          torch.linspace(-90, 0, 64)]).bfloat16()
+    got = softmax_bf16_(scores.clone())
+    exact = scores.double().softmax(-1)
+    assert bool(((got.double() - exact).abs() <= ulp_bf16(exact)).all())
+    assert bool((got[1] == torch.tensor(1 / 64).bfloat16()).all()) and bool((got[2] == got[1]).all())
+
+
+def test_same_bits_with_one_thread_and_with_two():
+    """Rows are independent and each is computed alike whichever thread takes it: the serial and parallel
+    kernels agree to the bit."""
+    scores = bf16_scores(301, 517, 4.0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = softmax_bf16_(scores.clone())
+        torch.set_num_threads(2)
+        two = softmax_bf16_(scores.clone())
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("bad, problem", [
+    (torch.zeros(3, 4), "torch.float32"),
+    (torch.zeros(2, 3, 4, dtype=torch.bfloat16), "(2, 3, 4)"),
+    (torch.zeros(4, 3, dtype=torch.bfloat16).t(), "contiguous: False"),
+])
+def test_refuses_what_it_cannot_take(bad, problem):
+    with pytest.raises(ValueError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        softmax_bf16_(bad)
