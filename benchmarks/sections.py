@@ -104,9 +104,12 @@ def forward(quick: bool, repeats: int, device: str = "cpu") -> list[dict]:
     dtypes = [torch.float32] + [torch.bfloat16] * bf16 + ([torch.float16] if device == "cuda" else [])
     # Reduced precision: each side's error against transformers' float32 forward of the same weights.
     reference = twin_models(config, "sdpa", torch.float32, device)[1]
+    ours_float32 = {}  # attn -> our float32 model: the reduced-precision goals are against it, timed side by side
     for attn in ("sdpa", "eager"):
         for dtype in dtypes:
             ours, theirs = twin_models(config, attn, dtype, device)
+            if dtype == torch.float32:
+                ours_float32[attn] = ours
             for batch in (1, 8):
                 x = torch.randn(batch, config.max_length, config.num_mel_bins, device=device, dtype=dtype)
                 def call(model, x=x):
@@ -125,6 +128,14 @@ def forward(quick: bool, repeats: int, device: str = "cpu") -> list[dict]:
                     t = interleaved({"ours": lambda: call(ours), "theirs": lambda: call(theirs)}, repeats)
                 rows.append(dict(section="forward", case=f"batch {batch}, {attn}, {str(dtype)[6:]}, {device}",
                                  ours=t["ours"], theirs=t["theirs"], per=batch, note=note))
+                if dtype != torch.float32 and attn == "sdpa":
+                    x32 = x.float()
+                    with torch.inference_mode():
+                        t = interleaved({"ours": lambda: call(ours),
+                                         "theirs": lambda: call(ours_float32[attn], x32)}, repeats)
+                    rows.append(dict(section="forward", per=batch, ours=t["ours"], theirs=t["theirs"],
+                                     case=f"batch {batch}, {attn}, {device}: ast-hf {str(dtype)[6:]} vs ast-hf float32",
+                                     note="the transformers column is ast-hf's float32 forward of the same input"))
     return rows
 
 
