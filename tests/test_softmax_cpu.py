@@ -64,6 +64,21 @@ def test_masked_and_minus_infinity_scores_get_exactly_zero():
     torch.testing.assert_close(got, want, rtol=0, atol=2 ** -8)
 
 
+def test_rows_with_nan_or_plus_infinity_or_only_minus_infinity_are_nan_as_in_torch():
+    """A NaN of either sign (x86's default NaN is negative), +inf, or a row of -inf alone: the whole row NaN, as
+    torch gives it (x - max is NaN there), not a quietly finite row; the other rows untouched."""
+    scores = bf16_scores(6, 30, 2.0)
+    scores[0, 4] = float("nan")
+    scores.view(torch.int16)[1, 9] = -63  # bits 0xFFC1: a negative NaN
+    scores[2, 2] = float("inf")
+    scores[3] = float("-inf")
+    assert bool(torch.isnan(scores[1, 9]))
+    got = softmax_bf16_(scores.clone())
+    want = scores.softmax(-1)
+    assert bool(torch.isnan(want[:4]).all()) and bool(torch.isnan(got[:4]).all())
+    torch.testing.assert_close(got[4:], want[4:], rtol=0, atol=2 ** -8)
+
+
 def test_rows_large_and_small_numbers_and_constant_rows():
     """Scores of every magnitude bf16 holds (up to 1e30: the maximum is subtracted first), and constant rows
     (every weight 1/tokens, rounded once)."""

@@ -9,8 +9,9 @@ in a dtype of `DTYPES`, outside CPU autocast, torch.compile and ONNX export (`cp
 - float32 linears through oneDNN with the GELU fused, or through torch's BLAS where this host's probe finds it
   faster (`float32_linear`); bf16 linears through oneDNN (`linear_layer`, on top of the raw `linear`), over their
   rows in two halves for the shapes where that measured faster (`bf16_row_split`);
-- bfloat16 attention as per-head oneDNN matmuls (`attention_per_head`), and float32 attention the same way where
-  this host's probe finds it faster than torch's fused kernel (`float32_attention`);
+- bfloat16 attention as per-head oneDNN matmuls with a compiled softmax between (`attention_per_head`,
+  `softmax_cpu`), and float32 attention as per-head oneDNN matmuls with torch's softmax where this host's probe
+  finds it faster than torch's fused kernel (`float32_attention`);
 - the encoder run over a few clips at a time (`clips_per_call`, `CPU_TOKENS_PER_CALL`);
 - in float32 CPU training (autograd recording, no autocast), the model's linears as one autograd function whose
   forward and backward GEMMs all run through oneDNN, where `float32_linear` chose oneDNN (`differentiable_linear`);
@@ -34,7 +35,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import probe_cache
-from .softmax_cpu import softmax_bf16_
 
 ENABLED = os.environ.get("AST_HF_ONEDNN", "1") != "0" and torch.backends.mkldnn.is_available()
 
@@ -445,6 +445,8 @@ def attention_per_head(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Returns:
         context [batch, queries, heads * head_dim].
     """
+    from .softmax_cpu import softmax_bf16_  # here, not at the top: numba loads only where bf16 attention runs
+
     batch, heads, queries, head_dim = q.shape
     tokens = k.shape[2]
     scaled = torch.empty(q.shape, dtype=q.dtype)  # [batch, heads, queries, head_dim], each head's rows contiguous

@@ -26,6 +26,10 @@ from numba.extending import intrinsic
 
 from .threads import numba_threads
 
+# The integer keys of +inf and -inf (`_softmax_row`), and the bits of a bf16 NaN.
+KEY_PLUS_INFINITY = np.int32(0x7F800000)
+KEY_MINUS_INFINITY = np.int32(-0x7F800001)  # 0xFF800000 with its magnitude bits flipped
+BF16_NAN = np.uint16(0x7FC0)
 # exp(x) is below half of float32's smallest subnormal number (2^-149) here: it rounds to 0.
 EXP_UNDERFLOW = np.float32(-104.0)
 
@@ -74,13 +78,22 @@ def _exp_nonpositive(x):
 
 @numba.njit(cache=True, fastmath=True, boundscheck=False)
 def _softmax_row(row, buffer):
-    """Softmax of one row of bf16 bits (uint16 [tokens]) in place; `buffer`: float32 [tokens] scratch."""
-    # the maximum over integer keys: flipping the magnitude bits of negative floats orders their bits as signed ints
+    """Softmax of one row of bf16 bits (uint16 [tokens]) in place; `buffer`: float32 [tokens] scratch. A row with a
+    NaN or +inf, or of -inf alone, becomes NaN, as in torch (x - max is NaN somewhere); tested on the integer keys,
+    which fastmath's no-NaN assumptions leave alone."""
+    # maximum and minimum over integer keys: flipping the magnitude bits of negative floats orders their bits as
+    # signed ints order the numbers (negative NaNs below -inf, positive ones above +inf)
     top = np.int32(-2147483647 - 1)
+    bottom = np.int32(2147483647)
     for j in range(row.shape[0]):
         key = np.int32(np.uint32(row[j]) << np.uint32(16))
         key = key ^ ((key >> np.int32(31)) & np.int32(0x7FFFFFFF))
         top = key if key > top else top
+        bottom = key if key < bottom else bottom
+    if top >= KEY_PLUS_INFINITY or top == KEY_MINUS_INFINITY or bottom < KEY_MINUS_INFINITY:
+        for j in range(row.shape[0]):
+            row[j] = BF16_NAN
+        return
     top = top ^ ((top >> np.int32(31)) & np.int32(0x7FFFFFFF))
     maximum = _float_from_bits(np.uint32(top))
     total = np.float32(0.0)
