@@ -3,6 +3,10 @@ torch's own bf16 softmax on the same host: the reference for how close a float32
 The per-head attention that calls it is compared to torch's fused kernel in test_modeling.py and
 test_bf16_policy.py."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -103,6 +107,43 @@ def test_same_bits_with_one_thread_and_with_two():
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, two)
+
+
+# One process's run: the softmax of the same scores on each of the given thread counts, saved to a file.
+CHILD = """
+import sys, torch
+from ast_hf.softmax_cpu import softmax_bf16_
+scores = (4.0 * torch.randn(301, 517, generator=torch.Generator().manual_seed(0))).bfloat16()
+results = {}
+for threads in map(int, sys.argv[2].split(",")):
+    torch.set_num_threads(threads)
+    results[threads] = softmax_bf16_(scores.clone())
+torch.save(results, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("cached, then", [("1", "1,2"), ("2", "2,1")])
+def test_same_bits_whether_a_kernel_was_compiled_now_or_loaded_from_numbas_cache(tmp_path, cached, then):
+    """CI once failed as a fresh clone ran the suite: one process (the benchmarks' child) compiled and cached one
+    kernel, and a later one loaded it and compiled the other afresh, which LLVM vectorised into another order of
+    the sum. Replayed here in a cache of its own: the first child caches the kernel for `cached` threads, the second
+    loads it and compiles the other one; all three results agree to the bit."""
+    environment = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))  # a capped ISA stays capped
+
+    def child(name, threads):
+        subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / name), threads], check=True, timeout=300,
+                       env=environment)
+        return torch.load(tmp_path / name, weights_only=True)
+
+    first = child("first.pt", cached)
+    second = child("second.pt", then)
+    assert torch.equal(second[1], second[2]) and torch.equal(first[int(cached)], second[1])
+
+
+def test_empty_scores_come_back_as_they_are():
+    for shape in [(3, 0), (0, 5)]:
+        empty = torch.empty(shape, dtype=torch.bfloat16)
+        assert softmax_bf16_(empty) is empty and empty.shape == shape
 
 
 @pytest.mark.parametrize("bad, problem", [
