@@ -137,9 +137,9 @@ def _lane_sum(typingctx, values, blocks):
 @numba.njit(cache=True, boundscheck=False)
 def _softmax_row(row, buffer):
     """Softmax of one row of bf16 bits (uint16 [tokens], tokens >= 1) in place; `buffer`: float32 scratch of
-    tokens rounded up to a multiple of LANES. A row with a NaN or +inf, or of -inf alone, becomes NaN, as in torch
-    (x - max is NaN somewhere). Every operation is IEEE's, in the order written (no fastmath), so a row gets the
-    same bits whichever kernel runs it."""
+    tokens rounded up to a multiple of LANES (its length is the sum's length: the caller sizes it once). A row with
+    a NaN or +inf, or of -inf alone, becomes NaN, as in torch (x - max is NaN somewhere). Every operation is IEEE's,
+    in the order written (no fastmath), so a row gets the same bits whichever kernel runs it."""
     tokens = row.shape[0]
     # maximum and minimum over integer keys: flipping the magnitude bits of negative floats orders their bits as
     # signed ints order the numbers (negative NaNs below -inf, positive ones above +inf)
@@ -158,10 +158,9 @@ def _softmax_row(row, buffer):
     maximum = _float_from_bits(np.uint32(top))
     for j in range(tokens):
         buffer[j] = _exp_nonpositive(_float_from_bits(np.uint32(row[j]) << np.uint32(16)) - maximum)
-    blocks = (tokens + LANES - 1) // LANES
-    for j in range(tokens, blocks * LANES):  # zeros pad the last block of the sum
+    for j in range(tokens, buffer.shape[0]):  # zeros pad the last block of the sum
         buffer[j] = np.float32(0.0)
-    total = _lane_sum(buffer, blocks)
+    total = _lane_sum(buffer, buffer.shape[0] // LANES)
     inverse = np.float32(1.0) / total
     for j in range(tokens):
         bits = _bits_from_float(buffer[j] * inverse)
