@@ -290,8 +290,8 @@ def gemm_efficiency(quick: bool, repeats: int, forward_rows: list[dict]) -> list
     machine's figure. Then, at batch 8 and at batch 1 (each against the GEMMs of its own row count), the roofline
     of the comparison: transformers' measured time over the time of our forward's arithmetic (attention included)
     at a GEMM rate, i.e. the most any implementation of our arithmetic could lead by on this host; the measured
-    lead is shown as a share of it. Two rates, two rows: that same-shape GEMM's (hot, alone) and the rate the
-    model's own linears sustain (`_model_linears_gflops`), the tighter bound."""
+    lead is shown as a share of it. Two rates, two rows: that same-shape GEMM's (one weight, alone) and the rate
+    the model's own linears sustain (`_model_linears_gflops`), nearer to what a forward runs."""
     config = model_config(quick)
     f, t = config.patch_grid()
     rows = []
