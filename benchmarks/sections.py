@@ -292,6 +292,8 @@ def gemm_efficiency(quick: bool, repeats: int, forward_rows: list[dict]) -> list
     at a GEMM rate, i.e. the most any implementation of our arithmetic could lead by on this host; the measured
     lead is shown as a share of it. Two rates, two rows: that same-shape GEMM's (one weight, alone) and the rate
     the model's own linears sustain (`_model_linears_gflops`), nearer to what a forward runs."""
+    from ast_hf import onednn
+
     config = model_config(quick)
     f, t = config.patch_grid()
     rows = []
@@ -304,7 +306,7 @@ def gemm_efficiency(quick: bool, repeats: int, forward_rows: list[dict]) -> list
         w = torch.randn(config.intermediate_size, config.hidden_size)
         gemms = {"torch BLAS": lambda: a @ w.t()}
         if torch.backends.mkldnn.is_available():
-            gemms["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+            gemms["oneDNN"] = lambda: onednn.linear(a, w)
         timings = interleaved(gemms, repeats * 5)
         flop = 2 * tokens * config.hidden_size * config.intermediate_size
         figures = {name: flop / timing.median / 1e9 for name, timing in timings.items()}
@@ -344,6 +346,8 @@ def _model_linears_gflops(config, tokens: int, repeats: int) -> dict[str, float]
     weights read in turn as the model reads them. A second estimate of the rate beside `gemm_efficiency`'s single
     same-shape GEMM, nearer to what a forward runs; where the two disagree, a roofline is no firmer than their
     spread."""
+    from ast_hf import onednn
+
     d, m = config.hidden_size, config.intermediate_size
     generator = torch.Generator().manual_seed(0)
     x, hidden = torch.randn(tokens, d, generator=generator), torch.randn(tokens, m, generator=generator)
@@ -360,7 +364,7 @@ def _model_linears_gflops(config, tokens: int, repeats: int) -> dict[str, float]
 
     candidates = {"torch BLAS": stack(torch.nn.functional.linear)}
     if torch.backends.mkldnn.is_available():
-        candidates["oneDNN"] = stack(lambda a, w, b: torch.ops.mkldnn._linear_pointwise(a, w, b, "none", [], ""))
+        candidates["oneDNN"] = stack(onednn.linear)
     with torch.inference_mode():
         timings = interleaved(candidates, repeats)
     flop = 2 * tokens * sum(o * i for o, i in shapes) * config.num_hidden_layers
