@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
@@ -188,6 +189,26 @@ def forward_memory(quick: bool, batch: int = 8) -> list[dict]:
                                                f"process)", ours=med["ours"], theirs=med["theirs"], unit="MiB")]
 
 
+def tokens(config) -> int:
+    """Tokens of one clip of `config.max_length` frames: its patches and the prefix tokens."""
+    return math.prod(config.patch_grid()) + config.num_prefix_tokens
+
+
+def training_kernels_note(config, rows: int) -> str:
+    """Which kernel ran each float32 training GEMM (forward / grad input / grad weight) of the encoder's linears
+    at `rows` rows (`onednn.float32_training_kernels`, answers measured at the run's first step)."""
+    from ast_hf import onednn
+
+    if not onednn.DTYPES:
+        return "float32 training GEMMs: torch's (AST_HF_ONEDNN=0)"
+    width, hidden = config.hidden_size, config.intermediate_size
+    shapes = {"q/k/v": (width, 3 * width), "output": (width, width), "MLP up": (width, hidden),
+              "MLP down": (hidden, width)}
+    chosen = ", ".join(f"{name} {'/'.join(onednn.float32_training_kernels(rows, *shape))}"
+                       for name, shape in shapes.items())
+    return f"float32 training GEMMs (forward/grad input/grad weight): {chosen}"
+
+
 def training_step(quick: bool, repeats: int) -> list[dict]:
     """One AdamW step (forward, backward, update) of ours and transformers' AST, same weights and batch, float32;
     then ours with the training speed options (PaSST's structured patchout as for its 10 s AudioSet models: 40 of
@@ -233,7 +254,7 @@ def training_step(quick: bool, repeats: int) -> list[dict]:
     t = interleaved(steps, repeats)
     patches = f"{(freq_rows - drop_freq) * (time_columns - drop_time)} of {freq_rows * time_columns} patches"
     rows = [dict(section="training step", case=f"batch {batch}, sdpa, float32, AdamW", ours=t["ours"],
-                 theirs=t["theirs"], per=batch),
+                 theirs=t["theirs"], per=batch, note=training_kernels_note(config, batch * tokens(config))),
             dict(section="training step", case=f"ours with patchout ({patches}) vs theirs, float32",
                  ours=t["ours patchout"], theirs=t["theirs"], per=batch,
                  note=f"{drop_time} time columns and {drop_freq} frequency rows dropped per batch")]
@@ -625,6 +646,7 @@ def demo_epoch(quick: bool, repeats: int) -> list[dict]:
     steps = -(-len(train) // settings.batch_size)
     note = (f"{len(train)} clips, {steps} steps of {settings.batch_size}; D = {settings.hidden_size}, "
             f"{settings.num_hidden_layers} layers; {time.perf_counter() - started:.0f} s in all with the data")
+    note += "; " + training_kernels_note(config, settings.batch_size * tokens(config))
     rows = [dict(section="demo epoch", case="ours vs theirs, float32", ours=t["ours"], theirs=t["theirs"], note=note)]
     rows += [dict(section="demo epoch", case=f"ours with {option} vs theirs", ours=t[f"ours {option}"],
                   theirs=t["theirs"], note="accuracy on the demo: docs/training.md") for option in options]

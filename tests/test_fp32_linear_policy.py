@@ -1,8 +1,8 @@
 """The per-host choice of kernel for float32 linears in CPU inference and training: either way the model's numbers
-stay those of torch's plain ops, and "auto" runs its probe. Float32 CPU training through oneDNN
-(`onednn.differentiable_linear`): its forward and all three backward GEMMs stay within float32 rounding of a float64
-computation, as close as torch's own float32 ops on the same input, and the path runs only where the probe (or
-`AST_HF_FP32_LINEAR`) chose oneDNN."""
+stay those of torch's plain ops, and "auto" runs its probe. Float32 CPU training (`onednn.differentiable_linear`):
+each of a linear's three GEMMs (forward, input and weight gradients) through oneDNN or torch's op, as
+`float32_training_kernels` chose per shape (or `AST_HF_FP32_TRAINING` forced): every combination stays within float32
+rounding of a float64 computation, as close as torch's own float32 ops on the same input."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ def choose(monkeypatch):
     """Force `AST_HF_FP32_LINEAR` to a value and return the choice; the cached choice is forgotten before and
     after."""
     with kernel_setting(monkeypatch, "AST_HF_FP32_LINEAR", onednn.float32_linear, read=True) as force:
+        yield force
+
+
+@pytest.fixture
+def choose_training(monkeypatch):
+    """Force `AST_HF_FP32_TRAINING` to a value; the measured answers are forgotten before and after."""
+    with kernel_setting(monkeypatch, "AST_HF_FP32_TRAINING", onednn._measured_training_kernels) as force:
         yield force
 
 
@@ -69,11 +76,15 @@ def _max_error(got, want) -> float:
 CASES = [((2, 37, 48), 48, 160, True, False, True), ((70, 160), 160, 48, True, False, True),
          ((3, 20, 64), 64, 64, False, False, True), ((2, 41, 48), 48, 96, True, True, True),
          ((2, 30, 32), 32, 80, True, False, False)]
+# Kernels for (forward, grad input, grad weight): each GEMM through each kernel, and mixtures of the two
+KERNELS = [("onednn", "onednn", "onednn"), ("torch", "torch", "torch"), ("onednn", "onednn", "torch"),
+           ("torch", "torch", "onednn")]
 
 
+@pytest.mark.parametrize("kernels", KERNELS, ids="-".join)
 @pytest.mark.parametrize("shape, width, out_features, has_bias, strided, trainable", CASES)
-def test_gradients_are_as_close_to_float64_as_torchs_own(choose, shape, width, out_features, has_bias, strided,
-                                                         trainable):
+def test_gradients_are_as_close_to_float64_as_torchs_own(shape, width, out_features, has_bias, strided, trainable,
+                                                         kernels):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(*shape[:-1], width * (2 if strided else 1), generator=generator)
     x = (x[..., ::2] if strided else x).requires_grad_()
@@ -82,24 +93,55 @@ def test_gradients_are_as_close_to_float64_as_torchs_own(choose, shape, width, o
     upstream = torch.randn(*shape[:-1], out_features, generator=generator)
     want = _gradients(*(None if t is None else t.double() for t in (x, weight, bias, upstream)), linear=F.linear)
     torch_error = _max_error(_gradients(x, weight, bias, upstream, F.linear), want)
-    choose("onednn")
     assert onednn.float32_training(x, weight)
-    calls = []
-    real = onednn._Float32Linear.apply
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(onednn._Float32Linear, "apply", lambda *a: calls.append(1) or real(*a))
-        got = _gradients(x, weight, bias, upstream, onednn.differentiable_linear)
-    assert calls  # oneDNN's path really ran
+    got = _gradients(x, weight, bias, upstream,
+                     lambda *tensors: onednn._Float32Linear.apply(*tensors, kernels))
     assert (got[2] is None) == (not trainable)
     # within a few float32 roundings of the float64 result, as torch's own float32 GEMMs are on this input
     assert _max_error(got, want) <= 4 * torch_error + 1e-6, (_max_error(got, want), torch_error)
 
 
-def test_torchs_op_where_the_probe_chose_blas_or_outside_float32_training(choose):
+@pytest.mark.parametrize("setting", ["onednn", "torch", "auto"])
+def test_the_setting_decides_which_kernels_run(choose_training, setting, monkeypatch):
+    """"onednn" sends all three GEMMs through oneDNN's autograd function, "torch" runs torch's own op (no function),
+    "auto" what the probe chose for the shape; the gradients are torch's within float32 rounding either way."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 50, 64, generator=generator, requires_grad=True)
+    weight = torch.randn(96, 64, generator=generator, requires_grad=True)
+    upstream = torch.randn(3, 50, 96, generator=generator)
+    want = _gradients(x, weight, None, upstream, F.linear)
+    choose_training(setting)
+    kernels = onednn.float32_training_kernels(150, 64, 96)
+    assert kernels == {"onednn": ("onednn",) * 3, "torch": ("torch",) * 3}.get(setting, kernels)
+    assert len(kernels) == 3 and set(kernels) <= {"onednn", "torch"}
+    calls = []
+    real = onednn._Float32Linear.apply
+    monkeypatch.setattr(onednn._Float32Linear, "apply", lambda *a: calls.append(a[-1]) or real(*a))
+    got = _gradients(x, weight, None, upstream, onednn.differentiable_linear)
+    assert calls == ([kernels] if "onednn" in kernels else [])
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_auto_measures_once_per_row_bucket(choose_training):
+    """Row counts near the same power of two share one measured answer (batches of varying length do not probe
+    again); the probe measures at most `FP32_TRAINING_PROBE_MAX_ROWS` rows."""
+    choose_training("auto")
+    first = onednn.float32_training_kernels(1000, 32, 48)
+    assert onednn.float32_training_kernels(1100, 32, 48) == first
+    assert onednn._measured_training_kernels.cache_info().misses == 1
+    assert onednn._probe_rows(1000) == onednn._probe_rows(1100) == 1024
+    assert onednn._probe_rows(1) == 1 and onednn._probe_rows(10 ** 6) == onednn.FP32_TRAINING_PROBE_MAX_ROWS
+
+
+def test_unknown_training_setting_is_refused(choose_training):
+    choose_training("fastest")
+    with pytest.raises(ValueError, match="AST_HF_FP32_TRAINING"):
+        onednn.float32_training_kernels(10, 8, 8)
+
+
+def test_float32_training_only_with_autograd_outside_autocast():
     x, weight = torch.randn(4, 8, requires_grad=True), torch.randn(6, 8, requires_grad=True)
-    choose("blas")
-    assert not onednn.float32_training(x, weight)
-    choose("onednn")
     assert onednn.float32_training(x, weight)
     with torch.no_grad():
         assert not onednn.float32_training(x, weight)
@@ -109,8 +151,10 @@ def test_torchs_op_where_the_probe_chose_blas_or_outside_float32_training(choose
     assert not onednn.float32_training(x[:0], weight)  # no rows: nothing for oneDNN to build
 
 
-def test_a_training_step_gives_the_gradients_of_torchs_ops(choose):
-    """The whole model: every parameter's gradient through oneDNN as close to a float64 step as torch's float32."""
+@pytest.mark.parametrize("setting", ["onednn", "auto"])
+def test_a_training_step_gives_the_gradients_of_torchs_ops(choose_training, setting):
+    """The whole model: every parameter's gradient through the chosen kernels as close to a float64 step as torch's
+    float32."""
     torch.manual_seed(0)
     model = ASTForAudioClassification(tiny_config(num_labels=5)).train()
     reference = ASTForAudioClassification(tiny_config(num_labels=5)).train().double()
@@ -125,9 +169,9 @@ def test_a_training_step_gives_the_gradients_of_torchs_ops(choose):
         return {n: p.grad.clone() for n, p in m.named_parameters()}
 
     want = grads(reference, x.double())
-    choose("blas")
+    choose_training("torch")
     plain = grads(model, x)
-    choose("onednn")
+    choose_training(setting)
     ours = grads(model, x)
     for name, grad in want.items():
         torch_error = (plain[name].double() - grad).abs().max().item()

@@ -258,12 +258,14 @@ def test_onednn_cpu_linear_matches_the_torch_path(model, monkeypatch):
 @pytest.mark.parametrize("kernel", ["onednn", "blas"])
 def test_training_uses_the_differentiable_path(model, monkeypatch, kernel):
     """Training records gradients through `onednn.differentiable_linear`: oneDNN's own autograd function where the
-    host's float32 kernel is oneDNN, torch's ops where it is BLAS; inference takes the no-grad fast path."""
+    training kernels are oneDNN's, torch's ops where they are torch's; inference takes the no-grad fast path of the
+    host's float32 kernel."""
     from ast_hf import onednn
 
     calls, raw_calls = [], []
     real, real_raw = onednn._Float32Linear.apply, torch.ops.mkldnn._linear_pointwise
-    monkeypatch.setenv("AST_HF_FP32_LINEAR", kernel)  # the host's probe may pick either
+    monkeypatch.setenv("AST_HF_FP32_LINEAR", kernel)  # the host's probes may pick either
+    monkeypatch.setenv("AST_HF_FP32_TRAINING", {"onednn": "onednn", "blas": "torch"}[kernel])
     onednn.float32_linear.cache_clear()
     monkeypatch.setattr(onednn._Float32Linear, "apply", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: raw_calls.append(1) or real_raw(*a),

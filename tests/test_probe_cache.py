@@ -23,10 +23,11 @@ def cache_file(tmp_path, monkeypatch):
     forgotten before and after."""
     path = tmp_path / "probes.json"
     monkeypatch.setenv(probe_cache.CACHE_ENV, str(path))
-    for name in ("AST_HF_FP32_LINEAR", "AST_HF_BF16_MATMUL", "AST_HF_BF16_ROW_SPLIT", "AST_HF_FP32_ATTENTION"):
+    for name in ("AST_HF_FP32_LINEAR", "AST_HF_BF16_MATMUL", "AST_HF_BF16_ROW_SPLIT", "AST_HF_FP32_ATTENTION",
+                 "AST_HF_FP32_TRAINING"):
         monkeypatch.delenv(name, raising=False)
     clear = (onednn.float32_linear.cache_clear, onednn.bf16_policy.cache_clear, onednn.bf16_row_split.cache_clear,
-             onednn.float32_attention.cache_clear)
+             onednn.float32_attention.cache_clear, onednn._measured_training_kernels.cache_clear)
     for forget in clear:
         forget()
     yield path
@@ -190,3 +191,16 @@ def test_the_float32_attention_choice_is_kept_per_shape(cache_file):
     write_cache(cache_file, {name: "fused" if choice == "per_head" else "per_head"})
     onednn.float32_attention.cache_clear()
     assert onednn.float32_attention(*shape) != choice  # read back, not measured again
+
+
+def test_the_float32_training_kernels_are_kept_per_shape(cache_file):
+    choice = onednn.float32_training_kernels(60, 8, 16)  # 60 rows are measured as 64
+    assert kept(cache_file)["float32_training 64x8x16"]["value"] == list(choice)
+    other = ["torch" if kernel == "onednn" else "onednn" for kernel in choice]
+    write_cache(cache_file, {"float32_training 64x8x16": other})
+    onednn._measured_training_kernels.cache_clear()
+    assert onednn.float32_training_kernels(70, 8, 16) == tuple(other)  # read back, not measured again
+    write_cache(cache_file, {"float32_training 64x8x16": ["onednn", "mkl", "torch"]})  # not an answer
+    onednn._measured_training_kernels.cache_clear()
+    assert set(onednn.float32_training_kernels(64, 8, 16)) <= {"onednn", "torch"}
+    assert set(kept(cache_file)["float32_training 64x8x16"]["value"]) <= {"onednn", "torch"}  # measured again

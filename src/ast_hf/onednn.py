@@ -14,7 +14,8 @@ in a dtype of `DTYPES`, outside CPU autocast, torch.compile and ONNX export (`cp
   finds it faster than torch's fused kernel (`float32_attention`);
 - the encoder run over a few clips at a time (`clips_per_call`, `CPU_TOKENS_PER_CALL`);
 - in float32 CPU training (autograd recording, no autocast), the model's linears as one autograd function whose
-  forward and backward GEMMs all run through oneDNN, where `float32_linear` chose oneDNN (`differentiable_linear`);
+  three GEMMs (forward, input and weight gradients) each run through oneDNN or torch's op, whichever this host
+  measured faster for that GEMM at that shape (`differentiable_linear`, `float32_training_kernels`);
 - for bfloat16 models, a per-host choice of arithmetic (`bf16_policy`): CPUs whose bf16 GEMM is slower than their
   fp32 GEMM (bf16 dot products without AMX on some Intel Xeons) run a bf16 model's encoder in float32 (a float32
   twin of it, made once; `bf16_runs_in_float32`) and its other linears with the weights upcast once; the others
@@ -25,6 +26,7 @@ in a dtype of `DTYPES`, outside CPU autocast, torch.compile and ONNX export (`cp
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 from collections.abc import Callable
@@ -334,50 +336,132 @@ def bf16_runs_in_float32(x: torch.Tensor) -> bool:
     return x.dtype == torch.bfloat16 and cpu_inference(x) and bf16_policy().matmul == "fp32"
 
 
+# `AST_HF_FP32_TRAINING`: "auto" (default: measure each GEMM of a linear's training per shape), "onednn" (all three
+# through oneDNN) or "torch" (torch's own ops).
+FP32_TRAINING_CHOICES = ("auto", "onednn", "torch")
+# The three GEMMs of a linear in training: output = x @ W^T, grad input = grad @ W, grad weight = grad^T @ x.
+TRAINING_GEMMS = ("forward", "grad_input", "grad_weight")
+# oneDNN must measure this much faster than torch's op for a training GEMM to be chosen, so that timing noise cannot
+# flip a near tie (and the last bits of the gradients) between runs.
+FP32_TRAINING_MARGIN = 1.1
+# A training probe measures at most this many rows: beyond it GEMMs run at their full rate and timing costs more.
+FP32_TRAINING_PROBE_MAX_ROWS = 4096
+
+
+def float32_training(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `differentiable_linear(x, weight)` may run GEMMs through oneDNN: float32 on the CPU with autograd
+    recording, outside autocast, torch.compile and ONNX export (which of its GEMMs do: `float32_training_kernels`)."""
+    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and x.numel() > 0
+            and torch.is_grad_enabled() and _raw_cpu_ops_apply(x))
+
+
+def _probe_rows(rows: int) -> int:
+    """The row count a training probe measures for `rows`: the nearest power of two (so batches of varying length
+    share a few answers), at most `FP32_TRAINING_PROBE_MAX_ROWS`."""
+    return min(1 << max(0, round(math.log2(rows))), FP32_TRAINING_PROBE_MAX_ROWS)
+
+
+def float32_training_kernels(rows: int, in_features: int, out_features: int) -> tuple[str, str, str]:
+    """Which kernel, "onednn" or "torch", runs each of `TRAINING_GEMMS` of a float32 linear of `rows` x
+    `in_features` -> `out_features` in CPU training.
+
+    Why: which is faster depends on the GEMM, the shape and the host, by up to 2x either way. Measured
+    (benchmarks/, docs/training.md): on AMD EPYC torch's MKL runs its AVX2 code, and oneDNN's AVX-512 GEMMs won all
+    three at base width; capped to AVX2, oneDNN's weight gradient (its first operand a transposed copy) took twice
+    MKL's time while the other two tied; at the demo's width 128 torch's ops won all three. "auto"
+    (`AST_HF_FP32_TRAINING` unset) times the three GEMMs both ways on random inputs of the shape (`_probe_rows`
+    rows; best of 3 in turn after a warm-up) and keeps oneDNN where it measured `FP32_TRAINING_MARGIN` times as
+    fast; the answer is kept for the process and on disk for this host (`probe_cache`).
+    `float32_training_kernels.cache_clear()` forgets the process's answers."""
+    choice = _setting("AST_HF_FP32_TRAINING", FP32_TRAINING_CHOICES)
+    if choice != "auto":
+        return (choice,) * len(TRAINING_GEMMS)
+    return _measured_training_kernels(_probe_rows(rows), in_features, out_features)
+
+
+@functools.lru_cache(maxsize=256)
+def _measured_training_kernels(rows: int, in_features: int, out_features: int) -> tuple[str, str, str]:
+    """`float32_training_kernels` under "auto", for a probe's row count."""
+    kernels = probe_cache.remembered(
+        f"float32_training {rows}x{in_features}x{out_features}",
+        lambda: _faster_training_kernels(rows, in_features, out_features),
+        lambda value: (isinstance(value, list) and len(value) == len(TRAINING_GEMMS)
+                       and all(kernel in ("onednn", "torch") for kernel in value)))
+    return tuple(kernels)
+
+
+def _faster_training_kernels(rows: int, in_features: int, out_features: int) -> list[str]:
+    """["onednn" | "torch"] per `TRAINING_GEMMS`: oneDNN where it ran that GEMM `FP32_TRAINING_MARGIN` times as fast
+    as torch's op on random inputs of the shape just now."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, in_features, generator=generator)
+    weight = torch.randn(out_features, in_features, generator=generator)
+    bias = torch.randn(out_features, generator=generator)
+    grad = torch.randn(rows, out_features, generator=generator)
+    chosen = []
+    with torch.no_grad():
+        for gemm in TRAINING_GEMMS:
+            seconds = best_seconds({kernel: functools.partial(run, x, weight, bias, grad)
+                                    for kernel, run in _TRAINING_GEMM[gemm].items()})
+            chosen.append("onednn" if seconds["onednn"] * FP32_TRAINING_MARGIN < seconds["torch"] else "torch")
+    return chosen
+
+
+def _onednn_grad_weight(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """grad^T @ x through oneDNN, for 2-D x [rows, in] and grad [rows, out] -> [out, in]. oneDNN copies a strided
+    first operand and reads a strided second one in place: the copied one is the narrower of grad and x (a
+    [3072, rows] copy cost 8-100 ms, the GEMM 40)."""
+    if x.shape[1] < grad.shape[1]:
+        return linear(x.t(), grad.t()).t()  # (x^T grad)^T
+    return linear(grad.t(), x.t())
+
+
+# (x [rows, in], weight [out, in], bias [out], grad [rows, out]) -> the GEMM's result, per GEMM and kernel.
+_TRAINING_GEMM = {
+    "forward": {"onednn": lambda x, weight, bias, grad: linear(x, weight, bias),
+                "torch": lambda x, weight, bias, grad: F.linear(x, weight, bias)},
+    "grad_input": {"onednn": lambda x, weight, bias, grad: linear(grad, weight.t().contiguous()),
+                   "torch": lambda x, weight, bias, grad: torch.mm(grad, weight)},
+    "grad_weight": {"onednn": lambda x, weight, bias, grad: _onednn_grad_weight(x, grad),
+                    "torch": lambda x, weight, bias, grad: torch.mm(grad.t(), x)},
+}
+
+
 class _Float32Linear(torch.autograd.Function):
-    """x @ weight^T + bias with all three GEMMs of training through oneDNN: the forward, grad_x = grad @ weight and
-    grad_weight = grad^T @ x (the transposes as strided views, which oneDNN reads in place)."""
+    """x @ weight^T + bias whose three GEMMs (the forward, grad_x = grad @ weight, grad_weight = grad^T @ x) each run
+    through the kernel `kernels` names ("onednn" or "torch", in `TRAINING_GEMMS` order)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                kernels: tuple[str, str, str]) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        return linear(x, weight, bias)
+        ctx.kernels = kernels
+        return _TRAINING_GEMM["forward"][kernels[0]](x, weight, bias, None)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         grad = grad.reshape(-1, weight.shape[0])
+        flat_x = x.reshape(-1, weight.shape[1])
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = linear(grad, weight.t().contiguous()).view(x.shape)
+            grad_x = _TRAINING_GEMM["grad_input"][ctx.kernels[1]](flat_x, weight, None, grad).view(x.shape)
         if ctx.needs_input_grad[1]:
-            # oneDNN copies a strided first operand and reads a strided second one in place: the copied one is the
-            # narrower of grad and x (a [3072, rows] copy cost 8-100 ms, the GEMM 40)
-            x = x.reshape(-1, weight.shape[1])
-            if x.shape[1] < grad.shape[1]:
-                grad_weight = linear(x.t(), grad.t()).t()  # (x^T grad)^T
-            else:
-                grad_weight = linear(grad.t(), x.t())
+            grad_weight = _TRAINING_GEMM["grad_weight"][ctx.kernels[2]](flat_x, weight, None, grad)
         if ctx.needs_input_grad[2]:  # False where bias is None
             grad_bias = grad.sum(0)
-        return grad_x, grad_weight, grad_bias
-
-
-def float32_training(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `differentiable_linear(x, weight)` runs through oneDNN: float32 on the CPU with autograd recording,
-    outside autocast, torch.compile and ONNX export, on a host whose `float32_linear` probe chose oneDNN (there,
-    e.g. AMD EPYC, torch's MKL runs its AVX2 code and oneDNN's AVX-512 GEMMs were 1.5-2.2x as fast in all three
-    of training's GEMMs, benchmarks/)."""
-    return (x.dtype == torch.float32 and weight.dtype == torch.float32 and x.numel() > 0
-            and torch.is_grad_enabled() and _raw_cpu_ops_apply(x) and float32_linear() == "onednn")
+        return grad_x, grad_weight, grad_bias, None
 
 
 def differentiable_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, differentiable: in float32 CPU training where `float32_training` says so, its
-    forward and backward GEMMs through oneDNN (`_Float32Linear`); else torch's own op."""
+    """`F.linear(x, weight, bias)`, differentiable: in float32 CPU training (`float32_training`) each of its three
+    GEMMs through the kernel `float32_training_kernels` chose for its shape (`_Float32Linear`); torch's own op where
+    all three are torch's, or outside float32 CPU training."""
     if float32_training(x, weight):
-        return _Float32Linear.apply(x, weight, bias)
+        kernels = float32_training_kernels(x.numel() // x.shape[-1], weight.shape[1], weight.shape[0])
+        if "onednn" in kernels:
+            return _Float32Linear.apply(x, weight, bias, kernels)
     return F.linear(x, weight, bias)
 
 
