@@ -368,11 +368,11 @@ def float32_training_kernels(rows: int, in_features: int, out_features: int) -> 
     Why: which is faster depends on the GEMM, the shape and the host, by up to 2x either way. Measured
     (benchmarks/, docs/training.md): on AMD EPYC torch's MKL runs its AVX2 code, and oneDNN's AVX-512 GEMMs won all
     three at base width; capped to AVX2, oneDNN's weight gradient (its first operand a transposed copy) took twice
-    MKL's time while the other two tied; at the demo's width 128 torch's ops won all three. "auto"
+    MKL's time while the other two tied; at the demo's width 128 torch's ops won most. "auto"
     (`AST_HF_FP32_TRAINING` unset) times the three GEMMs both ways on random inputs of the shape (`_probe_rows`
     rows; best of 3 in turn after a warm-up) and keeps oneDNN where it measured `FP32_TRAINING_MARGIN` times as
     fast; the answer is kept for the process and on disk for this host (`probe_cache`).
-    `float32_training_kernels.cache_clear()` forgets the process's answers."""
+    `_measured_training_kernels.cache_clear()` forgets the process's answers."""
     choice = _setting("AST_HF_FP32_TRAINING", FP32_TRAINING_CHOICES)
     if choice != "auto":
         return (choice,) * len(TRAINING_GEMMS)
@@ -443,11 +443,11 @@ class _Float32Linear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         grad = grad.reshape(-1, weight.shape[0])
-        flat_x = x.reshape(-1, weight.shape[1])
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = _TRAINING_GEMM["grad_input"][ctx.kernels[1]](flat_x, weight, None, grad).view(x.shape)
+            grad_x = _TRAINING_GEMM["grad_input"][ctx.kernels[1]](None, weight, None, grad).view(x.shape)
         if ctx.needs_input_grad[1]:
+            flat_x = x.reshape(-1, weight.shape[1])
             grad_weight = _TRAINING_GEMM["grad_weight"][ctx.kernels[2]](flat_x, weight, None, grad)
         if ctx.needs_input_grad[2]:  # False where bias is None
             grad_bias = grad.sum(0)
