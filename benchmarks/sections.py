@@ -46,13 +46,18 @@ def twin_models(config, attn_implementation: str, dtype: torch.dtype, device: st
     return ours.to(device).eval(), theirs.to(device).eval()
 
 
+def clip_tokens(config, frames: int | None = None) -> int:
+    """Tokens of one clip of `frames` frames (default `config.max_length`): its patches and the prefix tokens."""
+    return math.prod(config.patch_grid(frames)) + config.num_prefix_tokens
+
+
 def forward_gmacs(config, frames: int | None = None, prefix_only: bool = False) -> float:
     """Multiply-accumulates of one clip's forward, in GMAC (patch embedding + encoder + head).
 
     prefix_only: the last layer computes only the prefix tokens' outputs (keys and values still for every token),
     as ast-hf's classifier does; transformers' computes every token's."""
     f, t = config.patch_grid(frames)
-    n, d, m = f * t + config.num_prefix_tokens, config.hidden_size, config.intermediate_size
+    n, d, m = clip_tokens(config, frames), config.hidden_size, config.intermediate_size
 
     def layer(queries: int) -> int:
         return 2 * n * d * d + 2 * queries * d * d + 2 * queries * d * m + 2 * queries * n * d
@@ -189,11 +194,6 @@ def forward_memory(quick: bool, batch: int = 8) -> list[dict]:
                                                f"process)", ours=med["ours"], theirs=med["theirs"], unit="MiB")]
 
 
-def tokens(config) -> int:
-    """Tokens of one clip of `config.max_length` frames: its patches and the prefix tokens."""
-    return math.prod(config.patch_grid()) + config.num_prefix_tokens
-
-
 def training_kernels_note(config, rows: int) -> str:
     """Which kernel ran each float32 training GEMM (forward / grad input / grad weight) of the encoder's linears
     at `rows` rows (`onednn.float32_training_kernels`, answers measured at the run's first step)."""
@@ -254,7 +254,7 @@ def training_step(quick: bool, repeats: int) -> list[dict]:
     t = interleaved(steps, repeats)
     patches = f"{(freq_rows - drop_freq) * (time_columns - drop_time)} of {freq_rows * time_columns} patches"
     rows = [dict(section="training step", case=f"batch {batch}, sdpa, float32, AdamW", ours=t["ours"],
-                 theirs=t["theirs"], per=batch, note=training_kernels_note(config, batch * tokens(config))),
+                 theirs=t["theirs"], per=batch, note=training_kernels_note(config, batch * clip_tokens(config))),
             dict(section="training step", case=f"ours with patchout ({patches}) vs theirs, float32",
                  ours=t["ours patchout"], theirs=t["theirs"], per=batch,
                  note=f"{drop_time} time columns and {drop_freq} frequency rows dropped per batch")]
@@ -316,13 +316,12 @@ def gemm_efficiency(quick: bool, repeats: int, forward_rows: list[dict]) -> list
     from ast_hf import onednn
 
     config = model_config(quick)
-    f, t = config.patch_grid()
     rows = []
     for batch in (8, 1):
         row = next((r for r in forward_rows if r["case"].startswith(f"batch {batch}, sdpa, float32")), None)
         if row is None:
             continue
-        tokens = batch * (f * t + 2)
+        tokens = batch * clip_tokens(config)
         a = torch.randn(tokens, config.hidden_size)
         w = torch.randn(config.intermediate_size, config.hidden_size)
         gemms = {"torch BLAS": lambda: a @ w.t()}
@@ -646,7 +645,7 @@ def demo_epoch(quick: bool, repeats: int) -> list[dict]:
     steps = -(-len(train) // settings.batch_size)
     note = (f"{len(train)} clips, {steps} steps of {settings.batch_size}; D = {settings.hidden_size}, "
             f"{settings.num_hidden_layers} layers; {time.perf_counter() - started:.0f} s in all with the data")
-    note += "; " + training_kernels_note(config, settings.batch_size * tokens(config))
+    note += "; " + training_kernels_note(config, settings.batch_size * clip_tokens(config))
     rows = [dict(section="demo epoch", case="ours vs theirs, float32", ours=t["ours"], theirs=t["theirs"], note=note)]
     rows += [dict(section="demo epoch", case=f"ours with {option} vs theirs", ours=t[f"ours {option}"],
                   theirs=t["theirs"], note="accuracy on the demo: docs/training.md") for option in options]
