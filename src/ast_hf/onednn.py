@@ -366,9 +366,10 @@ def float32_training_kernels(rows: int, in_features: int, out_features: int) -> 
     `in_features` -> `out_features` in CPU training.
 
     Why: which is faster depends on the GEMM, the shape and the host, by up to 2x either way. Measured
-    (benchmarks/, docs/training.md): on AMD EPYC torch's MKL runs its AVX2 code, and oneDNN's AVX-512 GEMMs won all
-    three at base width; capped to AVX2, oneDNN's weight gradient (its first operand a transposed copy) took twice
-    MKL's time while the other two tied; at the demo's width 128 torch's ops won most. "auto"
+    (benchmarks/, docs/training.md): on AMD EPYC torch's MKL runs its AVX2 code, and on a Zen 5 oneDNN's AVX-512
+    GEMMs won all three at base width, on a Zen 4 the forward and input gradient only; the Zen 4 capped to AVX2 ran
+    oneDNN's weight gradient (its first operand a transposed copy) at half MKL's speed while the other two tied; at
+    the demo's width 128 torch's ops won most. "auto"
     (`AST_HF_FP32_TRAINING` unset) times the three GEMMs both ways on random inputs of the shape (`_probe_rows`
     rows; best of 3 in turn after a warm-up) and keeps oneDNN where it measured `FP32_TRAINING_MARGIN` times as
     fast; the answer is kept for the process and on disk for this host (`probe_cache`).
