@@ -33,6 +33,15 @@ fi
 # Reinstall only when pyproject.toml changed since the last successful install.
 stamp=.venv/.ast-hf-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  # torch and its CUDA libraries make .venv about 7 GB; a disk that fills half way leaves a broken environment
+  # and pip's "No space left on device" deep in its log, so say it before starting.
+  need_gb=9
+  free_gb=$(( $(df -Pk . | awk 'NR==2 {print $4}') / 1024 / 1024 ))
+  if [ "$free_gb" -lt "$need_gb" ]; then
+    echo "setup: installing needs about $need_gb GB free on $(df -P . | awk 'NR==2 {print $6}'); only $free_gb GB" \
+         "is free there. Free some space (old clones with their .venv?) and run this again." >&2
+    exit 1
+  fi
   echo "setup: installing ast-hf and its dependencies into .venv (first time: several minutes)" >&2
   log=.venv/install.log
   if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e '.[dev]'; } >"$log" 2>&1; then
