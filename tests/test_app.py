@@ -253,32 +253,56 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def cli_app(model_dir):
-    """`ast-hf app --model DIR --port P` in a subprocess, as a person starts it; its URL once it serves."""
+def _start_cli_app(model_dir: Path, temporary: Path) -> tuple[subprocess.Popen, str, int]:
+    """`ast-hf app --model DIR --port P` in a subprocess, as a person starts it, with its temporary files under
+    `temporary`; (the process, its URL, its port) once it serves."""
     port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(temporary)}
     process = subprocess.Popen([sys.executable, "-m", "ast_hf.cli", "app", "--model", str(model_dir), "--port",
                                 str(port), "--max-seconds", str(MAX_SECONDS)], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
+    deadline, lines = time.monotonic() + 180, []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        lines.append(line)
+        if line.startswith("ast-hf app: serving"):
+            break
+    if not (lines and lines[-1].startswith(f"ast-hf app: serving http://127.0.0.1:{port}")):
+        _stop(process)
+        pytest.fail("ast-hf app did not start:\n" + "".join(lines))
+    return process, f"http://127.0.0.1:{port}/", port
+
+
+def _stop(process: subprocess.Popen) -> int:
+    """SIGTERM, as `kill` or a service manager sends it; its exit code."""
+    process.terminate()
     try:
-        deadline, lines = time.monotonic() + 180, []
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line and process.poll() is not None:
-                break
-            lines.append(line)
-            if line.startswith("ast-hf app: serving"):
-                break
-        assert lines and lines[-1].startswith(f"ast-hf app: serving http://127.0.0.1:{port}"), "".join(lines)
-        yield f"http://127.0.0.1:{port}/", port
+        return process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+
+
+@pytest.fixture(scope="module")
+def cli_app(model_dir, tmp_path_factory):
+    """`ast-hf app` in a subprocess; its URL and port once it serves."""
+    process, url, port = _start_cli_app(model_dir, tmp_path_factory.mktemp("app_tmp"))
+    try:
+        yield url, port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
+
+
+def test_cli_app_stopped_by_sigterm_removes_its_work_folder(model_dir, tmp_path):
+    """The served app keeps results and example clips in a work folder; a SIGTERM (`kill`, `docker stop`) ends it
+    cleanly (exit 0) and that folder goes with it, as with Ctrl-C."""
+    process, url, _ = _start_cli_app(model_dir, tmp_path)
+    assert len(list(tmp_path.glob("ast-hf-app-*"))) == 1
+    assert _stop(process) == 0, process.stdout.read()
+    assert not list(tmp_path.glob("ast-hf-app-*"))
 
 
 def _rendered_image(page, selector: str) -> tuple[int, int, float]:

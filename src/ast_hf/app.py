@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -693,7 +695,27 @@ def launch_app(demo, host: str = DEFAULT_HOST, port: int | None = None, share: b
     return demo.local_url
 
 
+@contextmanager
+def stop_on_sigterm():
+    """Within it, SIGTERM (`kill`, `docker stop`, a service manager) ends the process as a normal exit (code 0)
+    would, through `finally` blocks and exit handlers; Python's default ends it at once, which left a served app's
+    work folder (its results and example clips) in the temporary directory. A process-wide setting, so `ast-hf
+    app` (the process's owner) uses it, not `launch_app`."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 __all__ = ["DEFAULT_MAX_SECONDS", "DEFAULT_EVENTS", "LIVE_EVENTS", "Analysis", "EventDetection", "LiveSession",
            "analyse_recording", "browser_samples", "build_app", "check_recording", "detect_recording_events",
            "event_postprocessing", "explain_seconds", "launch_app", "live_hop_seconds", "read_segment",
-           "write_example_clips"]
+           "stop_on_sigterm", "write_example_clips"]

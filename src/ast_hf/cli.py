@@ -591,7 +591,7 @@ def _add_app(sub) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
     def run(args) -> int:
-        from .app import build_app, launch_app, require_gradio
+        from .app import build_app, launch_app, require_gradio, stop_on_sigterm
         from .model_loading import load_for_inference
 
         if not args.max_seconds > 0:
@@ -607,8 +607,9 @@ def _add_app(sub) -> None:
             print(f"ast-hf app: serving on {args.host}: anyone who can reach this machine can use the app",
                   file=sys.stderr)
         model, fe = load_for_inference(args.model, args.device)
-        launch_app(build_app(model, fe, max_seconds=args.max_seconds, top_k=args.top_k), host=args.host,
-                   port=args.port, share=args.share)
+        with stop_on_sigterm():
+            launch_app(build_app(model, fe, max_seconds=args.max_seconds, top_k=args.top_k), host=args.host,
+                       port=args.port, share=args.share)
         return 0
 
     p.set_defaults(func=run)
