@@ -15,7 +15,8 @@ in a dtype of `DTYPES`, outside CPU autocast, torch.compile and ONNX export (`cp
 - the encoder run over a few clips at a time (`clips_per_call`, `CPU_TOKENS_PER_CALL`);
 - in float32 CPU training (autograd recording, no autocast), the model's linears as one autograd function whose
   three GEMMs (forward, input and weight gradients) each run through oneDNN or torch's op, whichever this host
-  measured faster for that GEMM at that shape (`differentiable_linear`, `float32_training_kernels`);
+  measured faster for that GEMM at that shape (`differentiable_linear`, `float32_training_kernels`), and the
+  MLP's GELU compiled, keeping its derivative for the backward (`gelu_cpu`);
 - for bfloat16 models, a per-host choice of arithmetic (`bf16_policy`): CPUs whose bf16 GEMM is slower than their
   fp32 GEMM (bf16 dot products without AMX on some Intel Xeons) run a bf16 model's encoder in float32 (a float32
   twin of it, made once; `bf16_runs_in_float32`) and its other linears with the weights upcast once; the others
@@ -337,7 +338,7 @@ def bf16_runs_in_float32(x: torch.Tensor) -> bool:
 
 
 # `AST_HF_FP32_TRAINING`: "auto" (default: measure each GEMM of a linear's training per shape), "onednn" (all three
-# through oneDNN) or "torch" (torch's own ops).
+# through oneDNN) or "torch" (torch's own ops, the MLP's GELU included; else `gelu_cpu`'s).
 FP32_TRAINING_CHOICES = ("auto", "onednn", "torch")
 # The three GEMMs of a linear in training: output = x @ W^T, grad input = grad @ W, grad weight = grad^T @ x.
 TRAINING_GEMMS = ("forward", "grad_input", "grad_weight")
@@ -469,7 +470,8 @@ def differentiable_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 def linear_layer(x: torch.Tensor, layer: nn.Module, gelu: bool = False) -> torch.Tensor:
     """`layer(x)` (then exact GELU if `gelu`). In CPU inference: bf16 through oneDNN with the GELU fused
     (`bf16_linear`), float32 through the kernel `float32_linear` chose; else (training, autocast, other devices)
-    `differentiable_linear` (float32 CPU training through oneDNN where that host's probe chose it).
+    `differentiable_linear` (float32 CPU training through oneDNN where that host's probe chose it), and in float32
+    CPU training the GELU `gelu_cpu`'s (unless `AST_HF_FP32_TRAINING=torch`).
 
     A bf16 layer on a host whose `bf16_policy` is "fp32" computes in float32 and returns bf16."""
     if not isinstance(layer, nn.Linear):  # e.g. an int8 dynamically quantised Linear: it runs its own kernel
@@ -485,7 +487,13 @@ def linear_layer(x: torch.Tensor, layer: nn.Module, gelu: bool = False) -> torch
             return linear(x, layer.weight, layer.bias, gelu)
         return _blas_linear(x, layer.weight, layer.bias, gelu)
     out = differentiable_linear(x, layer.weight, layer.bias)
-    return F.gelu(out) if gelu else out
+    if not gelu:
+        return out
+    if float32_training(out, layer.weight) and _setting("AST_HF_FP32_TRAINING", FP32_TRAINING_CHOICES) != "torch":
+        from .gelu_cpu import gelu as compiled_gelu  # here, not at the top: numba loads only where CPU training runs
+
+        return compiled_gelu(out)  # keeps gelu'(out) for a backward of one multiply
+    return F.gelu(out)
 
 
 def bf16_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
