@@ -2,7 +2,8 @@
 
 CPU model and flags from /proc/cpuinfo (bf16 dot products: avx512_bf16; AMX tiles: amx_bf16 / amx_tile), the SIMD
 level torch dispatches to, any cap set through ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS /
-NUMBA_CPU_NAME (rows measured so are a capped run on this machine, not another machine), torch's BLAS, and the
+NUMBA_CPU_NAME and NUMBA_CPU_FEATURES (rows measured so are a capped run on this machine, not another machine), the
+CPU numba compiles ast-hf's kernels for and how wide their vectors are, torch's BLAS, and the
 oneDNN kernels our CPU paths actually get for a float32 and a bfloat16 matmul (read from ONEDNN_VERBOSE in a fresh
 process, since oneDNN prints its choice only when it first builds a primitive), and how a bf16 model computes here
 (`onednn.bf16_policy`).
@@ -17,7 +18,7 @@ import subprocess
 import sys
 
 CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "NUMBA_CPU_NAME",
-                 "AST_HF_ONEDNN")
+                 "NUMBA_CPU_FEATURES", "AST_HF_ONEDNN")
 
 _PROBE = """
 import torch
@@ -52,6 +53,28 @@ def onednn_kernels() -> dict[str, str]:
     return kernels
 
 
+def numba_target() -> tuple[str, int]:
+    """(CPU name, widest vector in bits) of the code numba compiles here for ast-hf's kernels (the filterbank, the
+    bf16 softmax, the training GELU), read from the machine code of a small float32 loop.
+
+    Why read the code: numba takes its target features from NUMBA_CPU_FEATURES, else from the host, whatever
+    NUMBA_CPU_NAME says, so NUMBA_CPU_NAME=haswell alone still compiles 512-bit AVX-512 code on an AVX-512 host."""
+    import llvmlite.binding as llvm
+    import numba
+    import numpy as np
+
+    @numba.njit(error_model="numpy")
+    def scale(x, out):
+        for i in range(x.shape[0]):
+            out[i] = x[i] * np.float32(2.0) + np.float32(1.0)
+
+    x = np.ones(64, np.float32)
+    scale(x, np.empty_like(x))
+    code = "".join(scale.inspect_asm().values())
+    bits = 512 if "zmm" in code else 256 if "ymm" in code else 128
+    return numba.config.CPU_NAME or llvm.get_host_cpu_name(), bits
+
+
 def describe() -> str:
     """One line naming the host: CPU model, SIMD level (and caps), bf16/AMX units, BLAS, oneDNN kernels."""
     import torch
@@ -68,7 +91,8 @@ def describe() -> str:
     parts = [f"{model} ({platform.machine()}, {os.cpu_count()} CPUs; {units})",
              f"torch dispatches {torch.backends.cpu.get_cpu_capability()}",
              f"BLAS {blas.group(1) if blas else 'unknown'}",
-             "oneDNN " + (", ".join(f"{k} {v}" for k, v in kernels.items()) or "not used")]
+             "oneDNN " + (", ".join(f"{k} {v}" for k, v in kernels.items()) or "not used"),
+             "numba compiles for {} ({}-bit vectors)".format(*numba_target())]
     if onednn.DTYPES:
         parts.append(f"float32 linears: {onednn.float32_linear()} (AST_HF_FP32_LINEAR="
                      f"{os.environ.get('AST_HF_FP32_LINEAR', 'auto')})")

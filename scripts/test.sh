@@ -3,7 +3,8 @@
 #
 # The numeric tests (marked `numeric`: features, model parity, conversion, position embeddings) run twice more, as
 # other kinds of host would run them: with the vector ISA capped to AVX2 (ATen's, oneDNN's, MKL's and numba's
-# kernels, as on an AVX2-only CPU) and with ast-hf's oneDNN fast paths off (AST_HF_ONEDNN=0, as where torch has no
+# kernels, as on an AVX2-only CPU; numba needs NUMBA_CPU_FEATURES as well as NUMBA_CPU_NAME, or it keeps the
+# host's AVX-512) and with ast-hf's oneDNN fast paths off (AST_HF_ONEDNN=0, as where torch has no
 # oneDNN), so one machine covers the host classes CI may be given.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,5 +21,6 @@ numeric_pass() {  # $1: a label; the rest: pytest arguments. No numeric test amo
 }
 
 .venv/bin/python -m pytest -q "$@"
-ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 NUMBA_CPU_NAME=haswell numeric_pass "vector ISA capped to AVX2" "$@"
+ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 NUMBA_CPU_NAME=haswell \
+  NUMBA_CPU_FEATURES=-avx512f numeric_pass "vector ISA capped to AVX2" "$@"
 AST_HF_ONEDNN=0 numeric_pass "without the oneDNN fast paths (AST_HF_ONEDNN=0)" "$@"
