@@ -74,6 +74,48 @@ def test_bad_detect_options_fail_clearly(files, tmp_path, capsys):
     assert not (tmp_path / "out.tsv").exists()
 
 
+KEEP = "filename\tonset\toffset\tevent_label\nold.wav\t0.0\t1.0\ttone\n"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--window", "0.1"], "the window (0.1 s) is shorter than one patch"),
+    (["--window", "0.6", "--hop", "0.6"], "give a hop of at most 0.5 s"),
+    (["--hop", "0"], "hop must be a positive"),
+])
+def test_bad_window_or_hop_fails_once_and_keeps_the_events_file(files, tmp_path, capsys, extra, message):
+    (tmp_path / "keep.tsv").write_text(KEEP)
+    code, out, err = run_cli(capsys, "detect", files / "scene.wav", files / "scene.wav", "--model", files / "model",
+                             "--events", tmp_path / "keep.tsv", "--no-progress", *extra)
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and last.startswith("ast-hf detect: error: ") and message in last, err
+    assert "skipped" not in err and "wrote" not in out
+    assert (tmp_path / "keep.tsv").read_text() == KEEP
+
+
+def test_detect_writes_nothing_when_no_file_was_scored(files, tmp_path, capsys):
+    (tmp_path / "keep.tsv").write_text(KEEP)
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), RATE)
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt " + bytes(range(256)) * 4)
+    code, out, err = run_cli(capsys, "detect", tmp_path / "empty.wav", tmp_path / "corrupt.wav", "--model",
+                             files / "model", "--events", tmp_path / "keep.tsv", "--no-progress")
+    assert code == 1 and "skipped" in err and "2 of 2 files failed" in err and "nothing written" in err
+    assert "wrote" not in out and (tmp_path / "keep.tsv").read_text() == KEEP
+    # one file scored: the events file is written, the failure still reported
+    code, out, err = run_cli(capsys, "detect", files / "scene.wav", tmp_path / "empty.wav", "--model",
+                             files / "model", "--events", tmp_path / "keep.tsv", "--no-progress")
+    assert code == 1 and "1 of 2 files failed" in err and "wrote" in out
+    assert "old.wav" not in (tmp_path / "keep.tsv").read_text()
+
+
+def test_listen_events_of_a_short_stream_end_by_the_stream_end(files, capsys, monkeypatch):
+    pcm = (np.random.default_rng(0).standard_normal(RATE // 2) * 3000).astype("<i2")  # 0.5 s < the 1.28 s window
+    code, out, err = stdin_run(capsys, monkeypatch, pcm.tobytes(), "--stdin", "--model", files / "model",
+                               "--print", "events", "--threshold", "0")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 3 and all(r["offset"] <= 0.5 and r["delay"] >= 0 for r in rows), rows
+
+
 def stdin_run(capsys, monkeypatch, data: bytes, *argv):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
     return run_cli(capsys, "listen", *argv)

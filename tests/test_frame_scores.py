@@ -101,6 +101,10 @@ def test_bad_input_is_refused_clearly(model_fe):
     with pytest.raises(ValueError, match="gaps"):
         frame_scores(model, fe, np.zeros(5 * RATE, np.float32), sampling_rate=RATE, window=1.0, hop=2.0,
                      progress=False)
+    # hop = window, but a 0.6 s window holds only 5 whole 0.1 s columns: the message names the real limit
+    with pytest.raises(ValueError, match=r"gaps.*give a hop of at most 0.5 s \(the window's whole columns\)"):
+        frame_scores(model, fe, np.zeros(5 * RATE, np.float32), sampling_rate=RATE, window=0.6, hop=0.6,
+                     progress=False)
     with pytest.raises(ValueError, match="classifier head"):
         frame_scores(ASTModel(model.config).eval(), fe, np.zeros(RATE, np.float32), sampling_rate=RATE,
                      progress=False)

@@ -69,6 +69,20 @@ def test_predict_bad_model_and_option_mixes(files, tmp_path, capsys):
     assert code == 1 and "--timeline and --plot describe one recording" in err
 
 
+def test_a_negative_top_k_is_refused(files, capsys):
+    from ast_hf.inference import select_top
+
+    scores = np.array([0.1, 0.7, 0.4])
+    assert select_top(scores, LABELS, 2) == [("tone", pytest.approx(0.7)), ("noise", pytest.approx(0.4))]
+    assert len(select_top(scores, LABELS, 0)) == len(select_top(scores, LABELS, None)) == 3
+    with pytest.raises(ValueError, match="k must be >= 0.*-1"):
+        select_top(scores, LABELS, -1)
+    for command in (["predict", files / "rec.wav", "--no-progress"], ["listen", "--stdin"]):
+        code, out, err = run_cli(capsys, *command, "--model", files / "model", "--top-k", "-1")
+        assert code == 1 and "--top-k must be >= 0 (0: all), got -1" in err and "Traceback" not in err, err
+        assert out == ""
+
+
 def test_predict_many_files_with_an_ensemble(files, tmp_path, capsys):
     torch.manual_seed(1)
     other = ASTForAudioClassification.from_pretrained(files / "model")

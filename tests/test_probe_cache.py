@@ -111,6 +111,17 @@ def test_stale_or_invalid_answers_are_measured_again(cache_file, stored):
     assert entry["value"] == choice in ("blas", "onednn") and before <= entry["when"] <= time.time()
 
 
+@pytest.mark.parametrize("entries", [["edited"], "blas", None, 3])
+def test_a_malformed_host_entry_is_ignored_and_measured_again(cache_file, entries):
+    other = "0" * 32
+    cache_file.write_text(json.dumps({"format": 1, "hosts": {probe_cache.host_key(): entries, other: [1]}}))
+    assert probe_cache.kept_answers() == {}
+    assert probe_cache.remembered("p", lambda: 1, lambda value: value == 1) == 1
+    assert kept(cache_file)["p"]["value"] == 1
+    assert probe_cache.remembered("p", lambda: 2, lambda value: value == 1) == 1  # now read back
+    assert probe_cache.kept_answers() == {"p": 1}
+
+
 @pytest.mark.parametrize("text", ["not json {", "[]", json.dumps({"format": 99, "hosts": {}}), ""])
 def test_an_unreadable_file_is_replaced(cache_file, text):
     cache_file.write_text(text)

@@ -53,6 +53,19 @@ def test_incremental_pushes_give_the_events_of_one_batch():
     assert sorted(streamed, key=lambda e: (e.onset, e.label)) == batch and batch
 
 
+def test_a_gap_of_exactly_merge_gap_is_joined_wherever_it_falls():
+    """Step times are start + i hop in floating point (0.30000000000000004): the same gap must join everywhere."""
+    for gap_steps, merge_gap in ((3, 0.3), (1, 0.1), (7, 0.7)):
+        for first in range(12):
+            s = np.zeros((30, 1))
+            s[first:first + 2] = 1
+            s[first + 2 + gap_steps:first + 4 + gap_steps] = 1
+            events = detect_events(s, ["x"], 0.1, EventPostprocessing(merge_gap=merge_gap))
+            assert len(events) == 1, (gap_steps, first, events)
+            split = detect_events(s, ["x"], 0.1, EventPostprocessing(merge_gap=merge_gap - 0.05))
+            assert len(split) == 2, (gap_steps, first, split)
+
+
 def test_bad_parameters_are_refused():
     for params, message in ((EventPostprocessing(median_steps=2), "odd"),
                             (EventPostprocessing(min_duration=-1), "min_duration"),
@@ -76,3 +89,23 @@ def test_sed_eval_scores_of_known_events():
     assert event_metrics(reference, {}, LABELS)["event_f1"] == 0.0  # nothing estimated: F1 0, not NaN
     assert scores["event_f1_macro"] == pytest.approx(0.5)  # a: F1 1, b: F1 0
     assert scores["segment_recall"] == pytest.approx(1.0)
+
+
+def test_macro_f1_counts_a_class_never_detected_as_zero():
+    reference = {"a.wav": [SoundEvent(0.0, 1.0, "dog"), SoundEvent(2.0, 3.0, "cat")]}
+    estimated = {"a.wav": [SoundEvent(0.0, 1.0, "dog")]}  # dog perfect, cat never detected: (1 + 0) / 2
+    scores = event_metrics(reference, estimated, ["dog", "cat", "bird"])  # bird: no events, no detections
+    assert scores["event_f1_macro"] == pytest.approx(0.5) and scores["segment_f1_macro"] == pytest.approx(0.5)
+    spurious = {"a.wav": [SoundEvent(0.0, 1.0, "dog"), SoundEvent(2.0, 3.0, "cat"), SoundEvent(5.0, 6.0, "bird")]}
+    scores = event_metrics(reference, spurious, ["dog", "cat", "bird"])  # bird detected, never there: F1 0
+    assert scores["event_f1_macro"] == pytest.approx(2 / 3) and scores["segment_f1_macro"] == pytest.approx(2 / 3)
+
+
+def test_error_rate_without_reference_events_is_nan_not_a_huge_number():
+    import math
+
+    scores = event_metrics({"a.wav": []}, {"a.wav": [SoundEvent(0.0, 1.0, "dog")]}, ["dog"])
+    assert math.isnan(scores["event_error_rate"]) and math.isnan(scores["segment_error_rate"])
+    assert scores["event_f1"] == 0.0 and scores["event_f1_macro"] == 0.0
+    silent = event_metrics({"a.wav": []}, {}, ["dog"])  # nothing to find, nothing found: no errors
+    assert silent["event_error_rate"] == 0.0 and silent["segment_error_rate"] == 0.0

@@ -105,6 +105,22 @@ def test_events_are_reported_once_and_equal_offline_detection(model_fe):
     assert sorted(events, key=key) == sorted(offline, key=key)
 
 
+@pytest.mark.parametrize("seconds", [0.3, 0.5, 0.9])
+def test_events_of_a_stream_shorter_than_the_window_end_within_it(model_fe, seconds):
+    """The stream is scored whole at flush (one window of `seconds`, not the default 1.28 s): its event step is
+    at most that window, so no offset lies after the end of the stream."""
+    model, fe = model_fe
+    tagger = StreamingTagger(model, fe, events=EventPostprocessing(on_threshold=0.0))  # every label: one event
+    assert tagger.feed(noise(seconds, "white", seed=7)) == []
+    windows = tagger.flush()
+    events = tagger.pop_events()
+    assert len(windows) == 1 and windows[0].end == pytest.approx(seconds)
+    assert sorted(e.label for e in events) == tagger.labels
+    assert all(0 <= e.onset < e.offset <= seconds for e in events), (seconds, events)
+    if seconds < tagger.hop / RATE:  # shorter than the default hop: the step is the whole stream
+        assert all(e.onset == 0 and e.offset == pytest.approx(seconds) for e in events)
+
+
 def test_bad_streams_fail_clearly(model_fe):
     model, fe = model_fe
     tagger = StreamingTagger(model, fe, window=1.0, hop=0.5)

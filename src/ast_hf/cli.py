@@ -400,7 +400,7 @@ def _add_detect(sub) -> None:
 
         from .batch_inference import collect_inputs
         from .event_tsv import read_event_tsv, write_event_tsv
-        from .frame_level import frame_scores
+        from .frame_level import check_window, frame_scores
         from .inference import label_names
         from .model_loading import load_for_inference
         from .sound_events import detect_events
@@ -413,6 +413,7 @@ def _add_detect(sub) -> None:
         if repeated:
             raise ValueError(f"the events file names recordings by file name, and these repeat: {repeated[:5]}")
         model, fe = load_for_inference(args.model, args.device)
+        check_window(model.config, fe, args.window, args.hop)  # bad options fail once, not as a failure per file
         labels = label_names(model.config)
         params = _event_postprocessing(args, labels)
         reference = read_event_tsv(args.reference, labels) if args.reference else None
@@ -432,6 +433,10 @@ def _add_detect(sub) -> None:
                 from .plotting import plot_events
 
                 print(f"wrote {plot_events(frames, found, args.plot, reference=(reference or {}).get(name))}")
+        if not events:  # every file failed: an existing events file is kept, not replaced by an empty one
+            print(f"ast-hf detect: {len(failed)} of {len(paths)} files failed; nothing written to {args.events}",
+                  file=sys.stderr)
+            return 1
         write_event_tsv(args.events, events)
         print(f"wrote {args.events}: {sum(map(len, events.values()))} events in {len(events)} files")
         if reference is not None:
@@ -638,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_memory()  # this process is ours: reuse freed tensors' pages (AST_HF_KEEP_FREED_MEMORY=0: don't)
     try:
+        if getattr(args, "top_k", None) is not None and args.top_k < 0:
+            raise ValueError(f"--top-k must be >= 0 (0: all), got {args.top_k}")
         if hasattr(args, "threads"):  # long-running commands: the cores left free, unless --threads says
             from .threads import use_threads
 

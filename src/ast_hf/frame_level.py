@@ -170,13 +170,11 @@ class StitchedColumns:
     spectrogram_hop: float
 
 
-def stitch_columns(model, feature_extractor, audio, per_window, sampling_rate: int | None = None,
-                   window: float | None = None, hop: float | None = None, batch_size: int | None = None,
-                   progress: bool = True, desc: str = "columns") -> StitchedColumns:
-    """Run `per_window(input_values, attention_mask, frames) -> list of [columns_i, ...]` over windows of a
-    recording of any length and stitch the columns (see the module docstring: windows at whole-column hops, each
-    column from the window where it is most central)."""
-    config = model.config
+def check_window(config, feature_extractor, window: float | None = None, hop: float | None = None
+                 ) -> tuple[int, int, int]:
+    """(window, hop, column hop) in samples for stitching columns, the hop rounded to whole columns; ValueError
+    for a window shorter than one patch or a hop that leaves columns between windows (checked before any audio is
+    read, so a command can refuse bad options once rather than once per file)."""
     rate = feature_extractor.sampling_rate
     win, step, _ = window_samples(window, hop, rate, config.max_length)
     column_hop = config.time_stride * round(FRAME_SHIFT_SECONDS * rate)  # samples per column step
@@ -187,7 +185,20 @@ def stitch_columns(model, feature_extractor, audio, per_window, sampling_rate: i
                          f"({patch_shape(config.patch_size)[1]} frames)")
     if step // column_hop > window_columns:
         raise ValueError(f"hop ({step / rate:g} s) leaves gaps between windows of {win / rate:g} s ({window_columns} "
-                         f"columns of {column_hop / rate:g} s): give a hop of at most the window")
+                         f"columns of {column_hop / rate:g} s): give a hop of at most "
+                         f"{window_columns * column_hop / rate:g} s (the window's whole columns)")
+    return win, step, column_hop
+
+
+def stitch_columns(model, feature_extractor, audio, per_window, sampling_rate: int | None = None,
+                   window: float | None = None, hop: float | None = None, batch_size: int | None = None,
+                   progress: bool = True, desc: str = "columns") -> StitchedColumns:
+    """Run `per_window(input_values, attention_mask, frames) -> list of [columns_i, ...]` over windows of a
+    recording of any length and stitch the columns (see the module docstring: windows at whole-column hops, each
+    column from the window where it is most central)."""
+    config = model.config
+    rate = feature_extractor.sampling_rate
+    win, step, column_hop = check_window(config, feature_extractor, window, hop)
     batch_size = batch_size or default_windows_per_call(config, *model_device_dtype(model))
     blocks, duration, name = audio_blocks(audio, sampling_rate, rate)
     frame_hop = round(FRAME_SHIFT_SECONDS * rate)
@@ -279,4 +290,4 @@ def frame_scores(
 
 
 __all__ = ["FrameScores", "frame_scores", "column_scores", "column_logits", "column_tokens", "column_count",
-           "has_frame_head", "stitch_columns", "StitchedColumns"]
+           "has_frame_head", "stitch_columns", "StitchedColumns", "check_window"]

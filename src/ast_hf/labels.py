@@ -95,6 +95,9 @@ def _read_csv(rows, source: str) -> dict[int, str]:
                          f"`label`) column, like `index,mid,display_name`; got {fields}")
     id2label: dict[int, str] = {}
     for line, row in enumerate(reader, start=2):
+        if None in row:  # DictReader puts the fields past the header's under the key None
+            raise ValueError(f"{source}, line {line}: {len(row[None])} field(s) more than the header {fields}; "
+                             f"quote names that contain commas, e.g. 1,/m/2,\"Bird vocalization, bird call\"")
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
         try:
             index = int(row["index"])

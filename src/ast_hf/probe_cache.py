@@ -88,14 +88,14 @@ def host_key() -> str:
 
 def _read(path: Path) -> dict:
     """The file's {host key: {probe: {"value", "when"}}}; empty where it is missing, unreadable or of another
-    format."""
+    format, and without the hosts whose entry is not a dict (an edited file: they are measured again)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("hosts"), dict):
         return {}
-    return data["hosts"]
+    return {key: entries for key, entries in data["hosts"].items() if isinstance(entries, dict)}
 
 
 def _fresh(entry, valid: Callable[[Any], bool] = lambda value: True) -> bool:

@@ -9,6 +9,8 @@ window scores: the hop around each window's centre). Post-processing, per label:
 3. events of one label separated by at most `merge_gap` seconds are joined;
 4. events shorter than `min_duration` seconds (after joining) are dropped.
 
+Both durations are compared with 1 ns of slack, so float rounding of the step times does not decide.
+
 `EventDetector` does this incrementally (steps pushed as they come, each event emitted once, as soon as no later
 step can change it), and `detect_events` runs the same detector over a whole sequence, so offline detection and
 live tagging give the same events. The events are `ast_hf.event_tsv.SoundEvent`s, written and read as DCASE TSV
@@ -24,6 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .event_tsv import SoundEvent
+
+# Slack in duration comparisons: step times are start + i hop in floating point, so a gap of exactly `merge_gap`
+# or an event of exactly `min_duration` may come out a few ulps longer or shorter.
+_SLACK = 1e-9
 
 
 @dataclass
@@ -140,7 +146,7 @@ class EventDetector:
             out += self._close_event(c, start)
         for c in np.flatnonzero(opening):
             held = self._held[c]
-            if held is not None and start - held[1] <= self.params.merge_gap:
+            if held is not None and start - held[1] <= self.params.merge_gap + _SLACK:
                 self._onset[c] = held[0]  # joins the held event
                 self._held[c] = None
             else:  # any held event was released above: the gap is longer than merge_gap
@@ -157,11 +163,11 @@ class EventDetector:
     def _release(self, c: int, now: float) -> list[SoundEvent]:
         """Emit (or drop, if too short) label c's held event once no step from `now` on can join it."""
         held = self._held[c]
-        if held is None or now - held[1] <= self.params.merge_gap:
+        if held is None or now - held[1] <= self.params.merge_gap + _SLACK:
             return []
         self._held[c] = None
         onset, offset = held
-        if offset - onset < self.params.min_duration - 1e-9:
+        if offset - onset < self.params.min_duration - _SLACK:
             return []
         return [SoundEvent(round(onset, 6), round(offset, 6), self.labels[c], self.filename)]
 

@@ -222,10 +222,11 @@ class StreamingTagger:
             window = ScoredWindow(index, start / self.rate, (start + length) / self.rate, row, done - called)
             self._covered = max(self._covered, start + length)
             if self._detector is not None:
+                # the hop around the centre; a stream shorter than the window, scored whole, spans at most itself
                 centre = (window.start + window.end) / 2
-                half = self.hop / self.rate / 2
+                half = min(self.hop, length) / self.rate / 2
                 step_start = max(self._last_step_end, centre - half)
-                self._last_step_end = max(step_start, centre + half)
+                self._last_step_end = min(max(step_start, centre + half), window.end)
                 self._events += self._detector.push(row[None], [step_start], [self._last_step_end])
             out.append(window)
         return out

@@ -1,0 +1,49 @@
+"""Atomic output (`ast_hf.atomic_io`): a file written atomically gets the mode a plain `open()` would give it
+(0o666 less the umask) when new, and keeps its own mode when replaced; a failed write leaves the old file."""
+
+import os
+import stat
+
+import pytest
+
+from ast_hf.atomic_io import atomic_path, write_text_atomic
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test; the old one is restored afterwards."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield os.umask
+    os.umask(old)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_a_new_file_gets_the_mode_of_a_plain_open(tmp_path, umask, mask):
+    umask(mask)
+    with open(tmp_path / "plain.txt", "w") as f:
+        f.write("x")
+    write_text_atomic(tmp_path / "atomic.txt", "x")
+    with atomic_path(tmp_path / "out.png") as tmp:
+        tmp.write_bytes(b"png")
+    assert mode(tmp_path / "atomic.txt") == mode(tmp_path / "plain.txt") == 0o666 & ~mask
+    assert mode(tmp_path / "out.png") == 0o666 & ~mask
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path, umask):
+    umask(0o022)
+    target = tmp_path / "events.tsv"
+    target.write_text("old")
+    os.chmod(target, 0o640)
+    write_text_atomic(target, "new")
+    assert target.read_text() == "new" and mode(target) == 0o640
+    os.chmod(target, 0o604)
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "new" and mode(target) == 0o604
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.tsv"]  # no temporary file left behind
