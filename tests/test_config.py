@@ -57,3 +57,27 @@ def test_patch_grid():
 def test_invalid_configs_are_refused(bad):
     with pytest.raises(Exception, match="num_attention_heads|patch"):
         ASTConfig(**bad)
+
+
+def _value_error(raised: BaseException) -> BaseException:
+    """The ValueError behind a config error (`@strict` wraps those of its class validators)."""
+    return raised if isinstance(raised, ValueError) else raised.__cause__
+
+
+@pytest.mark.parametrize("bad, field", [(dict(num_attention_heads=0), "num_attention_heads"),
+                                        (dict(hidden_size=0), "hidden_size"),
+                                        (dict(hidden_size=-64), "hidden_size"),
+                                        (dict(intermediate_size=0), "intermediate_size"),
+                                        (dict(num_hidden_layers=-1), "num_hidden_layers"),
+                                        (dict(patch_size=(16.5, 16)), "patch_size"),
+                                        (dict(patch_size=16.5), "patch_size")])
+def test_bad_sizes_raise_value_error_naming_the_field(bad, field):
+    with pytest.raises(Exception) as raised:
+        ASTConfig(**bad)
+    error = _value_error(raised.value)
+    assert isinstance(error, ValueError) and field in str(error)
+
+
+def test_whole_float_patch_sizes_are_accepted():
+    assert ASTConfig(patch_size=(16.0, 16)).patch_size == 16
+    assert ASTConfig(num_hidden_layers=0).num_hidden_layers == 0

@@ -329,6 +329,19 @@ def test_reduced_dtype(tmp_path, dtype):
     assert (our_logits(result.path, x) - expected).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_reduced_dtype_with_a_longer_max_length(tmp_path, fixtures_dir, dtype):
+    """A bilinear resize (max_length beyond the source's 128 frames) then rounding, as the saved model holds the
+    embeddings: verification compares with the same (rounding first was an ulp off and refused bfloat16)."""
+    result = convert_original_checkpoint(fixtures_dir / f"{FIXTURE}.pth", tmp_path / "out", dtype=dtype,
+                                         max_length=200)
+    assert result.config.max_length == 200 and result.config.patch_grid() == (12, 19)  # source grid (12, 12)
+    assert result.max_abs_diff <= TOL / 4
+    with safe_open(result.path / "model.safetensors", "pt") as f:
+        pos = f.get_tensor("audio_spectrogram_transformer.embeddings.position_embeddings")
+    assert pos.dtype == getattr(torch, dtype) and pos.shape[1] == 2 + 12 * 19
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Geometry inference
 # --------------------------------------------------------------------------------------------------------------

@@ -87,6 +87,26 @@ def test_frame_loss_is_bce_over_real_columns_only():
     torch.testing.assert_close(both.loss, out.loss + F.binary_cross_entropy_with_logits(both.logits, clip))
 
 
+def test_frame_loss_with_non_square_patches_counts_columns_by_the_patch_time_side():
+    """SSAST "Frame" patches (128 mel bins x 2 frames): a padded clip's real columns follow from the patch's time
+    side (2 frames), not from the whole patch size pair."""
+    model = _model(frame_head=True, patch_size=(128, 2), frequency_stride=128, time_stride=2, pooling="mean",
+                   num_prefix_tokens=1, max_length=100)
+    x = torch.randn(2, 100, 128)
+    mask = torch.ones(2, 100, dtype=torch.long)
+    mask[1, 60:] = 0  # clip 1 has 60 real frames: (60 - 2) // 2 + 1 = 30 of 50 columns
+    targets = (torch.rand(2, 50, 5) > 0.7).float()
+    out = model(x, attention_mask=mask, frame_targets=targets)
+    per_cell = F.binary_cross_entropy_with_logits(out.frame_logits, targets, reduction="none")
+    expected = torch.cat([per_cell[0].flatten(), per_cell[1, :30].flatten()]).mean()
+    torch.testing.assert_close(out.loss, expected)
+    # a clip of a single patch's 2 real frames has one real column
+    mask[1, 2:] = 0
+    out = model(x, attention_mask=mask, frame_targets=targets)
+    per_cell = F.binary_cross_entropy_with_logits(out.frame_logits, targets, reduction="none")
+    torch.testing.assert_close(out.loss, torch.cat([per_cell[0].flatten(), per_cell[1, :1].flatten()]).mean())
+
+
 def test_frame_loss_trains_the_backbone_and_frame_head_not_the_clip_head():
     model = _model(frame_head=True).train()
     model(torch.randn(2, FRAMES, 128), frame_targets=torch.ones(2, 12, 5)).loss.backward()

@@ -121,3 +121,27 @@ def test_first_autocast_step_measures_attention_inside_activation_checkpointing(
     assert len(autocast_cpu._chosen) == 1  # measured during this step
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     autocast_cpu.attention_dtype.cache_clear()
+
+
+def test_bf16_models_float32_twin_follows_train_and_eval_mode(monkeypatch):
+    """A bf16 model whose CPU inference runs its float32 twin (`AST_HF_BF16_MATMUL=fp32`): the twin built in train
+    mode drops out no more once the model is put in eval mode, and drops out again back in train mode."""
+    monkeypatch.setenv("AST_HF_BF16_MATMUL", "fp32")
+    onednn.bf16_policy.cache_clear()
+    torch.manual_seed(0)
+    model = ASTForAudioClassification(tiny_config(hidden_dropout_prob=0.5)).bfloat16()
+    encoder = model.audio_spectrogram_transformer.encoder
+    x = torch.randn(1, 128, 128, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            model.train()
+            model(x)  # a no-grad probe in train mode builds the twin
+            assert "_float32_twin" in encoder.__dict__
+            model.eval()
+            first, second = model(x).logits, model(x).logits
+            model.train()
+            third, fourth = model(x).logits, model(x).logits
+    finally:
+        onednn.bf16_policy.cache_clear()
+    assert torch.equal(first, second)  # eval: no dropout
+    assert not torch.equal(third, fourth)  # train: dropout

@@ -65,3 +65,21 @@ def test_nan_or_inf_input_is_refused_naming_the_clips(model, bad):
     with pytest.raises(ValueError, match=r"clip\(s\) \[1, 3\] contain NaN or infinite values"):
         model(x)
 
+
+
+@torch.no_grad()
+def test_numpy_attention_mask_from_the_feature_extractor_works_like_a_tensor(model):
+    """`ASTFeatureExtractor(..., return_tensors="np", return_attention_mask=True)` gives numpy input_values and a numpy
+    attention_mask; the model takes both, with the logits of the same tensors."""
+    from ast_hf import ASTFeatureExtractor
+
+    noise = np.random.default_rng(0)
+    audio = [noise.standard_normal(16000).astype(np.float32), noise.standard_normal(8000).astype(np.float32)]
+    inputs = ASTFeatureExtractor(max_length=128)(audio, sampling_rate=16000, return_tensors="np",
+                                                return_attention_mask=True, padding="longest")
+    assert isinstance(inputs["attention_mask"], np.ndarray) and inputs["attention_mask"].min() == 0
+    want = model(torch.from_numpy(inputs["input_values"]),
+                 attention_mask=torch.from_numpy(inputs["attention_mask"])).logits
+    assert torch.equal(model(**inputs).logits, want)
+    with pytest.raises(ValueError, match="attention_mask is a list; give a torch tensor or numpy array"):
+        model(inputs["input_values"], attention_mask=inputs["attention_mask"].tolist())

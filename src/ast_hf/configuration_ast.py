@@ -13,6 +13,8 @@ instead of building a model that computes something else; every other config kee
 
 from __future__ import annotations
 
+import numbers
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
@@ -30,8 +32,10 @@ def patch_shape(patch_size: int | tuple[int, int] | list[int]) -> tuple[int, int
     """(mel bins, frames) covered by one patch: an int is a square patch, a pair is (frequency, time)."""
     if isinstance(patch_size, int):
         return patch_size, patch_size
-    if len(patch_size) != 2:
+    if not isinstance(patch_size, (list, tuple)) or len(patch_size) != 2:
         raise ValueError(f"patch_size must be an int or a (frequency, time) pair, got {patch_size!r}")
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and float(v).is_integer() for v in patch_size):
+        raise ValueError(f"patch_size must hold whole numbers of mel bins and frames, got {patch_size!r}")
     return int(patch_size[0]), int(patch_size[1])
 
 
@@ -116,6 +120,10 @@ class ASTConfig(PreTrainedConfig):
     def validate_architecture(self):
         """Part of `@strict` validation: the shapes must describe a buildable model."""
         super().validate_architecture()
+        for name, least in (("hidden_size", 1), ("num_attention_heads", 1), ("intermediate_size", 1),
+                            ("num_hidden_layers", 0)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {getattr(self, name)}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
                              f"{self.num_attention_heads}")

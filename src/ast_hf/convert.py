@@ -707,9 +707,10 @@ def _verify(folder: Path, source: Mapping[str, torch.Tensor], plan: _Plan, dtype
     inputs = verification_input(config.max_length, config.num_mel_bins)
     rounded = {k: v.to(dtype) for k, v in source.items() if not k.startswith(DROPPED_PREFIXES)}
     position = None
-    if config.patch_grid() != geometry.grid:  # --max-length: the authors' adaptation of the source's embeddings
-        position = adapt_position_embeddings(rounded["v.pos_embed"].double(), geometry.grid, config.patch_grid(),
-                                             config.num_prefix_tokens)
+    if config.patch_grid() != geometry.grid:  # --max-length: the authors' adaptation of the source's embeddings,
+        # resized before rounding to `dtype`, as the saved model holds them (rounding first differs by an ulp)
+        position = adapt_position_embeddings(source["v.pos_embed"].double(), geometry.grid, config.patch_grid(),
+                                             config.num_prefix_tokens).to(dtype)
     arguments = dict(fstride=geometry.fstride, tstride=geometry.tstride, num_heads=config.num_attention_heads,
                      position_embeddings=position)
     with torch.no_grad():

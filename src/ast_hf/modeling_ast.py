@@ -388,7 +388,8 @@ class TokenReduction:
     """Inference-time patch dropping guided by the prefix tokens' attention (opt-in; see `set_token_reduction`).
 
     Args:
-        keep: fraction in (0, 1) of each clip's patch tokens that go on through the later layers (rounded, >= 1).
+        keep: fraction in (0, 1) of each clip's patch tokens that go on through the later layers (rounded, >= 1),
+            counted from the clip's own real patches: in a padded batch a clip keeps what it would keep alone.
         after_layer: layers (>= 0) that run over every token first. Before the next layer, each patch is scored by
             the attention the prefix tokens pay it in that layer (its own query and key projections on its
             LayerNorm'd input, softmax over all real tokens, mean over heads and prefix tokens); the top `keep`
@@ -411,26 +412,43 @@ class TokenReduction:
                     token_mask: torch.Tensor | None) -> torch.Tensor:
         """Indices [batch, prefix + kept] (ascending) of the tokens of `hidden_states` [batch, tokens, D] that go
         through `layer` and the layers after it; padded patches (`token_mask` False) are dropped first."""
+        return self.select(layer, hidden_states, token_mask)[0]
+
+    def select(self, layer: ASTLayer, hidden_states: torch.Tensor,
+               token_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`kept_tokens`' indices and their token mask [batch, prefix + kept] (None without `token_mask`).
+
+        Each clip keeps `keep` x its own real patches; a batch's rows are as many as its largest count needs, and a
+        clip's rows beyond its own count (its lower-ranked or padded patches) are marked False: they run as padding
+        and come out with the state they had when they were dropped."""
         attention = layer.attention.attention
         num_prefix_tokens = self.num_prefix_tokens
         batch, tokens, _ = hidden_states.shape
         heads, head_dim = attention.num_heads, attention.head_dim
         normed = layer.layernorm_before(hidden_states)
-        query = F.linear(normed[:, :num_prefix_tokens], attention.query.weight, attention.query.bias)
-        key = F.linear(normed, attention.key.weight, attention.key.bias)
+        # the modules, not their weights: an int8 dynamically quantised Linear has no weight tensor
+        query = attention.query(normed[:, :num_prefix_tokens])
+        key = attention.key(normed)
         query = query.view(batch, num_prefix_tokens, heads, head_dim).transpose(1, 2)
         key = key.view(batch, tokens, heads, head_dim).transpose(1, 2)
         scores = (query @ key.transpose(-2, -1)).float() * head_dim ** -0.5  # [batch, heads, prefix, tokens]
         if token_mask is not None:
             scores = scores.masked_fill(~token_mask[:, None, None, :], float("-inf"))
         importance = scores.softmax(dim=-1).mean(dim=(1, 2))[:, num_prefix_tokens:]  # [batch, patches]
-        if token_mask is not None:
-            importance = importance.masked_fill(~token_mask[:, num_prefix_tokens:], -1.0)
-        patches = tokens - num_prefix_tokens
-        count = min(patches, max(1, round(self.keep * patches)))
-        kept = importance.topk(count, dim=1).indices.sort(dim=1).values + num_prefix_tokens
-        prefix = torch.arange(num_prefix_tokens, device=kept.device).expand(batch, -1)
-        return torch.cat([prefix, kept], dim=1)
+        prefix = torch.arange(num_prefix_tokens, device=importance.device).expand(batch, -1)
+        if token_mask is None:
+            patches = tokens - num_prefix_tokens
+            count = min(patches, max(1, round(self.keep * patches)))
+            kept = importance.topk(count, dim=1).indices.sort(dim=1).values + num_prefix_tokens
+            return torch.cat([prefix, kept], dim=1), None
+        importance = importance.masked_fill(~token_mask[:, num_prefix_tokens:], -1.0)
+        # float64 and half-to-even rounding, as Python's round() of a clip alone
+        per_clip = (token_mask[:, num_prefix_tokens:].sum(dim=1).double() * self.keep).round().clamp(min=1).long()
+        ranked = importance.topk(int(per_clip.max()), dim=1).indices  # best first
+        kept, order = ranked.sort(dim=1)
+        within = order < per_clip[:, None]  # rank below the clip's own count
+        indices = torch.cat([prefix, kept + num_prefix_tokens], dim=1)
+        return indices, torch.cat([torch.ones_like(prefix, dtype=torch.bool), within], dim=1)
 
 
 class ASTEncoder(nn.Module):
@@ -487,15 +505,16 @@ class ASTEncoder(nn.Module):
         """This encoder with float32 weights, made at first use and kept until one of its weights changes (data
         pointer or version): how a bf16 model runs on a CPU whose bf16 GEMM is slower than its float32 GEMM
         (`onednn.bf16_policy`), so that every layer takes the float32 paths with one cast in and one out, instead
-        of casts around each matmul. Not a submodule: it is neither saved nor moved with the model."""
+        of casts around each matmul. Not a submodule: it is neither saved nor moved with the model; it follows the
+        encoder's train/eval mode (dropout) at every use."""
         signature = tuple((p.data_ptr(), p._version) for p in self.parameters())
         kept = self.__dict__.get("_float32_twin")
         if kept is None or kept[0] != signature:
             twin = ASTEncoder.__new__(ASTEncoder)
             nn.Module.__init__(twin)
-            twin.layer = copy.deepcopy(self.layer).float().train(self.training)
+            twin.layer = copy.deepcopy(self.layer).float()
             kept = self.__dict__["_float32_twin"] = (signature, twin)
-        return kept[1]
+        return kept[1].train(self.training)
 
     def _run_layers(self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None,
                     output_attentions: bool = False, output_hidden_states: bool = False,
@@ -512,10 +531,11 @@ class ASTEncoder(nn.Module):
         for index, layer in enumerate(self.layer):
             if index == reduce_before:
                 all_tokens = hidden_states
-                kept = reduction.kept_tokens(layer, hidden_states, token_mask).unsqueeze(-1)
+                kept, kept_mask = reduction.select(layer, hidden_states, token_mask)
+                kept = kept.unsqueeze(-1)
                 hidden_states = hidden_states.gather(1, kept.expand(-1, -1, hidden_states.shape[-1]))
                 if token_mask is not None:
-                    token_mask = token_mask.gather(1, kept.squeeze(-1))
+                    token_mask = kept_mask
                     key_mask = token_mask[:, None, None, :]
                     keep = token_mask.unsqueeze(-1).to(hidden_states.dtype)
             queries = last_layer_tokens if index == last_index else None
@@ -529,7 +549,10 @@ class ASTEncoder(nn.Module):
         if last_layer_tokens is not None:  # already these rows after a last layer; cut here without layers
             hidden_states = hidden_states[:, :last_layer_tokens]
         elif all_tokens is not None:  # the kept tokens back among the dropped ones, in their places
-            hidden_states = all_tokens.scatter(1, kept.expand(-1, -1, hidden_states.shape[-1]), hidden_states)
+            index = kept.expand(-1, -1, hidden_states.shape[-1])
+            if token_mask is not None:  # rows run as padding keep their state from before
+                hidden_states = torch.where(token_mask.unsqueeze(-1), hidden_states, all_tokens.gather(1, index))
+            hidden_states = all_tokens.scatter(1, index, hidden_states)
         return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden, attentions=attentions)
 
 
@@ -568,7 +591,7 @@ def column_mask(config: ASTConfig, frames_per_clip: torch.Tensor | None, num_col
     `frames_per_clip` [batch] is `frames_from_attention_mask`'s count; a clip's columns are those of its own grid."""
     if frames_per_clip is None:
         return None
-    real = torch.tensor([config.patch_grid(int(n))[1] for n in frames_per_clip.clamp(min=config.patch_size)],
+    real = torch.tensor([config.patch_grid(int(n))[1] for n in frames_per_clip.clamp(min=config.patch_shape[1])],
                         device=frames_per_clip.device)
     return torch.arange(num_columns, device=real.device)[None, :] < real.clamp(max=num_columns)[:, None]
 
@@ -587,7 +610,7 @@ def frame_loss(frame_logits: torch.Tensor, frame_targets: torch.Tensor, mask: to
     per_cell = F.binary_cross_entropy_with_logits(frame_logits.float(), frame_targets.float(), reduction="none")
     if mask is None:
         return per_cell.mean()
-    weight = mask.unsqueeze(-1).to(per_cell.dtype)
+    weight = mask.unsqueeze(-1).to(device=per_cell.device, dtype=per_cell.dtype)
     return (per_cell * weight).sum() / (weight.sum() * per_cell.shape[-1]).clamp(min=1.0)
 
 
@@ -620,10 +643,19 @@ def pool_tokens(sequence_output: torch.Tensor, token_mask: torch.Tensor | None, 
     return patches.sum(dim=1) / real
 
 
-def frames_from_attention_mask(attention_mask: torch.Tensor | None, input_values: torch.Tensor) -> torch.Tensor | None:
-    """[batch, frames] 0/1 frame mask -> [batch] real frames per clip (None where every frame is real)."""
+def frames_from_attention_mask(attention_mask: torch.Tensor | np.ndarray | None,
+                               input_values: torch.Tensor | np.ndarray) -> torch.Tensor | None:
+    """[batch, frames] 0/1 frame mask (tensor or numpy array, as ASTFeatureExtractor returns) -> [batch] real frames
+    per clip, on the device of `input_values` when that is a tensor (None where every frame is real)."""
     if attention_mask is None:
         return None
+    if isinstance(attention_mask, np.ndarray):
+        attention_mask = torch.from_numpy(attention_mask)
+        if isinstance(input_values, torch.Tensor):
+            attention_mask = attention_mask.to(input_values.device)
+    if not isinstance(attention_mask, torch.Tensor):
+        raise ValueError(f"attention_mask is a {type(attention_mask).__name__}; give a torch tensor or numpy array "
+                         f"[batch, frames], as ASTFeatureExtractor returns")
     if attention_mask.shape != input_values.shape[:2]:
         raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected [batch, frames] = "
                          f"{tuple(input_values.shape[:2])}, one entry per frame of input_values")
@@ -967,8 +999,8 @@ class ASTModel(ASTPreTrainedModel):
                 float32 model as float32; a numpy array moves to the model's device). NaN or inf values raise
                 `ValueError` naming the clips (one aminmax pass: 8 ms for 8 x 1024 x 128 on 2 CPU cores, under 0.1%
                 of the forward; not while torch.compile, torch.export or ONNX export trace the model).
-            attention_mask: optional [batch, frames], 1 for real frames, 0 for right padding; every clip needs at
-                least `patch_size` real frames.
+            attention_mask: optional [batch, frames] tensor or numpy array, 1 for real frames, 0 for right
+                padding; every clip needs at least `patch_size` real frames.
             prefix_only: the last layer computes the prefix tokens only (they still attend to every patch), for
                 callers that read only `pooler_output` of a "cls"-pooling model: the same pooled output for
                 5/6 less of the last layer's work; `last_hidden_state` is then [batch, prefix, D]. Not with
