@@ -106,6 +106,9 @@ def test_waveform_mixing_pads_and_cuts_the_partner():
     out = mix_waveforms([a, b], torch.tensor([1, 0]), torch.tensor([0.25, 0.5]))
     torch.testing.assert_close(out[0], 0.25 * a + 0.75 * torch.tensor([10.0, 10, 10, 0, 0]))
     torch.testing.assert_close(out[1], 0.5 * b + 0.5 * a[:3])
+    longer = mix_waveforms([a, b], torch.tensor([1, 0]), torch.tensor([0.25, 0.5]), pad_to_longer=True)
+    torch.testing.assert_close(longer[0], out[0])  # the partner is shorter: as before
+    torch.testing.assert_close(longer[1], 0.5 * torch.tensor([10.0, 10, 10, 0, 0]) + 0.5 * a)  # nothing cut
 
 
 def test_feature_noise_level_and_time_shift_range():

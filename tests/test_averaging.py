@@ -64,6 +64,28 @@ def test_mismatched_checkpoints_are_refused(tmp_path):
         load_weights(tmp_path / "nope")
 
 
+def test_average_checkpoints_never_replaces_a_folder_unasked_nor_its_own_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    for step, seed in ((10, 1), (20, 2)):
+        _model(seed).save_pretrained(run / f"checkpoint-{step}")
+    checkpoints = [run / "checkpoint-10", run / "checkpoint-20"]
+    for out_dir in (run, run / "checkpoint-20", tmp_path / "run" / ".." / "run"):  # holds them, is one of them
+        for force in (False, True):
+            with pytest.raises(ValueError, match=r"out_dir .* is or holds the checkpoint .*checkpoint-\d+ being av"):
+                average_checkpoints(checkpoints, out_dir=out_dir, force=force)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-10", "checkpoint-20"]
+    existing = tmp_path / "kept"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"kept already exists; pass --force"):
+        average_checkpoints(checkpoints, out_dir=existing)
+    assert (existing / "notes.txt").read_text() == "mine"
+    averaged = average_checkpoints(checkpoints, out_dir=existing, force=True)
+    assert not (existing / "notes.txt").exists()
+    reloaded = ASTForAudioClassification.from_pretrained(existing)
+    assert torch.equal(reloaded.classifier.dense.weight, averaged.classifier.dense.weight)
+
+
 def _trainer_run(out_dir, epochs, callbacks, resume=None):
     from transformers import Trainer, TrainingArguments
 

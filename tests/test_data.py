@@ -21,6 +21,7 @@ from ast_hf.training import (
     decode_audio,
     load_audio_dataset,
 )
+from helpers import tiny_config
 
 RATE = 16000
 
@@ -118,6 +119,53 @@ def test_unknown_label_is_named(tmp_path):
     assert out["labels"].tolist() == [[1.0, 1.0]]
 
 
+def test_multi_hot_label_rows_are_multi_hot_targets(tmp_path):
+    path = tmp_path / "clip.wav"
+    sf.write(path, _tone(700.0), RATE)
+    audio = {"path": str(path), "bytes": None}
+    collator = ASTAudioCollator(ASTFeatureExtractor(max_length=64), num_labels=4, multi_label=True)
+    for row in ([0, 0, 1, 1], [0.0, 0.0, 1.0, 1.0], np.array([0, 0, 1, 1]), [False, False, True, True]):
+        assert collator([{"audio": audio, "label": row}])["labels"].tolist() == [[0.0, 0.0, 1.0, 1.0]], row
+    assert collator([{"audio": audio, "label": [2, 3]}])["labels"].tolist() == [[0.0, 0.0, 1.0, 1.0]]  # indices
+    for row, message in (([0.0, 0.5, 1.0, 0.0], r"clip.wav has the labels \[0.0, 0.5, 1.0, 0.0\], read as a multi-hot"),
+                         ([1.0, 3.0], r"clip.wav has the labels \[1.0, 3.0\], read as a multi-hot row"),
+                         ([3, 1, 3], r"clip.wav lists a class index more than once in \[3, 1, 3\]")):
+        with pytest.raises(ValueError, match=message):
+            collator([{"audio": audio, "label": row}])
+    two = ASTAudioCollator(ASTFeatureExtractor(max_length=64), num_labels=2, multi_label=True)
+    with pytest.raises(ValueError, match=r"clip.wav has the labels \[0, 1\], which read both as class indices and"):
+        two([{"audio": audio, "label": [0, 1]}])  # classes 0 and 1, or class 1 only
+    assert two([{"audio": audio, "label": [0.0, 1.0]}])["labels"].tolist() == [[0.0, 1.0]]
+    assert two([{"audio": audio, "label": [1, 1]}])["labels"].tolist() == [[1.0, 1.0]]  # only multi-hot
+
+
+def test_a_label_name_with_a_comma_is_one_label(tmp_path):
+    path = tmp_path / "clip.wav"
+    sf.write(path, _tone(700.0), RATE)
+    audio = {"path": str(path), "bytes": None}
+    label2id = {"Narration, monologue": 0, "Speech": 1, "Music": 2}  # AudioSet names hold commas
+    collator = ASTAudioCollator(ASTFeatureExtractor(max_length=64), num_labels=3, label2id=label2id,
+                                multi_label=True)
+    assert collator([{"audio": audio, "label": "Narration, monologue"}])["labels"].tolist() == [[1.0, 0.0, 0.0]]
+    assert collator([{"audio": audio, "label": "Speech, Music"}])["labels"].tolist() == [[0.0, 1.0, 1.0]]
+    assert collator([{"audio": audio, "label": ["Narration, monologue", "Music"]}])["labels"].tolist() == [
+        [1.0, 0.0, 1.0]]
+    events = ASTAudioCollator(ASTFeatureExtractor(max_length=128), num_labels=3, label2id=label2id,
+                              multi_label=True, events_column="events",
+                              model_config=tiny_config(max_length=128, num_labels=3, frame_head=True))
+    batch = events([{"audio": audio, "events": [{"onset": 0.1, "offset": 0.4, "event_label": "Narration, monologue"}]}])
+    assert batch["labels"].tolist() == [[1.0, 0.0, 0.0]] and batch["frame_targets"][0, :, 0].sum() > 0
+
+
+def test_a_data_folder_under_home_is_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _folder(tmp_path / "data")
+    data = load_audio_dataset("~/data", split="train")
+    assert len(data) == 6 and sorted(set(data["label"])) == [0, 1]
+    with pytest.raises(FileNotFoundError, match="no such data folder: ~/missing"):
+        load_audio_dataset("~/missing")
+
+
 def test_empty_split_is_named(tmp_path):
     import datasets
 
@@ -192,7 +240,20 @@ def test_feature_cache_reuses_features_without_decoding_within_its_budget(tmp_pa
     one_clip_mb = first[0].numel() * 4 / 2**20
     small = ASTAudioCollator(fe, num_labels=2, cache_mb=2.5 * one_clip_mb)
     small(examples)
-    assert len(small._cache) == 2 and small._cached_bytes <= small.cache_mb * 2**20
+    assert len(small._cache) == 2 and small._cache_size["bytes"] <= small.cache_mb * 2**20
+
+
+def test_feature_cache_budget_is_shared_by_the_train_and_eval_copies(tmp_path):
+    data = load_audio_dataset(_folder(tmp_path / "data"))
+    fe = ASTFeatureExtractor(max_length=64)
+    examples = [data["train"][i] for i in range(6)]
+    one_clip_mb = 64 * 128 * 4 / 2**20
+    base = ASTAudioCollator(fe, num_labels=2, cache_mb=3.5 * one_clip_mb)  # room for three clips in all
+    base.train()(examples[:3])
+    base.eval()(examples[3:])  # a new copy, as the trainer makes for every evaluation: the budget is spent
+    base.eval()(examples[3:])
+    assert len(base._cache) == 3
+    assert sum(v.numel() * v.element_size() for v in base._cache.values()) <= base.cache_mb * 2**20
 
 
 def test_feature_cache_keeps_augmentation_fresh_and_the_cache_clean(tmp_path):

@@ -59,3 +59,32 @@ def test_bad_labels():
         balanced_sample_weights([0, 5], 3)
     with pytest.raises(ValueError, match="empty"):
         balanced_sample_weights([], 3)
+
+
+def test_integer_multi_hot_rows_are_read_as_multi_hot():
+    rows = [[0, 1, 0, 1], [1, 0, 0, 0], [1, 1, 0, 0]]  # e.g. a Sequence(Value("int64")) column
+    as_indices = [[1, 3], [0], [0, 1]]
+    expected = balanced_sample_weights(as_indices, 4)
+    np.testing.assert_allclose(balanced_sample_weights(rows, 4), expected, rtol=1e-12)
+    np.testing.assert_allclose(balanced_sample_weights(np.array(rows, dtype=np.float32), 4), expected, rtol=1e-12)
+    np.testing.assert_allclose(balanced_sample_weights(rows, 4, multi_hot=True), expected, rtol=1e-12)
+    # With 2 classes [0, 1] reads both ways: alone it is refused, beside a clear row it takes that row's form.
+    with pytest.raises(ValueError, match="read both as class indices and as multi-hot rows of 2.*multi_hot="):
+        balanced_sample_weights([[0, 1], [1, 0]], 2)
+    np.testing.assert_allclose(balanced_sample_weights([[0, 1], [1, 0]], 2, multi_hot=False), [2000 / 2.01] * 2)
+    np.testing.assert_allclose(balanced_sample_weights([[0, 1], [1, 0]], 2, multi_hot=True), [1000 / 1.01] * 2)
+    np.testing.assert_allclose(balanced_sample_weights([[0, 1], [1, 1]], 2), [1000 / 2.01, 1000 / 1.01 + 1000 / 2.01])
+
+
+def test_bad_label_rows_are_named():
+    with pytest.raises(ValueError, match=r"mix multi-hot rows \(clip 0\) and class indices \(clip 1\)"):
+        balanced_sample_weights([[0, 1, 0, 1], [2, 3]], 4)
+    with pytest.raises(ValueError, match="clip 1 lists label index 2 more than once"):
+        balanced_sample_weights([[0], [2, 2, 1]], 4, multi_hot=False)
+    with pytest.raises(ValueError, match=r"clip 0 has the multi-hot row \[0.5, 1.0, 0.0\], whose values are not"):
+        balanced_sample_weights([[0.5, 1.0, 0.0]], 3)
+    with pytest.raises(ValueError, match="clip 0 has 2 label values, not a multi-hot row of 3"):
+        balanced_sample_weights([[0, 1]], 3, multi_hot=True)
+    with pytest.raises(ValueError, match=r"clip 0 has labels \[1.5\] \(float64\), not class indices"):
+        balanced_sample_weights([[1.5]], 3)
+

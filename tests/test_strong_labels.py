@@ -90,6 +90,47 @@ def test_mixup_mixes_frame_targets_with_the_clip_targets_lambda(scenes, monkeypa
     torch.testing.assert_close(mixed["labels"], torch.stack([0.7 * c[0] + 0.3 * c[1], 0.4 * c[1] + 0.6 * c[0]]))
 
 
+def test_mixup_keeps_the_partners_audio_where_its_frame_targets_are(tmp_path, monkeypatch):
+    import ast_hf.training.collator as collator_module
+
+    rng = np.random.default_rng(1)
+    short, long = ((0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16000, 48000))
+    sf.write(tmp_path / "short.wav", short, 16000, subtype="FLOAT")  # 1 s, no events
+    sf.write(tmp_path / "long.wav", long, 16000, subtype="FLOAT")  # 3 s, a dog at 2-3 s
+    examples = [{"audio": {"path": str(tmp_path / "short.wav"), "bytes": None}, "events": []},
+                {"audio": {"path": str(tmp_path / "long.wav"), "bytes": None},
+                 "events": [{"onset": 2.0, "offset": 3.0, "event_label": "dog"}]}]
+    fe = ASTFeatureExtractor(max_length=320)
+    collator = ASTAudioCollator(fe, num_labels=2, label2id={"dog": 0, "speech": 1}, events_column="events",
+                                model_config=tiny_config(max_length=320, num_labels=2, frame_head=True), mixup=1.0)
+    plain = collator.eval()(examples)
+    monkeypatch.setattr(collator_module, "sample_mixup", lambda *args: (torch.tensor([1, 1]), torch.tensor([0.6, 1.0])))
+    mixed = collator.train()(examples)
+    y = plain["frame_targets"]
+    torch.testing.assert_close(mixed["frame_targets"][0], 0.6 * y[0] + 0.4 * y[1])
+    assert mixed["frame_targets"][0, 25, 0] == pytest.approx(0.4)  # 2.5 s: the dog, and its audio is there
+    mix = 0.6 * np.pad(short, (0, 32000)) + 0.4 * long  # the whole partner, the clip zero-padded
+    expected = fe([mix, long], sampling_rate=16000, max_length=320, return_tensors="pt")["input_values"]
+    torch.testing.assert_close(mixed["input_values"], expected, rtol=1e-5, atol=1e-4)
+
+
+def test_balanced_sampling_draws_by_the_classes_of_the_events(scenes, tmp_path):
+    from ast_hf import ASTForAudioClassification
+    from ast_hf.training import ASTTrainer, ASTTrainingArguments
+
+    (scenes / "gt.tsv").write_text(HEADER + "a.wav\t0.3\t0.8\tspeech\na.wav\t0.5\t0.6\tdog\nb.wav\t0.1\t0.5\tspeech\n")
+    data = load_event_dataset(scenes, scenes / "gt.tsv", LABELS)
+    args = ASTTrainingArguments(str(tmp_path / "run"), use_cpu=True, max_steps=1, per_device_train_batch_size=2,
+                                balanced_sampling=True, disable_tqdm=True, report_to="none")
+    model = ASTForAudioClassification(tiny_config(max_length=128, num_labels=2, frame_head=True))
+    trainer = ASTTrainer(model=model, args=args, data_collator=_collator(model_config=None), train_dataset=data)
+    sampler = trainer._get_train_sampler()
+    # a.wav: dog (once) + speech (twice); b.wav: speech
+    torch.testing.assert_close(sampler.weights, torch.tensor([1000 / 1.01 + 1000 / 2.01, 1000 / 2.01],
+                                                             dtype=torch.double))
+    assert len(trainer.get_train_dataloader()) == 1
+
+
 def test_collator_refuses_time_shift_and_needs_the_model_grid(scenes):
     with pytest.raises(ValueError, match="moves its sounds away from their frame targets"):
         _collator(noise=True)

@@ -8,7 +8,10 @@
 
 F1 is reported micro-averaged over all events / segments (`*_f1`, sed_eval's "overall") and as the mean over
 labels (`*_f1_macro`). sed_eval gives NaN F1 when nothing was estimated (precision 0 / 0); against reference
-events that is an F1 of 0, reported as such. PSDS is not computed: neither `psds_eval` 0.5.3
+events that is an F1 of 0, reported as such, in the micro F1 and in every label's share of the macro mean (sed_eval's
+own class average, a `nanmean`, would leave such a label out). The error rate (S + D + I) / N has no value
+without reference events (N = 0): then it is NaN when something was detected (0.0 when nothing was); NaN is not
+valid JSON, so write it as null. PSDS is not computed: neither `psds_eval` 0.5.3
 (`DataFrame.fillna(method=...)`) nor `sed_scores_eval` 0.0.4 (writes into read-only arrays) runs with pandas 3,
 which this project pins (see docs/events.md). `sed_eval` comes with the `events` and `train` extras.
 """
@@ -39,11 +42,14 @@ def event_metrics(reference: Mapping[str, Sequence[SoundEvent]], estimated: Mapp
     """Event-based and segment-based metrics of `estimated` against `reference`, both {file name: events}.
 
     Every file of `reference` is scored (a file missing from `estimated` has no detections); files only in
-    `estimated` are not. `labels`: the label set (every class counts in the macro mean, present or not).
+    `estimated` are not. `labels`: the label set. The macro mean (`*_f1_macro`) is over the labels with reference
+    events or detections, an undefined F1 (nothing detected, or nothing to detect) counting as 0; a label with
+    neither has no F1 and is left out (0.0 when no label has any).
 
     Returns:
         {"event_f1", "event_f1_macro", "event_precision", "event_recall", "event_error_rate", and the same five
-        for "segment_"}: F-measures, precision and recall in [0, 1], error rates >= 0.
+        for "segment_"}: F-measures, precision and recall in [0, 1], error rates >= 0; an error rate is NaN when
+        the reference holds no events (no segments with activity) but something was detected.
     """
     sed_eval, dcase_util = _sed_eval()
     event_based = sed_eval.sound_event.EventBasedMetrics(event_label_list=list(labels), t_collar=collar,
@@ -66,12 +72,16 @@ def event_metrics(reference: Mapping[str, Sequence[SoundEvent]], estimated: Mapp
     for prefix, metric in (("event", event_based), ("segment", segment_based)):
         with warnings.catch_warnings():  # "mean of empty slice" when nothing was estimated: that NaN is F1 0 below
             warnings.simplefilter("ignore", RuntimeWarning)
-            overall, classwise = metric.results_overall_metrics(), metric.results_class_wise_average_metrics()
+            overall, classwise = metric.results_overall_metrics(), metric.results_class_wise_metrics()
+        scored = [zero_if_nan(classwise[label]["f_measure"]["f_measure"]) for label in labels
+                  if classwise[label]["count"]["Nref"] > 0 or classwise[label]["count"]["Nsys"] > 0]
         out[f"{prefix}_f1"] = zero_if_nan(overall["f_measure"]["f_measure"])
-        out[f"{prefix}_f1_macro"] = zero_if_nan(classwise["f_measure"]["f_measure"])
+        out[f"{prefix}_f1_macro"] = sum(scored) / len(scored) if scored else 0.0
         out[f"{prefix}_precision"] = zero_if_nan(overall["f_measure"]["precision"])
         out[f"{prefix}_recall"] = zero_if_nan(overall["f_measure"]["recall"])
-        out[f"{prefix}_error_rate"] = float(overall["error_rate"]["error_rate"])
+        # sed_eval divides by N + eps: 4.5e15 for insertions against no reference events, where the rate is undefined
+        no_reference = metric.overall["Nref"] == 0 and metric.overall["Nsys"] > 0
+        out[f"{prefix}_error_rate"] = math.nan if no_reference else float(overall["error_rate"]["error_rate"])
     return out
 
 

@@ -4,8 +4,9 @@
   frames per clip, drawn independently for every clip (torchaudio's `FrequencyMasking` / `TimeMasking`
   with `iid_masks=True`; the authors apply the same masks one clip at a time).
 * `mixup`: each clip, with probability `prob`, is mixed with a partner drawn uniformly at random,
-  lambda ~ Beta(10, 10): x = lambda x_i + (1 - lambda) x_j (the partner zero-padded or cut to x_i's length),
-  targets likewise (soft labels). The authors mix waveforms, before the filterbank.
+  lambda ~ Beta(10, 10): x = lambda x_i + (1 - lambda) x_j (the partner zero-padded or cut to x_i's length; with
+  `pad_to_longer`, the shorter of the two zero-padded), targets likewise (soft labels). The authors mix
+  waveforms, before the filterbank.
 * `feature_noise` and `time_shift`: the Speech Commands recipe: add U[0, 1) noise scaled by U[0, 1) / 10 to the
   normalised features, then roll them by U{-10..9} frames.
 
@@ -57,11 +58,14 @@ def sample_mixup(batch_size: int, prob: float, alpha: float = 10.0) -> tuple[tor
     return torch.where(mixed, partner, torch.arange(batch_size)), torch.where(mixed, lam, torch.ones(batch_size))
 
 
-def mix_waveforms(waveforms: list[torch.Tensor], partner: torch.Tensor, lam: torch.Tensor) -> list[torch.Tensor]:
+def mix_waveforms(waveforms: list[torch.Tensor], partner: torch.Tensor, lam: torch.Tensor,
+                  pad_to_longer: bool = False) -> list[torch.Tensor]:
     """x_i = lam_i x_i + (1 - lam_i) x_partner(i), the partner zero-padded or cut to x_i's length.
 
     Args:
         waveforms: B mono clips [samples_i]. partner: [B] indices. lam: [B] weights of the clips themselves.
+        pad_to_longer: never cut the partner: a mixed clip is as long as the longer of the two, the shorter one
+            zero-padded (for frame targets, which keep all the partner's events at their times).
     """
     out = []
     for i, x in enumerate(waveforms):
@@ -69,8 +73,9 @@ def mix_waveforms(waveforms: list[torch.Tensor], partner: torch.Tensor, lam: tor
         if j == i or w == 1.0:
             out.append(x)
             continue
-        other = waveforms[j][: x.shape[0]]
-        other = torch.nn.functional.pad(other, (0, x.shape[0] - other.shape[0]))
+        other = waveforms[j] if pad_to_longer else waveforms[j][: x.shape[0]]
+        length = max(x.shape[0], other.shape[0])
+        x, other = (torch.nn.functional.pad(v, (0, length - v.shape[0])) for v in (x, other))
         out.append(w * x + (1.0 - w) * other)
     return out
 

@@ -89,15 +89,26 @@ def checkpoints_for_epochs(output_dir: str | Path, start_epoch: int, end_epoch: 
     return [found[e] for e in range(start_epoch, end_epoch + 1)]
 
 
-def average_checkpoints(checkpoints: Sequence[str | Path], out_dir: str | Path | None = None
-                        ) -> ASTForAudioClassification:
+def average_checkpoints(checkpoints: Sequence[str | Path], out_dir: str | Path | None = None,
+                        force: bool = False) -> ASTForAudioClassification:
     """One model whose weights are the mean of the given checkpoint folders' weights.
 
     The configuration (and `preprocessor_config.json`, copied when `out_dir` is given) come from the first.
-    `out_dir` is written atomically. Use `checkpoints_for_epochs(run_dir, start, end)` to pick folders by epoch.
+    `out_dir` is written atomically; an existing `out_dir` is refused unless `force` (then it is replaced), and an
+    `out_dir` that is, or holds, one of the `checkpoints` is always refused (replacing it would delete them).
+    Use `checkpoints_for_epochs(run_dir, start, end)` to pick folders by epoch.
     """
     if not checkpoints:
         raise ValueError("nothing to average: give at least one checkpoint folder")
+    if out_dir is not None:
+        out = Path(out_dir).resolve()
+        inside = [c for c in checkpoints if out == Path(c).resolve() or out in Path(c).resolve().parents]
+        if inside:
+            raise ValueError(f"out_dir {out_dir} is or holds the checkpoint {inside[0]} being averaged, and writing "
+                             f"the average there would delete it; choose another folder")
+        from ..atomic_io import check_destination
+
+        check_destination(Path(out_dir), force)  # before the averaging, not after
     averaged = average_state_dicts([load_weights(c) for c in checkpoints])
     model = ASTForAudioClassification.from_pretrained(checkpoints[0])
     model.load_state_dict(averaged, strict=True)
@@ -106,7 +117,7 @@ def average_checkpoints(checkpoints: Sequence[str | Path], out_dir: str | Path |
 
         from ..atomic_io import atomic_folder
 
-        with atomic_folder(out_dir, force=True) as staging:
+        with atomic_folder(out_dir, force=force) as staging:
             model.save_pretrained(staging)
             extra = Path(checkpoints[0]) / "preprocessor_config.json"
             if extra.is_file():

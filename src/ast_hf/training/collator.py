@@ -37,7 +37,11 @@ class ASTAudioCollator:
         feature_extractor: computes (and normalises) the features; its `sampling_rate` is the target rate.
         num_labels: number of classes.
         label2id: maps string labels to indices (needed when the label column holds strings).
-        multi_label: labels are lists (or comma-separated strings) of classes; targets are multi-hot.
+        multi_label: labels are lists of classes (indices or names), comma-separated strings of class names (a
+            string that is itself a name of `label2id`, e.g. AudioSet's "Narration, monologue", is that one class),
+            or multi-hot rows of `num_labels` 0s and 1s (any float or bool row; an integer row that repeats a 0 or
+            1, e.g. [0, 1, 0, 1]); targets are multi-hot. An integer row that reads both ways (e.g. [0, 1] with 2
+            classes: classes 0 and 1, or class 1) raises a `ValueError`: give it as floats or as class names.
         audio_column, label_column: names of the columns.
         max_length: frames every clip is padded or cut to (default: the feature extractor's `max_length`).
         freqm, timem: SpecAugment maximum mask widths in mel bins / frames (training only).
@@ -54,11 +58,12 @@ class ASTAudioCollator:
         events_column: a column of strong labels (per clip a list of {"onset", "offset", "event_label"}, seconds;
             `load_event_dataset` makes it). The batch then also holds `frame_targets` [batch, time columns, labels]
             (`strong_labels.frame_targets`), and `labels` are the clip's multi-hot event classes; `label2id` is
-            required. Mixup mixes frame targets with the clip's own lambda (the partner's events stay at their
-            times, as its waveform does). SpecAugment leaves the targets as they are: a masked span (< `timem`
-            frames) hides part of a sound, not the sound, and labelling it off would teach the model to split
-            events at every dropout. The noise recipe's time shift is refused: it moves sounds by up to
-            `max_shift` frames away from their targets.
+            required. Mixup mixes frame targets with the clip's own lambda, and the partner's events stay at their
+            times, as its waveform does: the mixed clip is as long as the longer of the two (the shorter one
+            zero-padded), so no event of the partner loses its audio. SpecAugment leaves the targets as they are: a
+            masked span (< `timem` frames) hides part of a sound, not the sound, and labelling it off would teach
+            the model to split events at every dropout. The noise recipe's time shift is refused: it moves sounds by
+            up to `max_shift` frames away from their targets.
         model_config: the model's `ASTConfig` (needed with `events_column`): its patch grid gives the number and
             length of the time columns. `ASTTrainer` fills it in from the model.
         clip_labels: with `events_column`, also return the clip's classes as `labels` (the clip head trains beside
@@ -68,7 +73,8 @@ class ASTAudioCollator:
             reuse them in later epochs instead of decoding and featurising the clip again; the first clips seen
             fill it, none is evicted (under shuffling a cache smaller than the data set serves its share of every
             batch). SpecAugment and the noise recipe still draw anew every time. Needs `mixup=0` (mixup changes
-            the waveforms, so the features, every epoch). 0 (default): off.
+            the waveforms, so the features, every epoch). The `train()` and `eval()` copies share the cache and its
+            budget. 0 (default): off.
     """
 
     feature_extractor: ASTFeatureExtractor
@@ -102,7 +108,7 @@ class ASTAudioCollator:
                              "waveforms every epoch, so there is nothing to keep: use one or the other")
         # path -> features [frames, mel]; shared by the train() and eval() copies (the same clip, the same features)
         self._cache: dict[str, torch.Tensor] = {}
-        self._cached_bytes = 0
+        self._cache_size = {"bytes": 0}  # shared by the copies, as the cache is: one budget
         if self.num_labels < 1:
             raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
         if not 0.0 <= self.mixup <= 1.0:
@@ -144,9 +150,12 @@ class ASTAudioCollator:
         if value is None:
             raise ValueError(f"{name} has no label")
         if isinstance(value, str):
-            parts = [p.strip() for p in value.split(",")] if self.multi_label else [value]
+            whole = not self.multi_label or (self.label2id is not None and value in self.label2id)
+            parts = [value] if whole else [p.strip() for p in value.split(",")]
         elif isinstance(value, (list, tuple, np.ndarray)):
             parts = list(value)
+            if self.multi_label and parts and not any(isinstance(p, str) for p in parts):
+                parts = self._numeric_row(value, name)
         else:
             parts = [value]
         if len(parts) != 1 and not self.multi_label:
@@ -170,6 +179,30 @@ class ASTAudioCollator:
                                      f"has {self.num_labels} classes")
                 indices.append(index)
         return indices
+
+    def _numeric_row(self, value, name: str) -> list[int]:
+        """A multi-label value of numbers: a multi-hot row -> its classes; a list of class indices as it is."""
+        row = np.asarray(value)
+        form = f"give class indices, class names or a multi-hot row of {self.num_labels} 0s and 1s"
+        if row.ndim != 1 or row.dtype.kind not in "iufb":
+            raise ValueError(f"{name} has the labels {value!r}; {form}")
+        hot = row.size == self.num_labels and bool(np.isin(row, (0, 1)).all())
+        if row.dtype.kind in "fb":  # not indices: a multi-hot row
+            if not hot:
+                raise ValueError(f"{name} has the labels {row.tolist()}, read as a multi-hot row (floats), which "
+                                 f"needs {self.num_labels} values, each 0 or 1; {form}")
+            return np.flatnonzero(row).tolist()
+        values = row.tolist()
+        distinct = len(set(values)) == len(values)
+        if hot and distinct and all(0 <= x < self.num_labels for x in values):
+            raise ValueError(f"{name} has the labels {values}, which read both as class indices and as a multi-hot "
+                             f"row of {self.num_labels}; give it as floats ({[float(x) for x in values]}: "
+                             f"multi-hot) or as class names")
+        if hot:
+            return np.flatnonzero(row).tolist()
+        if not distinct:
+            raise ValueError(f"{name} lists a class index more than once in {values}; {form}")
+        return values
 
     def num_columns(self) -> int:
         """Time columns of the frame targets: the model's patch grid over `max_length` frames."""
@@ -216,9 +249,9 @@ class ASTAudioCollator:
         for key, row, hit in zip(keys, features, cached):
             size = row.numel() * row.element_size()
             if (hit is None and key is not None and key not in self._cache
-                    and self._cached_bytes + size <= self.cache_mb * 2**20):
+                    and self._cache_size["bytes"] + size <= self.cache_mb * 2**20):
                 self._cache[key] = row.clone()  # not a view: the batch is augmented in place later
-                self._cached_bytes += size
+                self._cache_size["bytes"] += size
         return computed if len(todo) == len(cached) else torch.stack(features)
 
     def __call__(self, examples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
@@ -242,7 +275,7 @@ class ASTAudioCollator:
                 events = example.get(self.events_column) or []
                 event_lists.append(events)
                 name = audio_name(audio, i)
-                label_lists.append(sorted({self.label_indices(e["event_label"], name)[0] for e in events}))
+                label_lists.append(sorted({self.label_indices([e["event_label"]], name)[0] for e in events}))
             else:
                 labels = example.get(self.label_column)
                 label_lists.append(self.label_indices(labels, audio_name(audio, i)) if labels is not None else None)
@@ -258,7 +291,8 @@ class ASTAudioCollator:
 
         if self.training and self.mixup > 0 and len(waveforms) > 1:
             partner, lam = sample_mixup(len(waveforms), self.mixup, self.mixup_alpha)
-            waveforms = mix_waveforms(waveforms, partner, lam)
+            # with frame targets the partner keeps all its audio, as it keeps all its events
+            waveforms = mix_waveforms(waveforms, partner, lam, pad_to_longer=frames is not None)
             if targets is not None:
                 targets = mix_targets(targets, partner, lam)
             if frames is not None:

@@ -188,7 +188,7 @@ def load_audio_dataset(source: str | Path, split: str | None = None, *, audio_co
 
     Args:
         source: a folder in `audiofolder` layout (`DIR/<split>/<label>/<clip>.wav`, or a `metadata.csv` with a
-            `file_name` column), or a Hub data set id (needs the network).
+            `file_name` column; a leading `~` is the home folder), or a Hub data set id (needs the network).
         split: one split ("train") or None for all of them (a `DatasetDict`).
         verify: read every header first (see `verify_audio`); `skip_corrupt`, `allow_upsampling` as there.
         load_kwargs: passed to `datasets.load_dataset` (e.g. `name=` for a configuration).
@@ -198,7 +198,7 @@ def load_audio_dataset(source: str | Path, split: str | None = None, *, audio_co
     """
     import datasets
 
-    local = Path(source)
+    local = Path(source).expanduser()
     if local.is_dir():
         loaded = datasets.load_dataset("audiofolder", data_dir=str(local), split=split, **load_kwargs)
     elif local.exists() or str(source).startswith((".", "/", "~")):

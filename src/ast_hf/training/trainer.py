@@ -51,7 +51,8 @@ class ASTTrainingArguments(TrainingArguments):
     lr_decay_every: int = field(default=1, metadata={"help": "Epochs between two decays."})
     lr_decay_factor: float = field(default=0.5, metadata={"help": "Multiplier applied at each decay."})
     balanced_sampling: bool = field(default=False, metadata={
-        "help": "Draw training clips with weights sum(1000 / (label count + 0.01)) over their labels."})
+        "help": "Draw training clips with weights sum(1000 / (label count + 0.01)) over their labels (with strong "
+                "labels, the classes of their events; a clip without any is never drawn)."})
     weight_averaging_start: int | None = field(default=None, metadata={
         "help": "First epoch (1-based) whose end-of-epoch weights enter the average; None: no averaging."})
     weight_averaging_end: int | None = field(default=None, metadata={
@@ -163,10 +164,14 @@ class ASTTrainer(Trainer):
             return super()._get_train_sampler(train_dataset)
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         collator = self.data_collator
-        column = dataset[collator.label_column]
-        labels = [collator.label_indices(value, f"example {i}") for i, value in enumerate(column)]
+        if collator.events_column is not None:  # strong labels: a recording's classes are those of its events
+            labels = [sorted({collator.label_indices([e["event_label"]], f"example {i}")[0] for e in events or []})
+                      for i, events in enumerate(dataset[collator.events_column])]
+        else:
+            labels = [sorted(set(collator.label_indices(value, f"example {i}")))
+                      for i, value in enumerate(dataset[collator.label_column])]
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return balanced_sampler(labels, collator.num_labels, seed=seed)
+        return balanced_sampler(labels, collator.num_labels, seed=seed, multi_hot=False)
 
     # ---- the authors' step decay ------------------------------------------------------------------------------
     def set_initial_training_values(self, args, dataloader):
