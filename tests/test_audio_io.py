@@ -160,3 +160,38 @@ def test_probe_reads_the_length_of_formats_only_ffmpeg_decodes(tmp_path, codec):
     assert info.sampling_rate in (16000, 48000)  # opus runs at 48 kHz
     assert info.frames / info.sampling_rate == pytest.approx(2.0, abs=0.05)
     assert probe(encoded.read_bytes()).frames == info.frames
+
+
+def test_nan_samples_fail_alike_whole_and_streamed_through_ffmpeg(tmp_path):
+    raw = tmp_path / "nan.f32"
+    wave = _clip(RATE, 1, 1.5)
+    wave[5000] = np.nan
+    raw.write_bytes(wave.tobytes())
+    path = tmp_path / "nan.mkv"  # soundfile cannot read Matroska: both decode through ffmpeg
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-f", "f32le", "-ar", str(RATE), "-ac", "1", "-i", str(raw),
+                    "-c:a", "pcm_f32le", str(path)], check=True)
+    with pytest.raises(ValueError, match=r"nan\.mkv contains NaN or infinite samples") as whole:
+        load_audio(path, RATE)
+    with pytest.raises(ValueError) as streamed:
+        list(AudioStream(path, RATE, block_seconds=0.25))
+    assert str(streamed.value) == str(whole.value)
+
+
+@pytest.mark.parametrize("block_seconds", [0, -1.0, float("nan"), float("inf")])
+def test_audio_stream_block_seconds_must_be_positive_and_finite(tmp_path, block_seconds):
+    path = tmp_path / "a.wav"
+    sf.write(path, _clip(RATE, 1), RATE)
+    with pytest.raises(ValueError, match="block_seconds must be a positive, finite number"):
+        AudioStream(path, RATE, block_seconds=block_seconds)
+
+
+def test_integer_pcm_waveforms_are_refused_with_how_to_convert(pipe):
+    pcm = np.round(_clip(RATE, 1) * 32767).astype(np.int16)
+    model, fe = pipe.model, pipe.feature_extractor
+    for call in (lambda: audio_blocks(pcm, RATE, RATE),
+                 lambda: audio_blocks(torch.from_numpy(pcm), RATE, RATE),
+                 lambda: tag_long_audio(model, fe, pcm, sampling_rate=RATE, progress=False),
+                 lambda: pipe(pcm),
+                 lambda: pipe({"raw": pcm, "sampling_rate": RATE}, chunk_length_s=0.5)):
+        with pytest.raises(ValueError, match=r"int16 samples \(integer PCM\); convert to float in \[-1, 1\].*32768"):
+            call()

@@ -200,3 +200,59 @@ def test_explicit_window_longer_than_a_file_is_reported_for_that_file(archive, t
         predict_files([archive["audio"]], model, fe, output, hop=0, progress=False)
     with pytest.raises(ValueError, match="no input files"):
         predict_files([], model, fe, output, progress=False)
+
+
+def test_resume_after_a_cut_line_in_the_part_it_appends_to_scores_that_file_again(archive, expected, trained,
+                                                                                  tmp_path):
+    """A single-process run killed mid-record leaves part-0 ending without a newline; the resumed rank 0 appends to
+    that very part: its first record must start on a line of its own, and the cut file be scored again."""
+    model, fe = trained
+    output = tmp_path / "results.jsonl"
+    good = [str(p) for p in archive["files"] if p.name not in BAD][:3]
+    sentinel = {"path": good[0], "duration": 1.0, "windows": 1, "labels": ["sentinel"], "scores": [0.5]}
+    with open(tmp_path / "results.jsonl.part-0.jsonl", "w") as f:
+        f.write(json.dumps(sentinel) + "\n")
+        f.write(json.dumps(dict(sentinel, path=good[1]))[:25])
+    summary = predict_files(good, model, fe, output, num_workers=0, top_k=0, progress=False)
+    assert summary.skipped == 1 and summary.scored == 2 and summary.exit_code == 0
+    records = read_jsonl(output)
+    assert [r["path"] for r in records] == good
+    assert records[0]["labels"] == ["sentinel"]
+    check_against_reference(records[1:], {Path(p).name: expected[Path(p).name] for p in good[1:]})
+
+
+def test_an_output_name_with_glob_characters_is_merged(archive, trained, tmp_path):
+    model, fe = trained
+    output = tmp_path / "run[1]*?.jsonl"
+    good = [str(p) for p in archive["files"] if p.name not in BAD][:2]
+    summary = predict_files(good, model, fe, output, num_workers=0, progress=False)
+    assert summary.scored == 2 and summary.exit_code == 0
+    assert [r["path"] for r in read_jsonl(output)] == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == [output.name]  # the part file is merged and deleted
+    again = predict_files(good, model, fe, output, num_workers=0, progress=False)
+    assert again.scored == 0 and again.skipped == 2
+
+
+def test_a_file_whose_windows_cannot_be_featurised_fails_alone(archive, expected, trained, tmp_path):
+    """A file of 10 ms (shorter than one 25 ms frame) and one decoded by ffmpeg that holds a NaN sample share a
+    batch with good files: each is that file's failure, the good files are written."""
+    model, fe = trained
+    tiny = tmp_path / "tiny.wav"
+    sf.write(tiny, np.full(160, 0.1, np.float32), RATE)
+    raw = tmp_path / "nan.f32"
+    wave = noise(1.5, "white", seed=7).astype(np.float32)
+    wave[5000] = np.nan
+    raw.write_bytes(wave.tobytes())
+    nan_mkv = tmp_path / "nan.mkv"  # soundfile cannot read Matroska: decoded by ffmpeg
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-f", "f32le", "-ar", str(RATE), "-ac", "1", "-i", str(raw),
+                    "-c:a", "pcm_f32le", str(nan_mkv)], check=True)
+    good = [str(p) for p in archive["files"] if p.name not in BAD][:3]
+    inputs = [good[0], str(tiny), good[1], str(nan_mkv), good[2]]
+    output = tmp_path / "out.jsonl"
+    summary = predict_files(inputs, model, fe, output, num_workers=0, batch_size=16, top_k=0, progress=False)
+    assert summary.scored == 3 and summary.exit_code == 1
+    assert "shorter than one 25 ms frame" in summary.failed[str(tiny)]
+    assert "NaN or infinite" in summary.failed[str(nan_mkv)]
+    records = read_jsonl(output)
+    assert [r["path"] for r in records] == good
+    check_against_reference(records, {Path(p).name: expected[Path(p).name] for p in good})

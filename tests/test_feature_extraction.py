@@ -334,3 +334,28 @@ def test_explicit_truncation_cuts_without_a_warning(caplog):
     with caplog.at_level(logging.WARNING):
         out = fe(np.zeros(3 * SR, np.float32) + 0.01, sampling_rate=SR, return_tensors="pt", truncation=True)
     assert out["input_values"].shape == (1, 100, 128) and "cut" not in caplog.text
+
+
+def test_negative_stride_views_are_featurised_like_copies():
+    w = signals()["noise"].numpy()
+    fe = ASTFeatureExtractor(max_length=256)
+    for view in (w[::-1], np.stack([w, w])[:, ::-1]):
+        out = fe(view, sampling_rate=SR, return_tensors="pt")["input_values"]
+        torch.testing.assert_close(out, fe(view.copy(), sampling_rate=SR, return_tensors="pt")["input_values"],
+                                   atol=0, rtol=0)
+
+
+def test_clips_that_require_grad_are_refused_like_a_batch():
+    w = signals()["noise"].clone().requires_grad_()
+    fe = ASTFeatureExtractor()
+    for grad_input in (w, [w], [w, w.detach()], w[None]):
+        with pytest.raises(ValueError, match=r"not differentiable: pass waveforms\.detach\(\)"):
+            fe(grad_input, sampling_rate=SR)
+
+
+def test_integer_pcm_is_refused_with_how_to_convert():
+    pcm = (signals()["noise"].numpy() * 32767).round().astype(np.int16)
+    fe = ASTFeatureExtractor()
+    for integer_input in (pcm, [pcm], pcm[None], torch.from_numpy(pcm), torch.from_numpy(pcm)[None], pcm.tolist()):
+        with pytest.raises(ValueError, match=r"int\S* samples \(integer PCM\); convert to float in \[-1, 1\].*32768"):
+            fe(integer_input, sampling_rate=SR)

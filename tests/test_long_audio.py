@@ -270,3 +270,13 @@ def test_default_windows_per_call_follow_the_cpu_encoder_group():
     # the same bytes in bf16: twice the windows, as the encoder's own bf16 groups (onednn.clips_per_call)
     assert default_windows_per_call(base, torch.device("cpu"), torch.bfloat16) == 4
     assert default_windows_per_call(base, torch.device("cpu"), torch.float32) == 2
+
+
+def test_a_hop_longer_than_the_window_is_refused(trained):
+    """Windows every `hop` s must see every sample: a longer hop would leave audio no window scores."""
+    model, fe = trained
+    wave = recording()[0][: RATE * 5]
+    with pytest.raises(ValueError, match=r"hop 3 s is longer than the window 1 s: .*gaps"):
+        tag_long_audio(model, fe, wave, sampling_rate=RATE, window=1.0, hop=3.0, progress=False)
+    tags = tag_long_audio(model, fe, wave, sampling_rate=RATE, window=1.0, hop=1.0, progress=False)  # hop = window
+    assert tags.starts.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]

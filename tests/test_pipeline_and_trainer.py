@@ -105,3 +105,31 @@ def test_trainer_fine_tunes_and_the_loss_falls(tmp_path):
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert len(losses) >= 4
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_pipeline_takes_path_objects_like_str_paths(saved_model, tmp_path):
+    model, fe, _ = saved_model
+    clf = ast_hf.ASTAudioClassificationPipeline(model=model, feature_extractor=fe)
+    path = tmp_path / "clip.wav"
+    sf.write(path, (0.1 * np.random.default_rng(2).standard_normal(2 * SR)).astype(np.float32), SR, subtype="FLOAT")
+    for options in ({}, {"chunk_length_s": 1.0}):
+        assert clf(path, top_k=3, **options) == clf(str(path), top_k=3, **options)
+
+
+def test_a_url_answering_an_http_error_names_the_status(saved_model, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    model, fe, _ = saved_model
+    clf = ast_hf.ASTAudioClassificationPipeline(model=model, feature_extractor=fe)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/missing.wav"
+        with pytest.raises(ValueError, match=r"cannot download .*missing\.wav: HTTP 404"):
+            clf(url)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -60,6 +60,18 @@ def check_sampling_rate(value, name: str = "sampling_rate") -> int:
     return int(value)
 
 
+def float_samples(audio, name: str = "the waveform") -> np.ndarray:
+    """`audio` (array, tensor or list of samples) as a float32 array; integer (PCM) or bool samples raise a
+    `ValueError`: they are not floats in [-1, 1], and casting them would give features at the wrong scale."""
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().numpy()
+    array = np.asarray(audio)
+    if array.dtype.kind in "biu":
+        raise ValueError(f"{name} holds {array.dtype} samples (integer PCM); convert to float in [-1, 1] first, "
+                         f"e.g. x / 32768 for int16")
+    return array.astype(np.float32, copy=False)
+
+
 def source_name(source) -> str:
     """How messages name a source: its path, or "the audio bytes"."""
     return "the audio bytes" if isinstance(source, (bytes, bytearray)) else str(source)
@@ -355,7 +367,8 @@ class AudioStream:
     for the ffmpeg fallback.
 
     Raises:
-        FileNotFoundError: no such file. ValueError (while iterating): the file cannot be decoded.
+        FileNotFoundError: no such file. ValueError: `block_seconds` is not a positive finite number; while
+            iterating, the file cannot be decoded or holds NaN/inf samples.
     Warns (at the end of the iteration):
         TruncatedAudioWarning: the header declares more audio than is present.
     """
@@ -364,6 +377,9 @@ class AudioStream:
         self.path = Path(path)
         _check_file(self.path)
         self.sampling_rate = check_sampling_rate(sampling_rate)
+        if isinstance(block_seconds, bool) or not isinstance(block_seconds, numbers.Real) or not (
+                math.isfinite(block_seconds) and block_seconds > 0):
+            raise ValueError(f"block_seconds must be a positive, finite number of seconds, got {block_seconds!r}")
         self.block_seconds = block_seconds
         self._info = _soundfile_info(self.path)
         frames = self._info.frames if self._info is not None else 0
@@ -391,7 +407,10 @@ class AudioStream:
                     if not data:
                         break
                     usable = len(data) // 4 * 4
-                    yield np.frombuffer(data[:usable], dtype=np.float32).copy()
+                    block = np.frombuffer(data[:usable], dtype=np.float32).copy()
+                    if not np.isfinite(block).all():
+                        raise ValueError(f"{self.path} contains NaN or infinite samples")
+                    yield block
                 if process.wait() != 0:
                     errors.seek(0)
                     raise _ffmpeg_error(str(self.path), errors.read())
@@ -411,15 +430,14 @@ def decoder_samples(decoder) -> tuple[np.ndarray, int]:
 
 def audio_blocks(audio, sampling_rate: int | None, target_rate: int) -> tuple[Iterable[np.ndarray], float | None, str]:
     """(blocks at `target_rate`, duration in seconds or None, a name for messages) for a path (streamed) or a
-    mono waveform [samples] at `sampling_rate` Hz: the block source of tagging, embeddings and explanations."""
+    mono float waveform [samples] in [-1, 1] at `sampling_rate` Hz (integer PCM is refused: divide by 32768 for
+    int16): the block source of tagging, embeddings and explanations."""
     if isinstance(audio, (str, Path)):
         if sampling_rate is not None:
             check_sampling_rate(sampling_rate)
         stream = AudioStream(audio, target_rate)
         return stream, stream.duration, str(audio)
-    if isinstance(audio, torch.Tensor):
-        audio = audio.detach().cpu().numpy()
-    waveform = np.asarray(audio, dtype=np.float32)
+    waveform = float_samples(audio)
     if waveform.ndim != 1:
         raise ValueError(f"waveform has shape {waveform.shape}; give one mono clip [samples] (mix channels down with "
                          f".mean(axis=-1))")

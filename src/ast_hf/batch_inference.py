@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import glob
 import json
 import os
 import sys
@@ -77,7 +78,8 @@ class WindowBatches(IterableDataset):
     """Yields dicts with `input_values` [n, frames, mel bins] (or None), `attention_mask` (or None), `owners` [n]
     (index of the file each window belongs to) and `notes`: files finished (`index`, `windows`, `duration` in s)
     or failed (`index`, `error`). A file's note comes with or after the batch holding its last window.
-    Each DataLoader worker takes every `num_workers`-th file."""
+    A file whose windows cannot be featurised fails alone: its windows are dropped, the rest of the batch is
+    scored. Each DataLoader worker takes every `num_workers`-th file."""
 
     def __init__(self, paths: list[str], indices: list[int], feature_extractor, window: int, hop: int,
                  allow_shorter: bool, min_frames: int, batch_size: int):
@@ -86,10 +88,31 @@ class WindowBatches(IterableDataset):
         self.window, self.hop, self.allow_shorter = window, hop, allow_shorter
         self.min_frames, self.batch_size = min_frames, batch_size
 
-    def _emit(self, pending: list, notes: list) -> dict:
+    def _featurize(self, pending: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return featurize(self.feature_extractor, [clip for _, clip in pending], self.min_frames)
+
+    def _emit(self, pending: list, notes: list, failed: dict[int, str]) -> dict:
+        """The batch of `pending` windows with `notes`. When featurising it fails, each file's windows are tried
+        alone: the files that fail go into `failed` (index -> error), which drops their windows now and later and
+        turns their notes into errors."""
+        pending = [p for p in pending if p[0] not in failed]
         values = mask = None
         if pending:
-            values, mask = featurize(self.feature_extractor, [clip for _, clip in pending], self.min_frames)
+            try:
+                values, mask = self._featurize(pending)
+            except (ValueError, RuntimeError) as batch_error:
+                for index in dict.fromkeys(i for i, _ in pending):
+                    try:
+                        self._featurize([p for p in pending if p[0] == index])
+                    except (ValueError, RuntimeError) as error:
+                        failed[index] = f"{type(error).__name__}: {error}"
+                if all(i not in failed for i, _ in pending):
+                    raise batch_error  # not the fault of one file
+                pending = [p for p in pending if p[0] not in failed]
+                if pending:
+                    values, mask = self._featurize(pending)
+        notes = [{"index": n["index"], "error": failed[n["index"]]} if n["index"] in failed and "error" not in n
+                 else n for n in notes]
         return {"input_values": values, "attention_mask": mask,
                 "owners": torch.tensor([index for index, _ in pending], dtype=torch.long), "notes": notes}
 
@@ -99,6 +122,7 @@ class WindowBatches(IterableDataset):
         rate = self.feature_extractor.sampling_rate
         pending: list[tuple[int, np.ndarray]] = []
         notes: list[dict] = []
+        failed: dict[int, str] = {}  # files whose windows could not be featurised
         for index in mine:
             path = self.paths[index]
             count = end = 0
@@ -109,14 +133,14 @@ class WindowBatches(IterableDataset):
                     count += 1
                     end = max(end, start + len(clip))
                     if len(pending) == self.batch_size:
-                        yield self._emit(pending, notes)
+                        yield self._emit(pending, notes, failed)
                         pending, notes = [], []
                 notes.append({"index": index, "windows": count, "duration": end / rate})
             except (ValueError, OSError, RuntimeError) as error:
                 pending = [p for p in pending if p[0] != index]
                 notes.append({"index": index, "error": f"{type(error).__name__}: {error}"})
         if pending or notes:
-            yield self._emit(pending, notes)
+            yield self._emit(pending, notes, failed)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -125,7 +149,7 @@ class WindowBatches(IterableDataset):
 
 
 def part_paths(output: Path) -> list[Path]:
-    return sorted(output.parent.glob(f"{output.name}.part-*.jsonl"))
+    return sorted(output.parent.glob(f"{glob.escape(output.name)}.part-*.jsonl"))
 
 
 def errors_path(output: Path) -> Path:
@@ -170,6 +194,16 @@ def read_results(output: Path) -> tuple[dict[str, dict], dict[str, dict]]:
             else:
                 done.setdefault(record["path"], record)
     return done, {p: r for p, r in failed.items() if p not in done}
+
+
+def _end_cut_line(part: Path) -> None:
+    """End a line left cut by an interruption (no final newline) in `part`, so the records appended next start on
+    a line of their own; the cut record is then skipped when read, and its file scored again."""
+    if part.is_file() and part.stat().st_size:
+        with open(part, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
 
 
 def write_results(output: Path, records: list[dict]) -> None:
@@ -351,6 +385,7 @@ def predict_files(
 
     bar = tqdm(total=len(todo), unit="file", desc=f"rank {dist.rank}" if dist.world_size > 1 else "files",
                disable=not progress, position=dist.rank if dist.world_size > 1 else None)
+    _end_cut_line(part)
     try:
         with open(part, "a", encoding="utf-8") as sink:
             for item in (loader if todo else []):

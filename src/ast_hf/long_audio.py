@@ -50,7 +50,7 @@ def window_samples(window: float | None, hop: float | None, sampling_rate: int, 
 
     `window=None` is the model's input length (`max_length` frames x 10 ms: 10.24 s for the released AudioSet
     models) and then a shorter recording is scored whole; an explicit window longer than the recording is an error.
-    `hop=None` is min(5 s, window / 2).
+    `hop=None` is min(5 s, window / 2); a hop longer than the window (gaps no window sees) is an error.
     """
     allow_shorter = window is None
     if window is None:
@@ -64,6 +64,9 @@ def window_samples(window: float | None, hop: float | None, sampling_rate: int, 
     win, step = round(window * sampling_rate), round(hop * sampling_rate)
     if step < 1:
         raise ValueError(f"hop {hop} s is shorter than one sample at {sampling_rate} Hz")
+    if step > win:
+        raise ValueError(f"hop {hop:g} s is longer than the window {window:g} s: it would leave gaps between the "
+                         f"windows, audio that is never scored; give a hop of at most the window")
     return win, step, allow_shorter
 
 
@@ -280,7 +283,7 @@ def tag_long_audio(
         audio: a file path (decoded in blocks, never whole) or a mono waveform [samples] with `sampling_rate` (Hz).
         window: window length in seconds; None = the model's input length (10.24 s for 1024 frames), and a
             shorter recording is then scored whole. An explicit window longer than the recording is an error.
-        hop: step between window starts in seconds (default min(5 s, window / 2)); must be positive.
+        hop: step between window starts in seconds (default min(5 s, window / 2)); positive, at most `window`.
         aggregate: clip-level scores as the "mean" or "max" over windows.
         batch_size: windows per model call; None: `default_windows_per_call` (2 windows of 10.24 s on a CPU,
             4 in bf16, 8 on a GPU).

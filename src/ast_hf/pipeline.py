@@ -14,13 +14,14 @@ gives the pipeline the samples it gives `load_audio`, `tag_long_audio` and train
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
 from transformers import AudioClassificationPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .audio_io import check_sampling_rate, decoder_samples, load_audio, resample
+from .audio_io import check_sampling_rate, decoder_samples, float_samples, load_audio, resample
 from .long_audio import tag_long_audio
 
 TASK = "audio-classification"
@@ -32,7 +33,8 @@ class ASTAudioClassificationPipeline(AudioClassificationPipeline):
     Extra call (or constructor) arguments:
         chunk_length_s: window length in seconds (default when only `stride_length_s` is given: the model's input
             length). A recording shorter than the window is scored whole.
-        stride_length_s: step between window starts in seconds (default min(5 s, window / 2)).
+        stride_length_s: step between window starts in seconds (default min(5 s, window / 2); at most the
+            window).
         aggregate: "mean" (default) or "max" of the window scores, for the clip-level labels.
         return_timeline: also return the per-window labels: `{"labels": [...], "timeline": [{"start", "end",
             "label", "score"}, ...]}` instead of the list of labels.
@@ -92,13 +94,19 @@ class ASTAudioClassificationPipeline(AudioClassificationPipeline):
 
 def decoded_input(inputs, rate: int, stream_paths: bool = False) -> tuple[str | np.ndarray, int]:
     """A pipeline input -> (mono float32 waveform [samples] or, with `stream_paths`, a file path to stream, and its
-    rate in Hz), decoded by `audio_io` whatever the form: a path or URL, encoded bytes, a torchcodec
-    `AudioDecoder`, a `{"raw" or "array", "sampling_rate"}` dict, or a waveform at the extractor's `rate`."""
+    rate in Hz), decoded by `audio_io` whatever the form: a path (str or `os.PathLike`) or URL, encoded bytes, a
+    torchcodec `AudioDecoder`, a `{"raw" or "array", "sampling_rate"}` dict, or a float waveform in [-1, 1] at the
+    extractor's `rate`."""
     source, source_rate = inputs, rate
+    if isinstance(source, os.PathLike):
+        source = os.fsdecode(source)
     if isinstance(source, str) and source.startswith(("http://", "https://")):
         from huggingface_hub.utils import httpx
 
-        source = httpx.get(source, follow_redirects=True).content
+        response = httpx.get(source, follow_redirects=True)
+        if response.is_error:
+            raise ValueError(f"cannot download {source}: HTTP {response.status_code} {response.reason_phrase}")
+        source = response.content
     if isinstance(source, str):
         return (source, rate) if stream_paths else (load_audio(source, rate), rate)
     if isinstance(source, (bytes, bytearray)):
@@ -110,7 +118,7 @@ def decoded_input(inputs, rate: int, stream_paths: bool = False) -> tuple[str | 
             raise ValueError('a dict input needs "sampling_rate" and a "raw" or "array" waveform')
         source_rate = check_sampling_rate(source["sampling_rate"])
         source = source["raw"] if source.get("raw") is not None else source["array"]
-    source = np.asarray(source.detach().cpu() if hasattr(source, "detach") else source, dtype=np.float32)
+    source = float_samples(source.detach().cpu() if hasattr(source, "detach") else source)
     if source.ndim != 1:
         raise ValueError(f"expected one mono waveform [samples], got shape {source.shape}")
     return source, source_rate
