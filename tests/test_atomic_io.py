@@ -1,6 +1,7 @@
 """Atomic output (`ast_hf.atomic_io`): a file written atomically gets the mode a plain `open()` would give it
 (0o666 less the umask) when new, and keeps its own mode when replaced; a failed write leaves the old file."""
 
+import json
 import os
 import stat
 
@@ -47,3 +48,11 @@ def test_a_replaced_file_keeps_its_mode(tmp_path, umask):
         raise RuntimeError("interrupted")
     assert target.read_text() == "new" and mode(target) == 0o604
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.tsv"]  # no temporary file left behind
+
+
+def test_json_text_writes_undefined_numbers_as_null():
+    from ast_hf.atomic_io import json_text
+
+    value = {"f1": 0.5, "error_rate": float("nan"), "nested": [float("inf"), {"x": -float("inf"), "n": 3}]}
+    assert json.loads(json_text(value)) == {"f1": 0.5, "error_rate": None, "nested": [None, {"x": None, "n": 3}]}
+    assert "NaN" not in json_text(value, indent=2) and "Infinity" not in json_text(value)

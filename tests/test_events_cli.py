@@ -46,6 +46,18 @@ def test_detect_writes_the_events_of_a_known_scene(files, tmp_path, capsys):
     assert (tmp_path / "out.png").stat().st_size > 10_000
 
 
+def test_detect_prints_strict_json_when_a_metric_is_undefined(files, tmp_path, capsys):
+    """A reference with no events for the scored file leaves the error rates undefined (NaN): the metrics line is
+    still JSON that strict readers take (null there), not Python's bare NaN."""
+    (tmp_path / "ref.tsv").write_text("filename\tonset\toffset\tevent_label\nother.wav\t0.0\t1.0\ttone\n")
+    code, out, err = run_cli(capsys, "detect", files / "scene.wav", "--model", files / "model", "--events",
+                             tmp_path / "out.tsv", "--reference", tmp_path / "ref.tsv", "--no-progress", *THRESHOLDS)
+    assert code == 0, err
+    line = out.strip().splitlines()[-1]
+    metrics = json.loads(line, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name} in {line}"))
+    assert metrics["event_error_rate"] is None and metrics["segment_error_rate"] is None
+
+
 @pytest.mark.parametrize("text, message", [
     ("onset\toffset\n", "line 1: expected the header"),
     ("filename\tonset\toffset\tevent_label\nscene.wav\t1.0\t2.0\n", "line 2: expected 4"),

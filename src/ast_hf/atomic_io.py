@@ -7,6 +7,8 @@ never a partial one; the temporary sibling is removed on failure.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import stat
@@ -64,6 +66,21 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def json_text(value, indent: int | None = None) -> str:
+    """`value` as strict JSON: NaN and infinities (an undefined metric, a missing time) become null, where
+    `json.dumps` would write the bare `NaN` / `Infinity` that JSON readers other than Python's refuse."""
+    def finite(item):
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: finite(entry) for key, entry in item.items()}
+        if isinstance(item, list | tuple):
+            return [finite(entry) for entry in item]
+        return item
+
+    return json.dumps(finite(value), indent=indent, allow_nan=False)
 
 
 def check_destination(out_dir: Path, force: bool) -> None:

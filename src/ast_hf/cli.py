@@ -395,7 +395,6 @@ def _add_detect(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(args) -> int:
-        import json
         from pathlib import Path
 
         from .batch_inference import collect_inputs
@@ -440,11 +439,12 @@ def _add_detect(sub) -> None:
         write_event_tsv(args.events, events)
         print(f"wrote {args.events}: {sum(map(len, events.values()))} events in {len(events)} files")
         if reference is not None:
+            from .atomic_io import json_text
             from .sed_metrics import event_metrics
 
             # only the files scored count: a failed file is reported as failed, not as one without detections
             metrics = event_metrics({name: reference.get(name, []) for name in events}, events, labels)
-            print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+            print(json_text({k: round(v, 4) for k, v in metrics.items()}))
         if failed:
             print(f"ast-hf detect: {len(failed)} of {len(paths)} files failed", file=sys.stderr)
         return 1 if failed else 0

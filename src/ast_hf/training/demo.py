@@ -17,7 +17,6 @@ DIR is written atomically: it appears complete at the end, or not at all.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -295,7 +294,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed
         ValueError: `bf16=True` on a CPU without bf16 units (autocast would be emulated, slower than float32)."""
     from transformers import pipeline
 
-    from ..atomic_io import atomic_folder
+    from ..atomic_io import atomic_folder, json_text
     from ..feature_extraction_ast import ASTFeatureExtractor
     from ..modeling_ast import ASTForAudioClassification
     from .collator import ASTAudioCollator
@@ -372,7 +371,7 @@ def run_demo(out_dir: str | Path, quick: bool = False, force: bool = False, seed
             "settings": asdict(settings),
             "normalization": {"mean": fe.mean, "std": fe.std},
         }
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (staging / "metrics.json").write_text(json_text(metrics, indent=2))
         import shutil
 
         shutil.rmtree(staging / "run", ignore_errors=True)

@@ -24,7 +24,6 @@ DIR is written atomically: it appears complete at the end, or not at all.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -273,7 +272,7 @@ def run_event_demo(out_dir: str | Path, quick: bool = False, force: bool = False
     """Run the events demo into `out_dir` and return the metrics written to `out_dir/metrics.json`.
 
     `started` (a `time.perf_counter()` value) lets a caller count its own start-up in `seconds`."""
-    from ..atomic_io import atomic_folder
+    from ..atomic_io import atomic_folder, json_text
     from ..event_tsv import read_event_tsv, write_event_tsv
     from ..feature_extraction_ast import ASTFeatureExtractor
     from ..frame_level import FrameScores
@@ -357,7 +356,7 @@ def run_event_demo(out_dir: str | Path, quick: bool = False, force: bool = False
             "settings": asdict(settings),
             "normalization": {"mean": fe.mean, "std": fe.std},
         }
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (staging / "metrics.json").write_text(json_text(metrics, indent=2))
     for method in ("frame_head", "column_scores"):
         r = metrics[method]
         print(f"{method:>13}: event F1 {r['event_f1']:.3f} (class mean {r['event_f1_macro']:.3f}), segment F1 "
