@@ -127,3 +127,12 @@ def test_a_segment_is_explained_and_drawn_in_seconds_of_the_recording(tmp_path, 
         explain(model, fe, wave, sampling_rate=RATE, start=20)
     with pytest.raises(ValueError, match="duration must be positive"):
         explain(model, fe, wave, sampling_rate=RATE, start=1.0, duration=0)
+
+
+def test_a_figure_without_layer_maps_is_drawn(model):
+    from ast_hf import ASTFeatureExtractor
+    from ast_hf.plotting import explanation_figure
+
+    waveform = np.random.default_rng(0).normal(size=RATE).astype(np.float32) * 0.1
+    explanation = explain(model, ASTFeatureExtractor(max_length=128), waveform, sampling_rate=RATE)
+    assert explanation_figure(explanation, max_layers=0).axes  # rollout and spectrogram only

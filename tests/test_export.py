@@ -122,3 +122,17 @@ def test_cli_export_onnx(model, tmp_path, capsys):
     assert (tmp_path / "out" / "model.onnx").is_file()
     assert main(["export-onnx", str(tmp_path / "missing"), str(tmp_path / "x.onnx")]) == 1
     assert "no model folder" in capsys.readouterr().err
+
+
+def test_compare_models_refuses_bad_labels_and_inputs(model):
+    values = torch.randn(3, 128, 128)
+    comparison = compare_models(model, model, values, labels=[0, 1, 2])  # a list of class indices is fine
+    assert comparison.accuracy_change == 0.0
+    with pytest.raises(ValueError, match="3 class indices"):
+        compare_models(model, model, values, labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="3 class indices"):
+        compare_models(model, model, values, labels=torch.eye(5)[:3])
+    with pytest.raises(ValueError, match="non-empty"):
+        compare_models(model, model, values[:0])
+    with pytest.raises(ValueError, match="batch_size"):
+        compare_models(model, model, values, batch_size=0)

@@ -68,3 +68,10 @@ def test_bad_input_is_refused_clearly(model):
         hear.get_scene_embeddings(torch.zeros(16000), model)
     with pytest.raises(ValueError, match="NaN"):
         hear.get_timestamp_embeddings(torch.full((1, 16000), float("nan")), model)
+
+
+def test_an_empty_batch_gives_empty_embeddings(model):
+    audio = torch.zeros(0, 16000)
+    assert hear.get_scene_embeddings(audio, model).shape == (0, model.scene_embedding_size)
+    embeddings, timestamps = hear.get_timestamp_embeddings(audio, model)
+    assert embeddings.shape == (0, 21, model.timestamp_embedding_size) and timestamps.shape == (0, 21)

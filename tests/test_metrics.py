@@ -104,3 +104,14 @@ def test_evaluate_module_loads_offline():
     single = evaluate.load(M.metric_path())
     out = single.compute(predictions=scores.astype(np.float32), references=labels)
     assert out["accuracy"] == pytest.approx(accuracy_score(labels, scores.argmax(1)))
+
+
+def test_nan_scores_and_malformed_targets_are_refused():
+    scores = np.array([[0.1, 0.9], [0.3, 0.2]])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        M.classification_metrics(np.array([[np.nan, 0.9], [0.3, 0.2]]), np.array([1, 0]))
+    with pytest.raises(ValueError, match="whole numbers"):
+        M.classification_metrics(scores, np.array([0.5, 1.0]))
+    with pytest.raises(ValueError, match=r"got shape \(2, 2, 1\)"):
+        M.classification_metrics(scores, np.zeros((2, 2, 1)))
+    assert M.classification_metrics(scores, np.array([1.0, 0.0]))["accuracy"] == 1.0  # whole floats still work

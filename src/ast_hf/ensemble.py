@@ -37,8 +37,18 @@ class ASTEnsemble(nn.Module):
 
     def __init__(self, models: Sequence[ASTForAudioClassification]):
         super().__init__()
+        if isinstance(models, nn.Module) or not isinstance(models, Sequence):
+            raise ValueError(f"give a list of models, e.g. ASTEnsemble([model1, model2]), got {type(models).__name__}")
         if not models:
             raise ValueError("an ensemble needs at least one model")
+        for i, model in enumerate(models):
+            if not hasattr(model, "classifier"):
+                raise ValueError(f"model {i} is a {type(model).__name__} without a classification head; an ensemble "
+                                 f"averages the class probabilities of ASTForAudioClassification models")
+            cfg = model.config
+            if cfg.problem_type == "regression" or (cfg.problem_type is None and cfg.num_labels == 1):
+                raise ValueError(f"model {i} is a regression model (problem_type {cfg.problem_type!r}, "
+                                 f"{cfg.num_labels} label): an ensemble averages class probabilities of classifiers")
         self.models = nn.ModuleList(models)
         first = models[0].config
         for i, model in enumerate(models[1:], start=1):

@@ -167,6 +167,16 @@ def compare_models(reference: nn.Module, other: nn.Module, input_values: torch.T
                    labels: torch.Tensor | None = None, batch_size: int = 16) -> ModelComparison:
     """Run both classifiers over `input_values` [n, frames, mel bins] and compare logits, top-1 labels, accuracy
     against `labels` [n] (class indices) when given, and wall time."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if input_values.ndim != 3 or input_values.shape[0] == 0:
+        raise ValueError(f"input_values must be a non-empty [n, frames, mel bins] batch, got shape "
+                         f"{tuple(input_values.shape)}")
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+        if labels.shape != input_values.shape[:1] or labels.is_floating_point():
+            raise ValueError(f"labels must be {input_values.shape[0]} class indices [n], one per input, got "
+                             f"{labels.dtype} of shape {tuple(labels.shape)}")
 
     def run(model):
         start = time.perf_counter()
@@ -179,6 +189,7 @@ def compare_models(reference: nn.Module, other: nn.Module, input_values: torch.T
     agreement = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
     acc_ref = acc_got = None
     if labels is not None:
+        labels = labels.to(ref.device)
         acc_ref = (ref.argmax(-1) == labels).float().mean().item()
         acc_got = (got.argmax(-1) == labels).float().mean().item()
     return ModelComparison(max_abs_logit_diff=diff.max().item(), mean_abs_logit_diff=diff.mean().item(),

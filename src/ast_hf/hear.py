@@ -72,6 +72,8 @@ def get_scene_embeddings(audio: torch.Tensor, model: HEARModel) -> torch.Tensor:
     rate = model.sample_rate
     out = [embed(model.model, model.feature_extractor, clip, sampling_rate=rate).embedding
            for clip in _clips(audio, model)]
+    if not out:  # no sounds: an empty batch
+        return torch.zeros(0, model.scene_embedding_size, device=audio.device)
     return torch.from_numpy(np.stack(out).astype(np.float32)).to(audio.device)
 
 
@@ -94,7 +96,8 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HEARModel) -> tuple[tor
         upper = np.minimum(lower + 1, len(centres) - 1)
         weight = (position - lower)[:, None]
         embeddings.append((1 - weight) * columns.values[lower] + weight * columns.values[upper])
-    values = torch.from_numpy(np.stack(embeddings).astype(np.float32)).to(audio.device)
+    stacked = np.stack(embeddings) if embeddings else np.zeros((0, len(stamps), model.timestamp_embedding_size))
+    values = torch.from_numpy(stacked.astype(np.float32)).to(audio.device)
     timestamps = torch.from_numpy(np.tile(stamps.astype(np.float32), (len(embeddings), 1))).to(audio.device)
     return values, timestamps
 

@@ -148,7 +148,7 @@ def explanation_figure(explanation, title: str | None = None, max_layers: int = 
     end = start + frames * 0.01
     heat = patch_map_to_pixels(explanation.rollout, mel_bins, frames, *cfg)
     layers = explanation.layer_maps[: max_layers]
-    per_row = min(len(layers), 6)
+    per_row = max(1, min(len(layers), 6))
     layer_rows = -(-len(layers) // per_row) if len(layers) else 0
 
     from matplotlib.figure import Figure

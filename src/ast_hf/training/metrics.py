@@ -25,7 +25,14 @@ import numpy as np
 def _as_multi_hot(targets, num_classes: int) -> np.ndarray:
     """Class indices [N] or 0/1 (soft) targets [N, C] -> bool [N, C]."""
     targets = np.asarray(targets)
+    if targets.ndim not in (1, 2):
+        raise ValueError(f"targets must be class indices [clips] or 0/1 targets [clips, classes], got shape "
+                         f"{targets.shape}")
+    if not np.isfinite(targets.astype(np.float64)).all():
+        raise ValueError("targets contain NaN or infinite values")
     if targets.ndim == 1:
+        if targets.size and not np.array_equal(targets, np.round(targets)):
+            raise ValueError("class indices must be whole numbers; give 0/1 targets as [clips, classes]")
         if targets.size and (targets.min() < 0 or targets.max() >= num_classes):
             raise ValueError(f"class indices must lie in [0, {num_classes}), got {targets.min()}..{targets.max()}")
         hot = np.zeros((targets.shape[0], num_classes), dtype=bool)
@@ -44,6 +51,9 @@ def _check(scores, targets) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{scores.shape[0]} rows of scores but {len(np.asarray(targets))} targets")
     if scores.shape[0] == 0:
         raise ValueError("no clips to score: the evaluation set is empty")
+    if not np.isfinite(scores).all():
+        bad = np.flatnonzero(~np.isfinite(scores).all(axis=1))
+        raise ValueError(f"scores contain NaN or infinite values (rows {bad[:5].tolist()})")
     return scores, _as_multi_hot(targets, scores.shape[1])
 
 
