@@ -298,3 +298,12 @@ def test_normalization_stats_match_the_authors_fbank(tmp_path):
                     max_length=80, return_tensors="pt")["input_values"]
     assert normalised.mean().item() == pytest.approx(0.0, abs=1e-4)
     assert normalised.std().item() == pytest.approx(0.5, abs=1e-4)
+
+
+@pytest.mark.parametrize("settings, problem", [({"batch_size": 0}, "batch_size"), ({"batch_size": 2.5}, "batch_size"),
+                                               ({"num_clips": 0}, "num_clips")])
+def test_normalization_stats_refuse_empty_batches_by_name(settings, problem):
+    """batch_size 0 crashed in range() for a Dataset and silently made one batch of a list of clips."""
+    clips = [np.zeros(16000, np.float32) + 0.01 * i for i in range(3)]
+    with pytest.raises(ValueError, match=problem):
+        compute_normalization_stats(clips, ASTFeatureExtractor(max_length=80), **settings)

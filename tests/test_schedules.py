@@ -35,3 +35,11 @@ def test_warmup_ramps_linearly_then_hands_over():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="steps_per_epoch"):
         step_decay_factor(0, 0, 1)
+
+
+@pytest.mark.parametrize("arguments, problem", [({"decay_factor": 0.0}, "decay_factor > 0"),
+                                                ({"decay_factor": -0.5}, "decay_factor > 0"),
+                                                ({"warmup_steps": -1}, "warmup_steps >= 0")])
+def test_a_factor_or_warm_up_that_is_no_schedule_is_refused(arguments, problem):
+    with pytest.raises(ValueError, match=problem):
+        step_decay_factor(0, 100, 2, **arguments)

@@ -57,6 +57,10 @@ def compute_normalization_stats(source, feature_extractor: ASTFeatureExtractor, 
     Returns:
         (mean, std) in natural-log mel energy.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number of clips >= 1, got {batch_size!r}")
+    if num_clips is not None and num_clips < 1:
+        raise ValueError(f"num_clips must be >= 1 (or None: all clips), got {num_clips!r}")
     raw = ASTFeatureExtractor(**{**feature_extractor.to_dict(), "do_normalize": False})
     frames = max_length or feature_extractor.max_length
     total = total_sq = 0.0

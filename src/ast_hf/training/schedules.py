@@ -23,6 +23,8 @@ def step_decay_factor(step: int, steps_per_epoch: int, decay_start: int, decay_e
     if steps_per_epoch < 1 or decay_every < 1 or decay_start < 0:
         raise ValueError(f"need steps_per_epoch >= 1, decay_every >= 1 and decay_start >= 0; got {steps_per_epoch}, "
                          f"{decay_every}, {decay_start}")
+    if not decay_factor > 0 or warmup_steps < 0:
+        raise ValueError(f"need decay_factor > 0 and warmup_steps >= 0; got {decay_factor}, {warmup_steps}")
     epoch = step // steps_per_epoch
     decays = 0 if epoch < decay_start else (epoch - decay_start) // decay_every + 1
     factor = decay_factor ** decays
