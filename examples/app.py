@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ast_hf.app import DEFAULT_MAX_SECONDS, build_app, launch_app
+from ast_hf.app import DEFAULT_MAX_SECONDS, build_app, launch_app, stop_on_sigterm
 from ast_hf.model_loading import load_for_inference
 
 DEFAULT_MODEL = "MIT/ast-finetuned-audioset-10-10-0.4593"
@@ -26,8 +26,9 @@ def main(argv: list[str]) -> None:
     demo = build_app(model, feature_extractor,
                      max_seconds=float(os.environ.get("AST_HF_MAX_SECONDS", DEFAULT_MAX_SECONDS)),
                      title=f"ast-hf: {source}")
-    launch_app(demo, host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-               port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    with stop_on_sigterm():  # SIGTERM (`docker stop`, a Space restarting) exits 0 and removes the work folder
+        launch_app(demo, host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
 
 
 if __name__ == "__main__":
