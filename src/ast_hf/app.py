@@ -180,6 +180,11 @@ def analyse_recording(model, feature_extractor, path: str | Path, out_dir: str |
                          f"{explain_start:g} s")
     length = min(explain_seconds(model.config), tags.duration - explain_start)
     rate = feature_extractor.sampling_rate
+    shortest = feature_extractor.min_samples / rate  # one 25 ms frame
+    if length < shortest:
+        raise ValueError(f"the explained segment from {explain_start:g} s would last {length * 1000:.0f} ms, shorter "
+                         f"than one {shortest * 1000:g} ms frame: start it at most at "
+                         f"{tags.duration - shortest:.2f} s (the recording ends at {tags.duration:.2f} s)")
     segment = read_segment(path, rate, explain_start, length)
     explanation = replace(explain(model, feature_extractor, segment, sampling_rate=rate), start=explain_start)
     top = tags.top(top_k)

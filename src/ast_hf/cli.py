@@ -150,7 +150,8 @@ def _add_predict(sub) -> None:
             output = args.output or "predictions.jsonl"
             summary = predict_files(args.inputs, model, fe, output, window=args.window, hop=args.hop,
                                     aggregate=args.aggregate, top_k=args.top_k, threshold=args.threshold,
-                                    activation=args.activation, batch_size=args.batch_size or 8,
+                                    activation=args.activation,
+                                    batch_size=8 if args.batch_size is None else args.batch_size,
                                     num_workers=args.num_workers, progress=not args.no_progress, distributed=dist)
         finally:
             dist.close()
@@ -182,10 +183,15 @@ def _add_embed(sub) -> None:
     def run(args) -> int:
         from .batch_inference import collect_inputs
         from .embeddings import embed_files
+        from .long_audio import window_samples
         from .model_loading import load_for_inference
 
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         paths = collect_inputs(args.inputs)
         model, fe = load_for_inference(args.model, args.device, backbone_only=True)
+        # bad options fail once, not as a failure per file
+        window_samples(args.window, args.hop, fe.sampling_rate, model.config.max_length)
         failed = embed_files(paths, model, fe, args.output, window=args.window, hop=args.hop,
                              return_patches=args.patches, batch_size=args.batch_size)
         if len(failed) < len(paths):
@@ -244,9 +250,15 @@ def _add_export_onnx(sub) -> None:
         from .export import export_onnx
         from .model_loading import load_for_inference
 
+        if not args.atol >= 0:  # also NaN
+            raise ValueError(f"--atol must be a non-negative number, got {args.atol}")
         model, _ = load_for_inference(args.model_dir, "cpu")
-        result = export_onnx(model, args.out, num_frames=args.frames, opset=args.opset, check=not args.no_check,
-                             atol=args.atol)
+        try:
+            result = export_onnx(model, args.out, num_frames=args.frames, opset=args.opset, check=not args.no_check,
+                                 atol=args.atol)
+        except RuntimeError as error:  # the onnxruntime check failed: said as an error, not a traceback
+            print(f"ast-hf export-onnx: error: {error}", file=sys.stderr)
+            return 1
         checked = "" if result.max_abs_diff is None else f"; max |onnxruntime - PyTorch| {result.max_abs_diff:.2e}"
         print(f"wrote {result.path}: input_values [batch, {result.num_frames}, {model.config.num_mel_bins}] -> "
               f"{result.output_name}{checked}")
@@ -530,6 +542,7 @@ def _add_listen(sub) -> None:
 
     def run(args) -> int:
         import json
+        import math
 
         from .audio_io import check_sampling_rate, resample_stream
         from .inference import label_names, select_top
@@ -537,7 +550,7 @@ def _add_listen(sub) -> None:
         from .streaming import StreamingTagger
 
         rate = check_sampling_rate(args.sampling_rate, "--sampling-rate")
-        if not args.block > 0:
+        if not (args.block > 0 and math.isfinite(args.block)):
             raise ValueError(f"--block must be a positive number of seconds, got {args.block}")
         model, fe = load_for_inference(args.model, args.device)
         labels = label_names(model.config)
