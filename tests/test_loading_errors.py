@@ -97,3 +97,13 @@ def test_pipeline_after_register_prints_nothing_about_checkpoints(folders):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert messages(run.stdout) == ["ast_hf.modeling_ast"] and "[ERROR]" not in run.stderr
+
+
+def test_a_bare_name_that_is_no_folder_here_is_named(folders, capsys, monkeypatch):
+    """`--model missingdir` (no such folder) was tried as a Hub id and reported only that huggingface.co could not
+    be reached; the message now names the source and says it is neither a folder here nor a reachable Hub id."""
+    monkeypatch.chdir(folders)
+    code = main(["predict", str(folders / "rec.wav"), "--model", "missingdir", "--no-progress"])
+    err = messages(capsys.readouterr().err)
+    assert code == 1 and len(err) == 1 and err[0].startswith("ast-hf predict: error: "), err
+    assert "missingdir: no model folder of that name here" in err[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,16 +42,26 @@ def load_for_inference(sources: Sequence[str | Path] | str | Path, device: str |
         # Hub ids are "name" or "owner/name" (names may hold dots: "MIT/ast-finetuned-audioset-10-10-0.4593").
         if (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text) and not Path(text).exists():
             raise FileNotFoundError(f"no model folder at {text}")
-    if backbone_only:
-        if len(sources) > 1:
-            raise ValueError("embeddings come from one model; give a single --model")
-        model = ASTModel.from_pretrained(str(sources[0]))
-    elif len(sources) == 1:
-        model = ASTForAudioClassification.from_pretrained(str(sources[0]))
-    else:
-        from .ensemble import ASTEnsemble
+    if backbone_only and len(sources) > 1:
+        raise ValueError("embeddings come from one model; give a single --model")
+    try:
+        if backbone_only:
+            model = ASTModel.from_pretrained(str(sources[0]))
+        elif len(sources) == 1:
+            model = ASTForAudioClassification.from_pretrained(str(sources[0]))
+        else:
+            from .ensemble import ASTEnsemble
 
-        model = ASTEnsemble.from_pretrained([str(s) for s in sources])
+            model = ASTEnsemble.from_pretrained([str(s) for s in sources])
+    except OSError as error:
+        # a bare name that is no folder here was tried as a Hub id: say so, not only that the Hub was unreachable
+        remote = [str(s) for s in sources if not Path(s).exists()]
+        if not remote:
+            raise
+        offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
+        cause = " ".join(str(error).split())  # one line: the CLI prints errors as one
+        raise OSError(f"{', '.join(remote)}: no model folder of that name here, and as a Hub id it could not be "
+                      f"fetched{offline}; give a model folder or a reachable Hub id ({cause})") from error
     feature_extractor = load_feature_extractor(sources[0], model.config)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
