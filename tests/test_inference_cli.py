@@ -83,6 +83,19 @@ def test_a_negative_top_k_is_refused(files, capsys):
         assert out == ""
 
 
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_threshold_that_is_no_score_is_refused(files, capsys, value):
+    """`--threshold nan` compared false with every score and printed no label, without a word."""
+    from ast_hf.inference import select_top
+
+    with pytest.raises(ValueError, match="threshold must be a finite score"):
+        select_top(np.array([0.1, 0.7, 0.4]), LABELS, 2, float(value))
+    code, out, err = run_cli(capsys, "predict", files / "rec.wav", "--no-progress", "--model", files / "model",
+                             "--threshold", value)
+    assert code == 1 and "--threshold must be a finite score" in err and "Traceback" not in err, err
+    assert out == ""
+
+
 def test_predict_many_files_with_an_ensemble(files, tmp_path, capsys):
     torch.manual_seed(1)
     other = ASTForAudioClassification.from_pretrained(files / "model")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 
@@ -658,6 +659,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "top_k", None) is not None and args.top_k < 0:
             raise ValueError(f"--top-k must be >= 0 (0: all), got {args.top_k}")
+        for option in ("threshold", "off_threshold"):  # NaN compares false with every score: no label, no error
+            value = getattr(args, option, None)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"--{option.replace('_', '-')} must be a finite score, got {value}")
         if hasattr(args, "threads"):  # long-running commands: the cores left free, unless --threads says
             from .threads import use_threads
 

@@ -89,9 +89,11 @@ def label_names(config) -> list[str]:
 def select_top(scores: np.ndarray, labels: list[str], k: int | None = 5,
                threshold: float | None = None) -> list[tuple[str, float]]:
     """(label, score) pairs of a [labels] score vector, best first (ties in label order): the `k` best (None or
-    0: all), those >= `threshold` only. ValueError for a negative `k`."""
+    0: all), those >= `threshold` only. ValueError for a negative `k` or a NaN / infinite `threshold`."""
     if k is not None and k < 0:
         raise ValueError(f"k must be >= 0 (0 or None: all labels), got {k}")
+    if threshold is not None and not np.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite score, got {threshold}")
     order = np.argsort(-scores, kind="stable")
     if k:
         order = order[:k]
