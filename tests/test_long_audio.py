@@ -280,3 +280,14 @@ def test_a_hop_longer_than_the_window_is_refused(trained):
         tag_long_audio(model, fe, wave, sampling_rate=RATE, window=1.0, hop=3.0, progress=False)
     tags = tag_long_audio(model, fe, wave, sampling_rate=RATE, window=1.0, hop=1.0, progress=False)  # hop = window
     assert tags.starts.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_embedding_refuses_a_batch_size_below_one(trained, size):
+    """`batched`, which every windowed loop uses, made one batch of all windows for a size below 1 (`embed` ran a
+    whole recording in one model call, unbounded in memory)."""
+    from ast_hf import embed
+
+    model, fe = trained
+    with pytest.raises(ValueError, match=f"batch size must be at least 1, got {size}"):
+        embed(model, fe, recording()[0][: RATE * 3], sampling_rate=RATE, window=1.0, hop=1.0, batch_size=size)

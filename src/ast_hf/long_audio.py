@@ -118,7 +118,10 @@ def iter_windows(blocks: Iterable[np.ndarray], window: int, hop: int, allow_shor
 
 
 def batched(iterable: Iterable, size: int) -> Iterator[list]:
-    """Consecutive lists of `size` items (the last may be shorter)."""
+    """Consecutive lists of `size` (>= 1) items (the last may be shorter). A size below 1 raises `ValueError` on
+    the first item asked for: it would otherwise make one batch of everything, unbounded in memory."""
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, got {size}")
     batch = []
     for item in iterable:
         batch.append(item)
