@@ -67,9 +67,13 @@ def float_samples(audio, name: str = "the waveform") -> np.ndarray:
         audio = audio.detach().cpu().numpy()
     array = np.asarray(audio)
     if array.dtype.kind in "biu":
-        raise ValueError(f"{name} holds {array.dtype} samples (integer PCM); convert to float in [-1, 1] first, "
-                         f"e.g. x / 32768 for int16")
+        raise ValueError(integer_samples_message(name, array.dtype))
     return array.astype(np.float32, copy=False)
+
+
+def integer_samples_message(what: str, dtype) -> str:
+    """Why integer (PCM) samples are refused, and how to convert them."""
+    return f"{what} holds {dtype} samples (integer PCM); convert to float in [-1, 1] first, e.g. x / 32768 for int16"
 
 
 def source_name(source) -> str:

@@ -543,7 +543,6 @@ def _add_listen(sub) -> None:
 
     def run(args) -> int:
         import json
-        import math
 
         from .audio_io import check_sampling_rate, resample_stream
         from .inference import label_names, select_top

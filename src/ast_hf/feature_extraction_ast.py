@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
 
-from .audio_io import check_sampling_rate
+from .audio_io import check_sampling_rate, integer_samples_message
 from .filterbank import frame_geometry, kept_buffer, log_mel_filterbank, num_frames
 from .labels import DATASETS
 
@@ -95,7 +95,7 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
                 raise ValueError(f"got an empty batch of shape {tuple(raw_speech.shape)}: give at least one clip")
             if isinstance(raw_speech, torch.Tensor) and raw_speech.ndim == 2:  # already a padded batch
                 if not (raw_speech.is_floating_point() or raw_speech.is_complex()):
-                    raise ValueError(_integer_samples("the batch", raw_speech.dtype))
+                    raise ValueError(integer_samples_message("the batch", raw_speech.dtype))
                 return raw_speech.to(device=device if device is not None else raw_speech.device, dtype=torch.float32)
             clips = list(raw_speech) if raw_speech.ndim == 2 else [raw_speech.reshape(-1)]
         elif isinstance(raw_speech, Sequence) and not isinstance(raw_speech, (str, bytes)):
@@ -113,7 +113,7 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
             if not isinstance(clip, torch.Tensor):
                 array = np.asarray(clip)
                 if array.dtype.kind in "biu":
-                    raise ValueError(_integer_samples(f"clip {i}", array.dtype))
+                    raise ValueError(integer_samples_message(f"clip {i}", array.dtype))
                 if array.dtype.kind != "f":
                     raise ValueError(f"clip {i} holds {array.dtype} values; give numbers (float samples in [-1, 1])")
                 # a read-only array (e.g. a memory map) or one with negative strides (x[::-1]) is copied: torch
@@ -121,7 +121,7 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
                 shareable = array.flags.writeable and all(stride >= 0 for stride in array.strides)
                 clip = torch.from_numpy(array if shareable else array.copy())
             elif not (clip.is_floating_point() or clip.is_complex()):
-                raise ValueError(_integer_samples(f"clip {i}", clip.dtype))
+                raise ValueError(integer_samples_message(f"clip {i}", clip.dtype))
             elif clip.requires_grad:
                 raise ValueError(f"clip {i} requires grad, but feature extraction is not differentiable: pass "
                                  f"waveforms.detach()")
@@ -253,10 +253,6 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         if return_tensors is not None:
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
         return BatchFeature({k: list(v) for k, v in arrays.items()})
-
-
-def _integer_samples(what: str, dtype) -> str:
-    return f"{what} holds {dtype} samples (integer PCM); convert to float in [-1, 1] first, e.g. x / 32768 for int16"
 
 
 def _check_max_length(max_length) -> None:

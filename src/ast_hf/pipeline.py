@@ -118,7 +118,7 @@ def decoded_input(inputs, rate: int, stream_paths: bool = False) -> tuple[str | 
             raise ValueError('a dict input needs "sampling_rate" and a "raw" or "array" waveform')
         source_rate = check_sampling_rate(source["sampling_rate"])
         source = source["raw"] if source.get("raw") is not None else source["array"]
-    source = float_samples(source.detach().cpu() if hasattr(source, "detach") else source)
+    source = float_samples(source)
     if source.ndim != 1:
         raise ValueError(f"expected one mono waveform [samples], got shape {source.shape}")
     return source, source_rate

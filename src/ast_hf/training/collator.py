@@ -145,6 +145,10 @@ class ASTAudioCollator:
         return self.one_hot if self.one_hot is not None else (self.multi_label or self.mixup > 0)
 
     # ----------------------------------------------------------------------------------------------------------
+    def event_classes(self, events, name: str) -> list[int]:
+        """A clip's classes from its strong labels (`events_column`): those of its events, sorted, each once."""
+        return sorted({self.label_indices([e["event_label"]], name)[0] for e in events or []})
+
     def label_indices(self, value, name: str) -> list[int]:
         """One example's label value -> class indices; unknown labels raise a `ValueError` naming `name`."""
         if value is None:
@@ -274,8 +278,7 @@ class ASTAudioCollator:
             if self.events_column is not None:  # strong labels: the clip's classes are those of its events
                 events = example.get(self.events_column) or []
                 event_lists.append(events)
-                name = audio_name(audio, i)
-                label_lists.append(sorted({self.label_indices([e["event_label"]], name)[0] for e in events}))
+                label_lists.append(self.event_classes(events, audio_name(audio, i)))
             else:
                 labels = example.get(self.label_column)
                 label_lists.append(self.label_indices(labels, audio_name(audio, i)) if labels is not None else None)

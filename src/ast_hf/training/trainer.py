@@ -165,7 +165,7 @@ class ASTTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         collator = self.data_collator
         if collator.events_column is not None:  # strong labels: a recording's classes are those of its events
-            labels = [sorted({collator.label_indices([e["event_label"]], f"example {i}")[0] for e in events or []})
+            labels = [collator.event_classes(events, f"example {i}")
                       for i, events in enumerate(dataset[collator.events_column])]
         else:
             labels = [sorted(set(collator.label_indices(value, f"example {i}")))
