@@ -61,6 +61,18 @@ def test_timestamp_embeddings_interpolate_the_columns_of_one_forward(model):
     assert short.shape == (1, 2, model.timestamp_embedding_size) and stamps[0].tolist() == [0.0, 50.0]
 
 
+def test_a_clip_shorter_than_one_frame_gets_a_scene_embedding(model):
+    """HEAR hands over whatever length a task has: a clip under one 25 ms frame (400 samples) is zero-padded to one,
+    as the timestamp path pads to one patch (it was refused by the feature extractor)."""
+    torch.manual_seed(3)
+    audio = torch.rand(2, 100) * 2 - 1
+    scene = hear.get_scene_embeddings(audio, model)
+    padded = torch.nn.functional.pad(audio, (0, model.feature_extractor.min_samples - 100))
+    assert scene.shape == (2, model.scene_embedding_size) and torch.isfinite(scene).all()
+    assert torch.equal(scene, hear.get_scene_embeddings(padded, model))
+    assert not torch.allclose(scene[0], scene[1])
+
+
 def test_bad_input_is_refused_clearly(model):
     with pytest.raises(ValueError, match="model folder.*Hub id"):
         hear.load_model("")

@@ -8,7 +8,8 @@
   averaged over frequency, giving one embedding per column (every time_stride x 10 ms: 100 ms for the released
   models), centred on the 16-frame patch it summarises (column j at j hop + 87.5 ms). The columns are linearly
   interpolated to the 50 ms grid 0, 50, 100, ... ms up to the end of the clip (edges held), so timestamps are
-  regular and the last is within 50 ms of the end. Clips shorter than one patch (0.175 s) are zero-padded to it.
+  regular and the last is within 50 ms of the end. Clips shorter than one patch (0.175 s) are zero-padded to it
+  (for the scene embedding, clips shorter than one 25 ms frame are zero-padded to one).
 
 The model must be a folder (or a Hub id, online) holding an AST and its `preprocessor_config.json`; there is no
 offline default checkpoint, so `load_model("")` says which to give.
@@ -69,8 +70,10 @@ def _clips(audio, model: HEARModel) -> list[np.ndarray]:
 
 def get_scene_embeddings(audio: torch.Tensor, model: HEARModel) -> torch.Tensor:
     """audio [n, samples] (floats in [-1, 1] at `model.sample_rate`) -> float32 [n, D] on the audio's device."""
-    rate = model.sample_rate
-    out = [embed(model.model, model.feature_extractor, clip, sampling_rate=rate).embedding
+    rate, fe = model.sample_rate, model.feature_extractor
+    # A clip shorter than one 25 ms frame is zero-padded to one (as the timestamp path pads to one patch): HEAR
+    # hands over whatever length its tasks have, and the embedding of such a clip is still defined.
+    out = [embed(model.model, fe, np.pad(clip, (0, max(0, fe.min_samples - len(clip)))), sampling_rate=rate).embedding
            for clip in _clips(audio, model)]
     if not out:  # no sounds: an empty batch
         return torch.zeros(0, model.scene_embedding_size, device=audio.device)
