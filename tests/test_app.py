@@ -555,3 +555,42 @@ def test_the_space_script_serves_the_model_it_is_given(model_dir, monkeypatch):
     assert (host, port) == ("127.0.0.1", 7860)
     assert demo.title == f"ast-hf: {model_dir}"
     assert space["DEFAULT_MODEL"] == "MIT/ast-finetuned-audioset-10-10-0.4593"
+
+
+def test_an_explained_segment_past_the_end_is_refused_before_tagging(trained, clips, tmp_path, monkeypatch):
+    """The header says how long the recording is: a start past its end is refused before tagging (which takes
+    minutes on a long recording); the decoded length still decides for starts within the header's slack."""
+    import ast_hf.long_audio
+    from ast_hf.app import analyse_recording
+
+    model, fe = trained
+    tagged = []
+    real = ast_hf.long_audio.tag_long_audio
+    monkeypatch.setattr(ast_hf.long_audio, "tag_long_audio", lambda *a, **k: tagged.append(1) or real(*a, **k))
+    for start in (-1.0, 2.5, 2.2):  # clips.speech lasts 2.0 s
+        with pytest.raises(ValueError, match="start inside the recording"):
+            analyse_recording(model, fe, clips.speech, tmp_path, explain_start=start)
+    assert tagged == []
+    # 1.99 s leaves 10 ms, under one 25 ms frame: within the header's slack, so the decoded length refuses it
+    with pytest.raises(ValueError, match="shorter than one 25 ms frame"):
+        analyse_recording(model, fe, clips.speech, tmp_path, explain_start=1.99)
+    assert tagged == [1]
+    analysis = analyse_recording(model, fe, clips.speech, tmp_path, explain_start=1.0)
+    assert tagged == [1, 1] and analysis.segment == (1.0, pytest.approx(2.0))
+
+
+def test_top_k_0_means_every_label_in_the_app_as_elsewhere(trained, clips, tmp_path):
+    from ast_hf.app import analyse_recording, build_app
+
+    model, fe = trained
+    every = len(model.config.id2label)
+    analysis = analyse_recording(model, fe, clips.speech, tmp_path, top_k=0)
+    assert len(analysis.labels) == every
+    assert len(json.loads(analysis.labels_json.read_text())["labels"]) == every
+    assert len(analyse_recording(model, fe, clips.speech, tmp_path, top_k=1).labels) == 1
+    demo = build_app(model, fe, top_k=0, examples=[])
+    label_boxes = [block for block in demo.blocks.values() if type(block).__name__ == "Label"]
+    assert label_boxes and all(box.num_top_classes == every for box in label_boxes)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="top_k must be a whole number >= 0"):
+            build_app(model, fe, top_k=bad, examples=[])

@@ -155,6 +155,28 @@ class Analysis:
     labels_json: Path
 
 
+# How far a header's stated duration may be from the decoded one (ffprobe's estimate from the container).
+HEADER_SLACK_SECONDS = 0.05
+
+
+def _explained_length(explain_start: float, duration: float, config, feature_extractor) -> float:
+    """Seconds of the explained segment from `explain_start` in a recording of `duration` seconds.
+
+    Raises:
+        ValueError: the segment starts outside the recording, or would be shorter than one 25 ms frame.
+    """
+    if not 0 <= explain_start < duration:
+        raise ValueError(f"the explained segment must start inside the recording (0 to {duration:.2f} s), got "
+                         f"{explain_start:g} s")
+    length = min(explain_seconds(config), duration - explain_start)
+    shortest = feature_extractor.min_samples / feature_extractor.sampling_rate  # one 25 ms frame
+    if length < shortest:
+        raise ValueError(f"the explained segment from {explain_start:g} s would last {length * 1000:.0f} ms, shorter "
+                         f"than one {shortest * 1000:g} ms frame: start it at most at "
+                         f"{duration - shortest:.2f} s (the recording ends at {duration:.2f} s)")
+    return length
+
+
 def analyse_recording(model, feature_extractor, path: str | Path, out_dir: str | Path, explain_start: float = 0.0,
                       top_k: int = 5, name: str | None = None, progress: bool = False) -> Analysis:
     """Tag a recording with sliding windows, draw its timeline, explain one segment, write the downloads.
@@ -163,7 +185,8 @@ def analyse_recording(model, feature_extractor, path: str | Path, out_dir: str |
         path: an audio file of any length (decoded by `ast_hf.audio_io`, streamed).
         out_dir: folder for the PNG, CSV and JSON files (named after `name`, default the file's stem).
         explain_start: where the explained segment starts, in seconds; it lasts `explain_seconds(config)` (or to
-            the end).
+            the end). Checked against the file's header before tagging, and against the decoded length after.
+        top_k: labels listed, drawn and written (0: all).
         progress: a tqdm bar over the windows (the page follows it).
 
     Raises:
@@ -174,17 +197,17 @@ def analyse_recording(model, feature_extractor, path: str | Path, out_dir: str |
     from .long_audio import tag_long_audio
 
     out_dir, stem = Path(out_dir), name or Path(path).stem
+    top_k = top_k or len(model.config.id2label)  # 0: every label, as elsewhere
+    # Checked against the header first, so that a start past the end is refused before minutes of tagging; the
+    # header's duration can be an estimate (ffprobe's) a few ms off, hence the slack, and the decoded duration
+    # decides below.
+    info = probe(path)
+    if info.frames is not None:
+        _explained_length(explain_start, info.frames / info.sampling_rate + HEADER_SLACK_SECONDS, model.config,
+                          feature_extractor)
     tags = tag_long_audio(model, feature_extractor, path, progress=progress)
-    if not 0 <= explain_start < tags.duration:
-        raise ValueError(f"the explained segment must start inside the recording (0 to {tags.duration:.2f} s), got "
-                         f"{explain_start:g} s")
-    length = min(explain_seconds(model.config), tags.duration - explain_start)
+    length = _explained_length(explain_start, tags.duration, model.config, feature_extractor)
     rate = feature_extractor.sampling_rate
-    shortest = feature_extractor.min_samples / rate  # one 25 ms frame
-    if length < shortest:
-        raise ValueError(f"the explained segment from {explain_start:g} s would last {length * 1000:.0f} ms, shorter "
-                         f"than one {shortest * 1000:g} ms frame: start it at most at "
-                         f"{tags.duration - shortest:.2f} s (the recording ends at {tags.duration:.2f} s)")
     segment = read_segment(path, rate, explain_start, length)
     explanation = replace(explain(model, feature_extractor, segment, sampling_rate=rate), start=explain_start)
     top = tags.top(top_k)
@@ -260,7 +283,7 @@ def detect_recording_events(model, feature_extractor, path: str | Path, out_dir:
         path: an audio file (decoded by `ast_hf.audio_io`, streamed).
         out_dir: folder for the PNG and TSV (named after `name`'s stem).
         name: the recording's name in the TSV (default the file's name).
-        top_k: label rows in the picture (labels with events first).
+        top_k: label rows in the picture (labels with events first; 0: all).
         progress: a tqdm bar over the windows (the page follows it).
 
     Raises:
@@ -273,7 +296,8 @@ def detect_recording_events(model, feature_extractor, path: str | Path, out_dir:
     stem = Path(name).stem
     frames = frame_scores(model, feature_extractor, path, progress=progress)
     events = detect_events(frames.scores, frames.labels, frames.hop, params, filename=name, duration=frames.duration)
-    plot_png = plot_events(frames, events, out_dir / f"{stem}_events.png", top_k=min(top_k, len(frames.labels)))
+    plot_png = plot_events(frames, events, out_dir / f"{stem}_events.png",
+                           top_k=min(top_k or len(frames.labels), len(frames.labels)))
     events_tsv = write_event_tsv(out_dir / f"{stem}_events.tsv", {name: events})
     return EventDetection(events=events, duration=frames.duration, hop=frames.hop, plot_png=plot_png,
                           events_tsv=events_tsv)
@@ -651,7 +675,7 @@ def build_app(model, feature_extractor, max_seconds: float = DEFAULT_MAX_SECONDS
 
     Args:
         max_seconds: longest recording accepted, checked from the file's header before decoding.
-        top_k: labels shown and written.
+        top_k: labels shown and written (0: all).
         examples: example recordings under the input; None makes them with `write_example_clips` (espeak-ng,
             sox); [] shows none.
 
@@ -661,8 +685,9 @@ def build_app(model, feature_extractor, max_seconds: float = DEFAULT_MAX_SECONDS
     """
     if not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
         raise ValueError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be a whole number >= 0 (0: all labels), got {top_k!r}")
+    top_k = top_k or len(model.config.id2label)
     gr = require_gradio()
     work = tempfile.TemporaryDirectory(prefix="ast-hf-app-")
     root = Path(work.name)
