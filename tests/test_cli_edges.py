@@ -93,3 +93,23 @@ def test_app_explained_segment_shorter_than_a_frame_is_named(files, tmp_path):
         analyse_recording(model, fe, files / "rec.wav", tmp_path, explain_start=3.99)
     result = analyse_recording(model, fe, files / "rec.wav", tmp_path, explain_start=3.9)
     assert result.segment == pytest.approx((3.9, 4.0))
+
+
+def test_embed_with_no_file_embedded_is_an_error_not_a_silent_return(files, tmp_path, capsys):
+    """embed_files returned its {path: error} map and wrote nothing when every file failed: a library caller who
+    did not inspect it had no output and no exception. Now a ValueError that names a failure; an existing output
+    is left as it was."""
+    from ast_hf import ASTFeatureExtractor, ASTModel
+    from ast_hf.embeddings import embed_files
+
+    model, fe = ASTModel.from_pretrained(files / "model").eval(), ASTFeatureExtractor.from_pretrained(files / "model")
+    output, empty = tmp_path / "emb.npz", tmp_path / "empty.wav"
+    output.write_bytes(b"an earlier run's embeddings")
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"none of the 1 files could be embedded \(.*empty\.wav.*was not written"):
+        embed_files([str(empty)], model, fe, output, progress=False)
+    with pytest.raises(ValueError, match="no files to embed"):
+        embed_files([], model, fe, output, progress=False)
+    assert output.read_bytes() == b"an earlier run's embeddings"
+    code, out, err = run_cli(capsys, "embed", empty, "--model", files / "model", "--output", output)
+    assert code == 1 and "ast-hf embed: error: none of the 1 files could be embedded" in err and "wrote" not in out

@@ -195,8 +195,7 @@ def _add_embed(sub) -> None:
         window_samples(args.window, args.hop, fe.sampling_rate, model.config.max_length)
         failed = embed_files(paths, model, fe, args.output, window=args.window, hop=args.hop,
                              return_patches=args.patches, batch_size=args.batch_size)
-        if len(failed) < len(paths):
-            print(f"wrote {args.output}: {len(paths) - len(failed)} files")
+        print(f"wrote {args.output}: {len(paths) - len(failed)} files")
         if failed:
             print(f"ast-hf embed: {len(failed)} of {len(paths)} files failed", file=sys.stderr)
         return 1 if failed else 0
@@ -605,7 +604,7 @@ def _add_app(sub) -> None:
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
     p.add_argument("--max-seconds", type=float, default=3600.0,
                    help="longest recording accepted, checked from its header (default 3600)")
-    p.add_argument("--top-k", type=int, default=5, help="labels shown and written (default 5)")
+    p.add_argument("--top-k", type=int, default=5, help="labels shown and written (default 5; 0: all)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
     def run(args) -> int:

@@ -87,13 +87,19 @@ def embed_files(paths: list[str], model, feature_extractor, output: str | Path, 
     """Embed files into one .npz (written atomically, no pickles): `paths` [N], `embeddings` [N, D],
     `window_embeddings` [W, D], `window_file` [W] (row in `paths`), `window_start` / `window_end` [W] (s) and,
     with `return_patches`, `patches_<i>` [windows, f, t, D] for file i. Files that fail are skipped and
-    returned as {path: error}."""
+    returned as {path: error}.
+
+    Raises:
+        ValueError: `paths` is empty, or no file could be embedded (nothing is written then).
+    """
     import sys
 
     from tqdm.auto import tqdm
 
     from .atomic_io import atomic_path
 
+    if not paths:
+        raise ValueError("no files to embed")
     kept, failed, arrays = [], {}, {}
     for path in tqdm(paths, unit="file", desc="embedding", disable=not progress):
         try:
@@ -106,15 +112,18 @@ def embed_files(paths: list[str], model, feature_extractor, output: str | Path, 
         if return_patches:
             arrays[f"patches_{len(kept)}"] = result.patches
         kept.append((path, result))
-    if kept:
-        arrays.update(
-            paths=np.array([p for p, _ in kept]), embeddings=np.stack([r.embedding for _, r in kept]),
-            window_embeddings=np.concatenate([r.window_embeddings for _, r in kept]),
-            window_file=np.concatenate([np.full(len(r.starts), i) for i, (_, r) in enumerate(kept)]),
-            window_start=np.concatenate([r.starts for _, r in kept]),
-            window_end=np.concatenate([r.ends for _, r in kept]))
-        with atomic_path(output, suffix=".npz") as tmp, open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    if not kept:
+        first, error = next(iter(failed.items()))
+        raise ValueError(f"none of the {len(paths)} files could be embedded ({first}: {error}); {output} was not "
+                         f"written")
+    arrays.update(
+        paths=np.array([p for p, _ in kept]), embeddings=np.stack([r.embedding for _, r in kept]),
+        window_embeddings=np.concatenate([r.window_embeddings for _, r in kept]),
+        window_file=np.concatenate([np.full(len(r.starts), i) for i, (_, r) in enumerate(kept)]),
+        window_start=np.concatenate([r.starts for _, r in kept]),
+        window_end=np.concatenate([r.ends for _, r in kept]))
+    with atomic_path(output, suffix=".npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     return failed
 
 
