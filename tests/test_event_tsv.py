@@ -47,3 +47,35 @@ def test_tsv_without_header_or_file_is_refused(tmp_path):
         read_event_tsv(path)
     with pytest.raises(FileNotFoundError, match="missing.tsv"):
         read_event_tsv(tmp_path / "missing.tsv")
+
+
+def test_a_tsv_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Spreadsheet programs save UTF-8 with a BOM before the header; the header is still the header."""
+    path = tmp_path / "excel.tsv"
+    path.write_text(HEADER.replace("\n", "\r\n") + "a.wav\t0.5\t1.0\tdog\r\n", encoding="utf-8-sig")
+    assert read_event_tsv(path, LABELS) == {"a.wav": [SoundEvent(0.5, 1.0, "dog", "a.wav")]}
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"a\tb.wav": [SoundEvent(0.0, 1.0, "dog")]}, r"file name 'a\\tb.wav' cannot be written"),
+    ({"": []}, r"file name '' cannot be written"),
+    ({"a.wav": [SoundEvent(0.0, 1.0, "dog\nspeech")]}, r"event label 'dog\\nspeech' cannot be written"),
+    ({"a.wav": [SoundEvent(0.0, 1.0, "")]}, r"event label '' cannot be written"),
+    ({"a.wav": [SoundEvent(2.0, 1.0, "dog")]}, r"0 <= onset < offset"),
+    ({"a.wav": [SoundEvent(-1.0, 1.0, "dog")]}, r"0 <= onset < offset"),
+    ({"a.wav": [SoundEvent(float("nan"), 1.0, "dog")]}, r"finite times"),
+])
+def test_rows_the_reader_would_refuse_are_not_written(tmp_path, table, message):
+    path = tmp_path / "out.tsv"
+    path.write_text("old\n")
+    with pytest.raises(ValueError, match=message):
+        write_event_tsv(path, {"ok.wav": [SoundEvent(0.0, 1.0, "dog")], **table})
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["out.tsv"]
+
+
+def test_an_event_shorter_than_a_millisecond_reads_back(tmp_path):
+    """A live window's last step can be one sample (62.5 us): to the millisecond its onset would equal its offset."""
+    table = {"a.wav": [SoundEvent(1.0, 2.0, "dog", "a.wav"), SoundEvent(5.72, 5.720063, "speech", "a.wav")]}
+    written = write_event_tsv(tmp_path / "out.tsv", table)
+    assert written.read_text().splitlines()[1] == "a.wav\t1.000\t2.000\tdog"  # the usual rows keep milliseconds
+    assert read_event_tsv(written, LABELS) == table

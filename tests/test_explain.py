@@ -136,3 +136,19 @@ def test_a_figure_without_layer_maps_is_drawn(model):
     waveform = np.random.default_rng(0).normal(size=RATE).astype(np.float32) * 0.1
     explanation = explain(model, ASTFeatureExtractor(max_length=128), waveform, sampling_rate=RATE)
     assert explanation_figure(explanation, max_layers=0).axes  # rollout and spectrogram only
+
+
+def test_a_duration_past_the_end_is_the_rest_and_a_too_short_segment_is_named(model):
+    """`ast-hf explain --duration inf` passes infinity: like any duration past the end, the rest of the recording
+    (round() of it used to raise OverflowError). A segment under one frame is refused in the segment's terms."""
+    from ast_hf import ASTFeatureExtractor
+
+    fe = ASTFeatureExtractor(max_length=128)
+    waveform = np.random.default_rng(0).normal(size=2 * RATE).astype(np.float32) * 0.1
+    rest = explain(model, fe, waveform, sampling_rate=RATE, start=0.5)
+    for duration in (float("inf"), 10.0):
+        segment = explain(model, fe, waveform, sampling_rate=RATE, start=0.5, duration=duration)
+        np.testing.assert_array_equal(segment.features, rest.features)
+        assert segment.real_frames == rest.real_frames == fe.frames_for(round(1.5 * RATE))
+    with pytest.raises(ValueError, match=r"segment from 1.99 s \(0.0100 s of audio\) is shorter than one 25 ms frame"):
+        explain(model, fe, waveform, sampling_rate=RATE, start=1.99)

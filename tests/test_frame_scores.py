@@ -105,6 +105,26 @@ def test_bad_input_is_refused_clearly(model_fe):
     with pytest.raises(ValueError, match=r"gaps.*give a hop of at most 0.5 s \(the window's whole columns\)"):
         frame_scores(model, fe, np.zeros(5 * RATE, np.float32), sampling_rate=RATE, window=0.6, hop=0.6,
                      progress=False)
+    for size in (0, -1):  # as tag_long_audio: 0 does not mean the default
+        with pytest.raises(ValueError, match=f"batch_size must be at least 1, got {size}"):
+            frame_scores(model, fe, np.zeros(RATE, np.float32), sampling_rate=RATE, batch_size=size, progress=False)
     with pytest.raises(ValueError, match="classifier head"):
         frame_scores(ASTModel(model.config).eval(), fe, np.zeros(RATE, np.float32), sampling_rate=RATE,
                      progress=False)
+
+
+def test_events_plot_refuses_labels_it_has_no_row_for(tmp_path):
+    """A reference read without a label set may hold labels the model lacks: the error names them (it was
+    list.index's "'cat' is not in list"), and no PNG is left behind."""
+    from ast_hf.frame_level import FrameScores
+    from ast_hf.plotting import plot_events
+
+    rng = np.random.default_rng(0)
+    frames = FrameScores(labels=["dog", "speech"], scores=rng.random((30, 2)).astype(np.float32), hop=0.1,
+                         duration=3.2, activation="sigmoid", spectrogram=rng.random((8, 320)))
+    detected = (SoundEvent(0.5, 1.0, "dog"),)  # any sequence of events, a tuple too
+    with pytest.raises(ValueError, match=r"event label\(s\) \['cat'\] are not labels of the frame scores"):
+        plot_events(frames, detected, tmp_path / "events.png", reference=[SoundEvent(1.0, 2.0, "cat")])
+    assert list(tmp_path.iterdir()) == []
+    assert plot_events(frames, detected, tmp_path / "events.png",
+                       reference=[SoundEvent(1.0, 2.0, "speech")]).read_bytes()[:4] == b"\x89PNG"

@@ -109,3 +109,41 @@ def test_error_rate_without_reference_events_is_nan_not_a_huge_number():
     assert scores["event_f1"] == 0.0 and scores["event_f1_macro"] == 0.0
     silent = event_metrics({"a.wav": []}, {}, ["dog"])  # nothing to find, nothing found: no errors
     assert silent["event_error_rate"] == 0.0 and silent["segment_error_rate"] == 0.0
+
+
+def test_events_are_cut_at_the_end_of_the_recording():
+    """Steps past `duration` (e.g. padding columns) must not give an event that starts after the recording: it
+    would have onset >= offset, a row the TSV reader refuses. An event the cut shortens keeps min_duration."""
+    s = np.zeros((20, 1))
+    s[2:5] = 1     # 0.2-0.5 s: inside
+    s[10:13] = 1   # 1.0-1.3 s: cut at 1.2 s to 0.2 s
+    s[15:18] = 1   # 1.5-1.8 s: after the end
+    events = detect_events(s, ["x"], 0.1, duration=1.2)
+    assert [(e.onset, e.offset) for e in events] == [(0.2, 0.5), (1.0, 1.2)]
+    assert all(0 <= e.onset < e.offset <= 1.2 for e in events)
+    long_only = detect_events(s, ["x"], 0.1, EventPostprocessing(min_duration=0.25), duration=1.2)
+    assert [(e.onset, e.offset) for e in long_only] == [(0.2, 0.5)]  # 1.0-1.2 s is now 0.2 s long
+
+
+def test_bad_times_are_refused():
+    for hop in (0.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="hop must be a positive"):
+            detect_events(scores(), LABELS, hop)
+    with pytest.raises(ValueError, match="start must be a time >= 0"):  # events would begin before the recording
+        detect_events(scores(), LABELS, 0.1, start=-0.5)
+    with pytest.raises(ValueError, match="duration must be a positive"):
+        detect_events(scores(), LABELS, 0.1, duration=float("inf"))
+    detector = EventDetector(LABELS)
+    with pytest.raises(ValueError, match=r"starts and ends must be \[3\]"):  # zip() would drop the third step
+        detector.push(np.ones((3, 2)), [0.0, 0.1], [0.1, 0.2])
+
+
+def test_events_outside_the_label_set_are_refused_by_name():
+    """sed_eval fails deep inside with "'cat' is not in list"; the error names the label, the file and the table."""
+    reference = {"a.wav": [SoundEvent(1.0, 2.0, "a")]}
+    with pytest.raises(ValueError, match=r"estimated events of 'a.wav' have label\(s\) \['cat'\] outside"):
+        event_metrics(reference, {"a.wav": [SoundEvent(1.0, 2.0, "cat")]}, LABELS)
+    with pytest.raises(ValueError, match=r"reference events of 'a.wav' have label\(s\) \['a'\] outside"):
+        event_metrics(reference, {}, ["b"])
+    # files only in `estimated` are not scored, so their labels are not checked
+    assert event_metrics(reference, {**reference, "x.wav": [SoundEvent(0, 1, "cat")]}, LABELS)["event_f1"] == 1.0

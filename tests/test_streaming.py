@@ -140,3 +140,14 @@ def test_bad_streams_fail_clearly(model_fe):
         StreamingTagger(model, fe, events=EventPostprocessing(on_threshold={"dog": 0.5}))
     silence = StreamingTagger(model, fe, window=0.5, hop=0.5)  # digital silence is valid input: scored
     assert len(silence.feed(np.zeros(RATE, np.float32)) + silence.flush()) == 2
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_a_batch_size_below_one_is_refused_as_offline(model_fe, batch_size):
+    """tag_long_audio refuses it; live, a negative batch used to step over every regular window (none scored)."""
+    model, fe = model_fe
+    with pytest.raises(ValueError, match=f"batch_size must be at least 1, got {batch_size}"):
+        tag_long_audio(model, fe, np.zeros(RATE, np.float32), sampling_rate=RATE, batch_size=batch_size,
+                       progress=False)
+    with pytest.raises(ValueError, match=f"batch_size must be at least 1, got {batch_size}"):
+        StreamingTagger(model, fe, window=1.0, hop=0.5, batch_size=batch_size)

@@ -7,8 +7,10 @@ reading labels for training does not pull in detection code.
 The first line is the header `filename onset offset event_label` (tab-separated). A row holding only a file name
 (or a name and three empty fields) lists a file without events, as DCASE ground truth does. Reading checks every
 row and raises `EventTableError` (a `ValueError`) naming the file and the 1-based line: a wrong number of fields,
-times that are not finite numbers, negative times, onset >= offset, labels outside the given label set. Writing
-is atomic: the file appears complete or not at all.
+times that are not finite numbers, negative times, onset >= offset, labels outside the given label set (a UTF-8
+byte-order mark, as spreadsheet programs write, is skipped). Writing refuses, before anything is written, an event
+the reader would refuse (and names or labels holding tabs or line breaks, which would shift the columns), so what
+is written reads back; it is atomic: the file appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def read_event_tsv(path: str | Path, labels: Iterable[str] | None = None) -> dic
     """
     path = Path(path)
     known = None if labels is None else set(labels)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: skip the BOM spreadsheets put first
     if not lines or tuple(lines[0].strip().split("\t")) != HEADER:
         raise EventTableError(f"{path}, line 1: expected the header {chr(9).join(HEADER)!r} (tab-separated), got "
                               f"{(lines[0] if lines else '')!r}")
@@ -93,15 +95,43 @@ def read_event_tsv(path: str | Path, labels: Iterable[str] | None = None) -> dic
     return table
 
 
+def _field(text: str, what: str, where: str) -> str:
+    """`text` if the reader gets it back in its own column: not blank, no tab, no line break (`splitlines`')."""
+    if not text.strip() or any(c in text for c in "\t\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"):
+        raise ValueError(f"{where}: the {what} {text!r} cannot be written as a TSV field (empty, or a tab or line "
+                         f"break inside)")
+    return text
+
+
+def _times(event: SoundEvent, where: str) -> tuple[str, str]:
+    """Onset and offset as written: to the millisecond, or to the microsecond for an event shorter than that
+    (a live window's last step can be one sample), whose millisecond times would be equal."""
+    onset, offset = event.onset, event.offset
+    if not (math.isfinite(onset) and math.isfinite(offset) and 0 <= onset < offset):
+        raise ValueError(f"{where}: {event} needs finite times with 0 <= onset < offset (seconds)")
+    for digits in (3, 6):
+        text = f"{onset:.{digits}f}", f"{offset:.{digits}f}"
+        if float(text[0]) < float(text[1]):
+            return text
+    raise ValueError(f"{where}: {event} is shorter than a microsecond")
+
+
 def write_event_tsv(path: str | Path, table: Mapping[str, Sequence[SoundEvent]]) -> Path:
     """Write {file name: events} as a DCASE TSV, atomically (complete or absent): the header, then one row per
-    event (times to the millisecond) under its key's file name, a file without events as a name-only row.
-    Returns the path."""
+    event (times to the millisecond; to the microsecond for an event shorter than 1 ms) under its key's file
+    name, a file without events as a name-only row. Returns the path.
+
+    Raises:
+        ValueError: a row `read_event_tsv` would refuse (naming the file name and event), before writing anything.
+    """
     rows = ["\t".join(HEADER)]
     for name, events in table.items():
+        where = f"{path}: file {name!r}"
+        _field(name, "file name", where)
         if not events:
             rows.append(name)
-        rows += [f"{name}\t{e.onset:.3f}\t{e.offset:.3f}\t{e.label}" for e in events]
+        for e in events:
+            rows.append("\t".join([name, *_times(e, where), _field(e.label, "event label", f"{where}, {e}")]))
     write_text_atomic(path, "\n".join(rows) + "\n")
     return Path(path)
 

@@ -132,7 +132,13 @@ def explain(model, feature_extractor, audio, sampling_rate: int | None = None, h
     if duration is not None and not duration > 0:
         raise ValueError(f"duration must be positive seconds, got {duration}")
     first = round(start * rate)
-    waveform = waveform[first:] if duration is None else waveform[first:first + round(duration * rate)]
+    # a duration past the end (infinity included: round() cannot take it) means the rest of the recording
+    last = len(waveform) if duration is None or duration * rate >= len(waveform) else first + round(duration * rate)
+    waveform = waveform[first:last]
+    if len(waveform) < feature_extractor.min_samples:
+        raise ValueError(f"the segment from {start} s ({len(waveform) / rate:.4f} s of audio) is shorter than one "
+                         f"25 ms frame ({feature_extractor.min_samples} samples): give an earlier start or a "
+                         f"longer duration")
     values, _ = featurize(feature_extractor, [waveform], config.max_length)
     out = run_model(model, values, output_attentions=True)
     grid = config.patch_grid(values.shape[1])

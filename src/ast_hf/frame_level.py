@@ -199,6 +199,8 @@ def stitch_columns(model, feature_extractor, audio, per_window, sampling_rate: i
     config = model.config
     rate = feature_extractor.sampling_rate
     win, step, column_hop = check_window(config, feature_extractor, window, hop)
+    if batch_size is not None and not batch_size >= 1:  # as tag_long_audio: 0 is not "default"
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     batch_size = batch_size or default_windows_per_call(config, *model_device_dtype(model))
     blocks, duration, name = audio_blocks(audio, sampling_rate, rate)
     frame_hop = round(FRAME_SHIFT_SECONDS * rate)

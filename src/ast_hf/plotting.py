@@ -81,6 +81,11 @@ def plot_events(frames, events, path: str | Path, top_k: int = 5, title: str | N
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     reference = list(reference or [])
+    events = list(events)
+    unknown = sorted({e.label for e in events + reference} - set(frames.labels))
+    if unknown:  # list.index below would only say "'cat' is not in list"
+        raise ValueError(f"event label(s) {unknown} are not labels of the frame scores ({len(frames.labels)} labels: "
+                         f"{', '.join(frames.labels[:10])}{', ...' if len(frames.labels) > 10 else ''})")
     with_events = list(dict.fromkeys(frames.labels.index(e.label) for e in events + reference))
     by_peak = [int(i) for i in np.argsort(-frames.scores.max(axis=0), kind="stable") if i not in with_events]
     order = (with_events + by_peak)[:top_k]

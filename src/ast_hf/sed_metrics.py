@@ -46,11 +46,21 @@ def event_metrics(reference: Mapping[str, Sequence[SoundEvent]], estimated: Mapp
     events or detections, an undefined F1 (nothing detected, or nothing to detect) counting as 0; a label with
     neither has no F1 and is left out (0.0 when no label has any).
 
+    Raises:
+        ValueError: an event of a scored file whose label is not in `labels`.
+
     Returns:
         {"event_f1", "event_f1_macro", "event_precision", "event_recall", "event_error_rate", and the same five
         for "segment_"}: F-measures, precision and recall in [0, 1], error rates >= 0; an error rate is NaN when
         the reference holds no events (no segments with activity) but something was detected.
     """
+    known = set(labels)
+    for table_name, table in (("reference", reference), ("estimated", estimated)):
+        for name in reference:  # only the files scored
+            unknown = sorted({e.label for e in table.get(name, [])} - known)
+            if unknown:  # sed_eval would fail deep inside with "'cat' is not in list"
+                raise ValueError(f"the {table_name} events of {name!r} have label(s) {unknown} outside the label set "
+                                 f"{sorted(known)}")
     sed_eval, dcase_util = _sed_eval()
     event_based = sed_eval.sound_event.EventBasedMetrics(event_label_list=list(labels), t_collar=collar,
                                                          percentage_of_length=0.2)

@@ -107,6 +107,11 @@ class EventDetector:
             raise ValueError(f"scores must be [steps, {len(self.labels)}], got {scores.shape}")
         if not np.isfinite(scores).all():
             raise ValueError("scores contain NaN or infinite values")
+        starts, ends = np.atleast_1d(np.asarray(starts, np.float64)), np.atleast_1d(np.asarray(ends, np.float64))
+        if starts.shape != (len(scores),) or ends.shape != (len(scores),):
+            # zip() would silently drop the steps without a time (or the times without a step)
+            raise ValueError(f"starts and ends must be [{len(scores)}] (one time per step of scores), got "
+                             f"{list(starts.shape)} and {list(ends.shape)}")
         out = []
         for row, start, end in zip(scores, starts, ends):
             if self._seen == 0:  # the median filter repeats the first step before the stream
@@ -175,15 +180,28 @@ class EventDetector:
 def detect_events(scores: np.ndarray, labels: list[str], hop: float, params: EventPostprocessing | None = None,
                   filename: str = "", duration: float | None = None, start: float = 0.0) -> list[SoundEvent]:
     """Events of a regular score sequence [steps, labels], step i covering [start + i hop, start + (i + 1) hop)
-    seconds; offsets are clipped to `duration`. Sorted by onset, then label."""
+    seconds (`hop` > 0, `start` >= 0). With `duration` (seconds of the recording) the events are cut at its end:
+    offsets are clipped to it, and events that begin at or after it (steps past the end, e.g. padding columns) or
+    that the cut leaves shorter than `min_duration` are dropped. Sorted by onset, then label."""
     scores = np.asarray(scores)
     if scores.ndim != 2 or scores.shape[1] != len(labels):
         raise ValueError(f"scores must be [steps, {len(labels)}] (one column per label), got {scores.shape}")
+    if not (isinstance(hop, (int, float, np.number)) and math.isfinite(hop) and hop > 0):
+        raise ValueError(f"hop must be a positive number of seconds per step, got {hop!r}")
+    if not (isinstance(start, (int, float, np.number)) and math.isfinite(start) and start >= 0):
+        raise ValueError(f"start must be a time >= 0 seconds (events before the recording), got {start!r}")
+    if duration is not None and not (isinstance(duration, (int, float, np.number)) and math.isfinite(duration)
+                                     and duration > 0):
+        raise ValueError(f"duration must be a positive number of seconds (the recording's length), got {duration!r}")
     detector = EventDetector(labels, params, filename)
     starts = start + np.arange(len(scores)) * hop
     events = detector.push(scores, starts, starts + hop) + detector.close()
     if duration is not None:
-        events = [SoundEvent(e.onset, min(e.offset, round(duration, 6)), e.label, e.filename) for e in events]
+        end = round(float(duration), 6)
+        # An event past the end would come out with onset >= offset (a row the TSV reader refuses), and one the
+        # cut shortens is held to the same minimum duration as any other.
+        events = [SoundEvent(e.onset, min(e.offset, end), e.label, e.filename) for e in events if e.onset < end]
+        events = [e for e in events if e.offset - e.onset >= detector.params.min_duration - _SLACK]
     return sorted(events, key=lambda e: (e.filename, e.onset, e.label))
 
 

@@ -122,6 +122,9 @@ class StreamingTagger:
         if events is not None:
             events.check()
             events.thresholds(self.labels)  # unknown labels fail now, not at the first window
+        if batch_size is not None and not batch_size >= 1:  # as tag_long_audio: 0 is not "default", and a
+            # negative batch would make `_score_frames` step over every regular window, silently scoring none
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size or default_windows_per_call(self.config, *model_device_dtype(model))
         self._events: list[SoundEvent] = []
         self._start_stream()
