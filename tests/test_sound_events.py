@@ -147,3 +147,31 @@ def test_events_outside_the_label_set_are_refused_by_name():
         event_metrics(reference, {}, ["b"])
     # files only in `estimated` are not scored, so their labels are not checked
     assert event_metrics(reference, {**reference, "x.wav": [SoundEvent(0, 1, "cat")]}, LABELS)["event_f1"] == 1.0
+
+
+def test_a_detector_closed_and_used_again_starts_afresh():
+    """close() ends a stream: a second stream through the same detector gives the events a new detector gives (the
+    old stream's median-filter tail and open events used to carry over into the new one's first steps)."""
+    params = EventPostprocessing(0.5, 0.3, median_steps=5)
+    rng = np.random.default_rng(1)
+    first, second = np.clip(scores() + rng.normal(0, 0.2, (50, 2)), 0, 1), np.clip(scores()[::-1] + 0.0, 0, 1)
+    times = np.arange(50) * 0.1
+    reused = EventDetector(LABELS, params)
+    reused.push(first, times, times + 0.1)
+    reused.close()
+    again = reused.push(second, times, times + 0.1) + reused.close()
+    fresh = EventDetector(LABELS, params)
+    assert again == fresh.push(second, times, times + 0.1) + fresh.close() and again
+
+
+def test_numpy_numbers_are_accepted_as_seconds():
+    """Durations read from arrays or configs are often numpy scalars (np.float32, np.int64): accepted like floats."""
+    from ast_hf.long_audio import window_samples
+
+    params = EventPostprocessing(0.5, min_duration=np.float32(0.15), merge_gap=np.int64(0))
+    assert detect_events(scores(), LABELS, 0.1, params) == detect_events(
+        scores(), LABELS, 0.1, EventPostprocessing(0.5, min_duration=0.15, merge_gap=0))
+    assert window_samples(np.float32(1.0), np.int64(1), 16000, 128) == window_samples(1.0, 1, 16000, 128)
+    for bad in (True, np.float32("nan"), -1):
+        with pytest.raises(ValueError, match="window must be a positive number"):
+            window_samples(bad, None, 16000, 128)

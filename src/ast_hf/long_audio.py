@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,13 +56,14 @@ def window_samples(window: float | None, hop: float | None, sampling_rate: int, 
     allow_shorter = window is None
     if window is None:
         window = max_length * FRAME_SHIFT_SECONDS
-    if not (isinstance(window, (int, float)) and math.isfinite(window) and window > 0):
+    # numbers.Real: numpy's scalars too (a window read from an array or a config is often an np.float32)
+    if isinstance(window, bool) or not (isinstance(window, numbers.Real) and math.isfinite(window) and window > 0):
         raise ValueError(f"window must be a positive number of seconds, got {window!r}")
     if hop is None:
         hop = min(DEFAULT_HOP_SECONDS, window / 2)
-    if not (isinstance(hop, (int, float)) and math.isfinite(hop) and hop > 0):
+    if isinstance(hop, bool) or not (isinstance(hop, numbers.Real) and math.isfinite(hop) and hop > 0):
         raise ValueError(f"hop must be a positive number of seconds (the step between window starts), got {hop!r}")
-    win, step = round(window * sampling_rate), round(hop * sampling_rate)
+    win, step = round(float(window) * sampling_rate), round(float(hop) * sampling_rate)
     if step < 1:
         raise ValueError(f"hop {hop} s is shorter than one sample at {sampling_rate} Hz")
     if step > win:

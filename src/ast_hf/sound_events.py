@@ -20,6 +20,7 @@ by `ast_hf.event_tsv`.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import deque
 from dataclasses import dataclass
 
@@ -73,7 +74,7 @@ class EventPostprocessing:
             raise ValueError(f"median_steps must be a positive odd number of steps, got {self.median_steps!r}")
         for name in ("min_duration", "merge_gap"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            if isinstance(value, bool) or not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
 
 
@@ -91,6 +92,11 @@ class EventDetector:
         self.on, self.off = self.params.thresholds(self.labels)
         self.filename = filename
         self._half = self.params.median_steps // 2
+        self._start_stream()
+
+    def _start_stream(self) -> None:
+        """A fresh stream: nothing filtered, no open or held event (at creation, and after `close()`, so that a
+        detector used again does not filter a new stream's first steps with the last one's tail)."""
         self._raw: deque = deque(maxlen=self.params.median_steps)  # (scores [labels], start, end), last steps
         self._times: deque = deque()  # (start, end) of raw steps not yet filtered
         self._seen = 0  # raw steps pushed
@@ -125,7 +131,8 @@ class EventDetector:
         return out
 
     def close(self) -> list[SoundEvent]:
-        """End of the stream: filter the last steps (the last one repeated), close open events, return the rest."""
+        """End of the stream: filter the last steps (the last one repeated), close open events, return the rest.
+        The detector is then ready for a new stream (times from 0 again)."""
         out = []
         if self._seen:
             last = self._raw[-1]
@@ -138,7 +145,7 @@ class EventDetector:
             out += self._close_event(c, end)
         for c in range(len(self.labels)):
             out += self._release(c, end)
-        self._active[:] = False
+        self._start_stream()
         return out
 
     def _step(self, filtered: np.ndarray, start: float, end: float) -> list[SoundEvent]:
