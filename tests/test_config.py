@@ -81,3 +81,24 @@ def test_bad_sizes_raise_value_error_naming_the_field(bad, field):
 def test_whole_float_patch_sizes_are_accepted():
     assert ASTConfig(patch_size=(16.0, 16)).patch_size == 16
     assert ASTConfig(num_hidden_layers=0).num_hidden_layers == 0
+
+
+def test_whole_float_sizes_become_integers_and_fractional_ones_are_refused():
+    """`max_length=5.12 * 100` is 512 frames: the model builds and runs (float fields reached torch and failed
+    there with a TypeError); a fractional count is refused naming the field."""
+    import torch
+
+    from ast_hf import ASTForAudioClassification
+
+    cfg = ASTConfig(hidden_size=64.0, num_attention_heads=4, intermediate_size=128, num_hidden_layers=1,
+                    max_length=5.12 * 100, frequency_stride=10.0, num_labels=3)
+    assert (cfg.max_length, cfg.hidden_size, cfg.frequency_stride) == (512, 64, 10)
+    assert all(type(v) is int for v in (cfg.max_length, cfg.hidden_size, cfg.frequency_stride))
+    model = ASTForAudioClassification(cfg).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 512, 128)).logits.shape == (1, 3)
+    for field in ("max_length", "time_stride", "num_mel_bins"):
+        with pytest.raises(Exception) as raised:
+            ASTConfig(**{field: 100.5})
+        error = _value_error(raised.value)
+        assert isinstance(error, ValueError) and field in str(error) and "whole number" in str(error)

@@ -527,6 +527,33 @@ def test_existing_output_needs_force(tmp_path):
     assert_nothing_left(tmp_path, keep={"m.pth", "out"})
 
 
+def test_force_refuses_an_output_folder_that_holds_the_source(tmp_path):
+    """--force replaces the whole output folder: converting into the source's own folder would delete the source."""
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    src = out / "sub" / "m.pth"
+    torch.save(original_state_dict(64, 1, 5, (12, 12), seed=16), src)
+    before = hashlib.sha256(src.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="source .* is inside the output folder"):
+        convert_original_checkpoint(src, out, force=True, fstride=10, tstride=10, input_tdim=128)
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == before
+    assert_nothing_left(tmp_path, keep={"out"})
+
+
+def test_max_length_as_a_whole_float_converts_and_a_fractional_one_is_refused(tmp_path):
+    """`max_length=5.12 * 100` is 512 frames (it crashed inside torch's interpolate with a TypeError)."""
+    src = tmp_path / "m.pth"
+    torch.save(original_state_dict(64, 1, 5, (12, 12), seed=17), src)
+    geo = dict(fstride=10, tstride=10, input_tdim=128)
+    result = convert_original_checkpoint(src, tmp_path / "out", max_length=5.12 * 100, **geo)
+    assert json.loads((result.path / "config.json").read_text())["max_length"] == 512
+    assert json.loads((result.path / "preprocessor_config.json").read_text())["max_length"] == 512
+    assert result.max_abs_diff <= TOL
+    with pytest.raises(ValueError, match="max_length must be a positive whole number of frames, got 100.5"):
+        convert_original_checkpoint(src, tmp_path / "out2", max_length=100.5, **geo)
+    assert_nothing_left(tmp_path, keep={"m.pth", "out"})
+
+
 def test_failed_verification_leaves_nothing(tmp_path):
     """A checkpoint with NaN weights converts to NaN logits: refused, no folder, no parents created for it."""
     sd = original_state_dict(64, 1, 5, (12, 12), seed=16)

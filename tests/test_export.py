@@ -60,6 +60,17 @@ def test_onnx_backbone_export_and_a_failed_check_leaves_nothing(tmp_path):
         export_onnx(backbone, tmp_path / "tiny.onnx", num_frames=8)
 
 
+def test_onnx_check_does_not_pass_nan_outputs(tmp_path):
+    """A NaN output is no match: the check must fail (it used to report a difference of 0.0 and write the file)."""
+    torch.manual_seed(0)
+    broken = ASTForAudioClassification(tiny_config(num_hidden_layers=1)).eval()
+    with torch.no_grad():
+        broken.classifier.dense.bias[0] = float("nan")
+    with pytest.raises(RuntimeError, match="NaN"):
+        export_onnx(broken, tmp_path / "nan.onnx", num_frames=64)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("frames,fullgraph", [(128, True), (200, False)])
 def test_torch_compile_matches_eager(frames, fullgraph):

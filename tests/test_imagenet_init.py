@@ -186,3 +186,27 @@ def test_files_of_other_architectures_are_refused(tmp_path):
         ASTForAudioClassification.from_imagenet(tmp_path / "odd.pth", num_labels=2)
     with pytest.raises(FileNotFoundError):
         ASTForAudioClassification.from_imagenet(tmp_path / "missing.pth", num_labels=2)
+
+
+def test_unreadable_weight_files_are_refused_with_a_value_error(tmp_path):
+    """A corrupt pytorch_model.bin or .safetensors is a ValueError naming the file (it was torch's or safetensors'
+    own traceback, torch's suggesting weights_only=False), and a readable pytorch_model.bin still loads."""
+    from safetensors.torch import load_file
+
+    transformers_deit_folder(tmp_path / "deit", seed=1)
+    weights = load_file(tmp_path / "deit" / "model.safetensors")
+    (tmp_path / "deit" / "model.safetensors").unlink()
+    torch.save(weights, tmp_path / "deit" / "pytorch_model.bin")
+    from_bin = ASTModel.from_imagenet(tmp_path / "deit", max_length=100)
+    expected = weights["deit.embeddings.patch_embeddings.projection.weight"].sum(dim=1, keepdim=True)
+    assert torch.equal(from_bin.embeddings.patch_embeddings.projection.weight.detach(), expected)
+
+    (tmp_path / "deit" / "pytorch_model.bin").write_bytes(b"not a checkpoint" * 8)
+    with pytest.raises(ValueError, match="pytorch_model.bin is not a readable PyTorch checkpoint"):
+        ASTModel.from_imagenet(tmp_path / "deit")
+    (tmp_path / "deit" / "model.safetensors").write_bytes(b"not safetensors" * 8)
+    with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors file"):
+        ASTModel.from_imagenet(tmp_path / "deit")
+    (tmp_path / "deit.safetensors").write_bytes(b"\x00" * 5)
+    with pytest.raises(ValueError, match="deit.safetensors is not a readable safetensors file"):
+        ASTModel.from_imagenet(tmp_path / "deit.safetensors")

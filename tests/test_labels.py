@@ -42,3 +42,11 @@ def test_an_unquoted_comma_in_a_label_csv_names_the_line(tmp_path, capsys):
                            "--fstride", 10, "--tstride", 10, "--input-tdim", 128)
     assert code == 1 and "Traceback" not in err and "line 3" in err and "quote" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_negative_index_in_a_label_csv_names_the_line(tmp_path):
+    """It was refused as a gap with no index named ("missing []")."""
+    table = tmp_path / "lab.csv"
+    table.write_text("index,mid,display_name\n0,/m/1,Speech\n-1,/m/2,Dog\n1,/m/3,Cat\n")
+    with pytest.raises(ValueError, match=r"lab.csv, line 3: index -1 is negative"):
+        load_label_table(table)

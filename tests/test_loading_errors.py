@@ -107,3 +107,14 @@ def test_a_bare_name_that_is_no_folder_here_is_named(folders, capsys, monkeypatc
     err = messages(capsys.readouterr().err)
     assert code == 1 and len(err) == 1 and err[0].startswith("ast-hf predict: error: "), err
     assert "missingdir: no model folder of that name here" in err[0]
+
+
+def test_a_home_relative_folder_loads(folders, monkeypatch):
+    """`~/...` is treated as a local path, but was never expanded: a folder that exists was reported missing."""
+    from ast_hf.model_loading import load_for_inference
+
+    monkeypatch.setenv("HOME", str(folders))
+    model, extractor = load_for_inference("~/model", device="cpu")
+    assert isinstance(model, ASTForAudioClassification) and extractor.max_length == 128
+    with pytest.raises(FileNotFoundError, match="no model folder at"):
+        load_for_inference("~/missing", device="cpu")

@@ -342,9 +342,11 @@ def test_bad_input_gives_errors_naming_what_was_found(tmp_path, capsys):
     torch.save(ssl, tmp_path / "ssl.pth")
     with pytest.raises(ValueError, match="SSAST self-supervised.*--fstride"):
         convert_original_checkpoint(tmp_path / "ssl.pth", tmp_path / "o5", fstride=10)
+    with pytest.raises(ValueError, match="without a classification head, so --labels esc50 does not apply"):
+        convert_original_checkpoint(tmp_path / "ssl.pth", tmp_path / "o6", labels="esc50")  # was dropped silently
     convert_original_checkpoint(tmp_path / "ssl.pth", tmp_path / "backbone")
     with pytest.raises(ValueError, match="smaller than one 16x16 patch"):
         ASTForAudioClassification.from_pretrained(tmp_path / "backbone", max_length=8)
     with pytest.raises(ValueError, match="time_stride 20 does not fit the 16x16 patch"):
         ASTForAudioClassification.from_pretrained(tmp_path / "backbone", time_stride=20)
-    assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3", "o4", "o5"))
+    assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3", "o4", "o5", "o6"))

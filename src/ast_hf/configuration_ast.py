@@ -26,6 +26,9 @@ NUM_PREFIX_TOKENS = 2
 # `model_type` written for configs that `transformers`' AST would misread (see the module docstring).
 EXTENDED_MODEL_TYPE = "ast-hf"
 POOLINGS = ("cls", "mean")
+# Counts and sizes: whole numbers (the widths, the patch grid and the position table are built from them).
+INTEGER_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "frequency_stride",
+                  "time_stride", "max_length", "num_mel_bins", "num_prefix_tokens")
 
 
 def patch_shape(patch_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -115,11 +118,21 @@ class ASTConfig(PreTrainedConfig):
         if not isinstance(self.patch_size, int):
             shape = patch_shape(self.patch_size)
             self.patch_size = shape[0] if shape[0] == shape[1] else shape
+        # A whole float (`max_length=5.12 * 100`, a `config.json` that says 1024.0) is that integer, as for
+        # patch_size; a fractional one is refused in `validate_architecture` (torch would fail far from here).
+        for name in INTEGER_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                setattr(self, name, int(value))
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
         """Part of `@strict` validation: the shapes must describe a buildable model."""
         super().validate_architecture()
+        for name in INTEGER_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
         for name, least in (("hidden_size", 1), ("num_attention_heads", 1), ("intermediate_size", 1),
                             ("num_hidden_layers", 0)):
             if getattr(self, name) < least:

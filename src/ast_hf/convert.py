@@ -640,6 +640,11 @@ def plan_conversion(state_dict: Mapping[str, torch.Tensor], source_name: str, *,
     if pooling is not None and pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     if arch.pretraining_input is not None:
+        if labels is not None and dataset_key(str(labels)) not in ("auto", "none"):
+            # a backbone has no head to name: the labels would be dropped without a word
+            raise ValueError(f"{source_name} is an SSAST self-supervised checkpoint without a classification head, so "
+                             f"--labels {labels} does not apply; name the labels when fine-tuning the folder: "
+                             f"ASTForAudioClassification.from_pretrained(OUT, num_labels=L, id2label=...)")
         plan = _plan_pretraining_backbone(arch, source_name, pooling,
                                           dict(fstride=fstride, tstride=tstride, input_tdim=input_tdim))
         plan.notes[:0] = _dropped_notes(state_dict)
@@ -744,8 +749,9 @@ def convert_original_checkpoint(src: str | Path, out_dir: str | Path, *, fstride
             The dataset (input statistics, length, problem type) follows the label count unless named here.
         pooling: a fine-tuned SSAST's pooling, "mean" (`ft_avgtok`) or "cls" (`ft_cls`); required for SSAST
             checkpoints that are not AST-shaped, default "cls" (the AST). For an SSAST self-supervised checkpoint,
-            the pooling its fine-tunes will use (default "mean"); fstride, tstride, input_tdim and max_length do
-            not apply to it (the folder keeps the pretraining grid; choose them in `from_pretrained`).
+            the pooling its fine-tunes will use (default "mean"); fstride, tstride, input_tdim, max_length and
+            labels other than "auto"/"none" are refused for it (the folder keeps the pretraining grid and has no
+            head; choose them in `from_pretrained`).
         dtype: "float32", "float16" or "bfloat16" for the stored weights.
         force: replace an existing `out_dir`.
         push_to_hub: a Hub repo id to upload the folder to once it is written and verified.
@@ -762,9 +768,15 @@ def convert_original_checkpoint(src: str | Path, out_dir: str | Path, *, fstride
     src, out_dir = Path(src), Path(out_dir)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if max_length is not None and max_length < 1:
-        raise ValueError(f"max_length must be a positive number of frames, got {max_length}")
+    if isinstance(max_length, float) and max_length.is_integer():  # `5.12 * 100`: 512 frames, as ASTConfig reads it
+        max_length = int(max_length)
+    if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1):
+        raise ValueError(f"max_length must be a positive whole number of frames, got {max_length!r}")
     check_destination(out_dir, force)  # fail before the long work, not after it
+    if out_dir.is_dir() and src.resolve().is_relative_to(out_dir.resolve()):
+        # --force replaces the whole folder: the source checkpoint inside it would be deleted with it
+        raise ValueError(f"the source {src} is inside the output folder {out_dir}, which --force would replace and "
+                         f"so delete the source with it; write the conversion to another folder")
     big = src.is_file() and src.stat().st_size >= SHOW_PROGRESS_BYTES
     progress = tqdm(total=4, desc=f"convert {src.name}", unit="step", disable=not big, leave=False)
     try:

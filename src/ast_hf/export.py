@@ -46,7 +46,8 @@ class OnnxExport:
 
 
 def onnx_max_difference(module: nn.Module, onnx_path: str | Path, inputs: list[torch.Tensor]) -> float:
-    """Largest |onnxruntime - PyTorch| over the outputs of `inputs` ([batch, frames, mel bins] each)."""
+    """Largest |onnxruntime - PyTorch| over the outputs of `inputs` ([batch, frames, mel bins] each); NaN when
+    either side has a NaN output (a NaN is no match, not a zero difference)."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -56,7 +57,8 @@ def onnx_max_difference(module: nn.Module, onnx_path: str | Path, inputs: list[t
         got = session.run(None, {"input_values": x.numpy()})[0]
         if got.shape != expected.shape:
             raise RuntimeError(f"onnxruntime returned shape {got.shape}, PyTorch {expected.shape}")
-        worst = max(worst, float(np.abs(got - expected).max()))
+        # np.max keeps a NaN; Python's max(worst, nan) would drop it and report the NaN outputs as a match
+        worst = float(np.max([worst, np.abs(got - expected).max()]))
     return worst
 
 
@@ -83,7 +85,8 @@ def export_onnx(model: nn.Module, path: str | Path, num_frames: int | None = Non
         num_frames: frames of the exported input [batch, num_frames, mel bins] (default `config.max_length`);
             the batch dimension is dynamic.
         opset: ONNX opset.
-        check: run the file in onnxruntime at batch sizes 1 and 3 and raise `RuntimeError` beyond `atol`.
+        check: run the file in onnxruntime at batch sizes 1 and 3 and raise `RuntimeError` beyond `atol` (or on a
+            NaN output, from onnxruntime or PyTorch).
     """
     config = model.config
     num_frames = config.max_length if num_frames is None else num_frames
@@ -112,8 +115,10 @@ def export_onnx(model: nn.Module, path: str | Path, num_frames: int | None = Non
             inputs = [torch.randn(b, num_frames, config.num_mel_bins, generator=generator) for b in (1, 3)]
             with torch.no_grad():
                 diff = onnx_max_difference(module, tmp, inputs)
-            if diff > atol:
-                raise RuntimeError(f"the ONNX graph differs from PyTorch by {diff:.2e} > {atol:.0e}; not written")
+            if not diff <= atol:  # also catches NaN outputs
+                raise RuntimeError(f"the ONNX graph differs from PyTorch by {diff:.2e} > {atol:.0e}"
+                                   f"{' (NaN outputs: check the weights for NaN)' if np.isnan(diff) else ''}; "
+                                   f"not written")
     return OnnxExport(path=path, output_name=module.output_name, num_frames=num_frames, max_abs_diff=diff)
 
 

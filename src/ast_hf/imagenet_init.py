@@ -79,9 +79,7 @@ def deit_backbone(source: str | Path) -> DeiTBackbone:
 def _read_timm_deit(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """timm's keys (`cls_token`, `blocks.N.attn.qkv`, ...) are the AST authors' `v.*` ones: reuse the converter."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state_dict = load_file(path)
+        state_dict = _load_safetensors(path)
     else:
         state_dict = load_original_state_dict(path)
     if "v.cls_token" in state_dict:
@@ -117,11 +115,11 @@ def _read_transformers_deit(folder: Path) -> tuple[dict[str, torch.Tensor], dict
         raise ValueError(f"{folder}: a DeiT with {config['num_channels']} input channels; expected an RGB ImageNet "
                          f"model")
     if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state_dict = load_file(folder / "model.safetensors")
+        state_dict = _load_safetensors(folder / "model.safetensors")
     elif (folder / "pytorch_model.bin").is_file():
-        state_dict = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        # the converter's safe reader: weights_only=True, and a one-line ValueError for a corrupt or code-running
+        # pickle (torch's own error is a traceback that suggests weights_only=False)
+        state_dict = load_original_state_dict(folder / "pytorch_model.bin")
     else:
         raise ValueError(f"{folder} has neither model.safetensors nor pytorch_model.bin")
     ast_names = {key.removeprefix("deit."): tensor.float() for key, tensor in state_dict.items()
@@ -137,6 +135,18 @@ def _read_transformers_deit(folder: Path) -> tuple[dict[str, torch.Tensor], dict
                          f"{', '.join(sorted(state_dict)[:4])}); not a DeiT image classifier")
     _check_backbone_shapes(folder.name, ast_names, fields)
     return ast_names, fields
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file; a ValueError naming the file for one that is truncated or not safetensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except SafetensorError as error:
+        raise ValueError(f"{path.name} is not a readable safetensors file (truncated, corrupt or another format; "
+                         f"size {path.stat().st_size} bytes): {error}") from None
 
 
 def _check_backbone_shapes(name: str, state_dict: Mapping[str, torch.Tensor], fields: dict) -> None:

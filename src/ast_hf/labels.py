@@ -103,6 +103,8 @@ def _read_csv(rows, source: str) -> dict[int, str]:
             index = int(row["index"])
         except ValueError:
             raise ValueError(f"{source}, line {line}: index {row['index']!r} is not an integer") from None
+        if index < 0:  # no output unit has it (and the gap check below would name no missing index)
+            raise ValueError(f"{source}, line {line}: index {index} is negative; indices are output units 0..N-1")
         if index in id2label:
             raise ValueError(f"{source}, line {line}: index {index} appears twice")
         if not row[name_field]:

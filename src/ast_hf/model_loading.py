@@ -35,6 +35,9 @@ def load_for_inference(sources: Sequence[str | Path] | str | Path, device: str |
     from .modeling_ast import ASTForAudioClassification, ASTModel
 
     sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    # "~/models/ast" (a Python string, or `--model=~/...`, which the shell leaves alone) is a folder in the home
+    # directory; neither Path.exists nor from_pretrained expands "~", so it would be reported missing
+    sources = [os.path.expanduser(s) if str(s).startswith("~") else s for s in sources]
     if not sources:
         raise ValueError("give a model: --model FOLDER_OR_HUB_ID")
     for source in sources:
