@@ -70,7 +70,16 @@ def _value_error(raised: BaseException) -> BaseException:
                                         (dict(intermediate_size=0), "intermediate_size"),
                                         (dict(num_hidden_layers=-1), "num_hidden_layers"),
                                         (dict(patch_size=(16.5, 16)), "patch_size"),
-                                        (dict(patch_size=16.5), "patch_size")])
+                                        (dict(patch_size=16.5), "patch_size"),
+                                        # input between patches: adapt_patch_grid refused these, the config did not
+                                        (dict(frequency_stride=17), "frequency_stride"),
+                                        (dict(patch_size=(16, 4), time_stride=5), "time_stride"),
+                                        (dict(hidden_dropout_prob=1.5), "hidden_dropout_prob"),
+                                        (dict(attention_probs_dropout_prob=-0.1), "attention_probs_dropout_prob"),
+                                        (dict(attention_probs_dropout_prob=float("nan")),
+                                         "attention_probs_dropout_prob"),
+                                        (dict(layer_norm_eps=-1e-6), "layer_norm_eps"),
+                                        (dict(classifier_layer_norm_eps=0.0), "classifier_layer_norm_eps")])
 def test_bad_sizes_raise_value_error_naming_the_field(bad, field):
     with pytest.raises(Exception) as raised:
         ASTConfig(**bad)

@@ -13,6 +13,7 @@ instead of building a model that computes something else; every other config kee
 
 from __future__ import annotations
 
+import math
 import numbers
 
 from huggingface_hub.dataclasses import strict
@@ -145,6 +146,18 @@ class ASTConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if min(self.patch_shape) < 1:
             raise ValueError(f"patch_size must be positive, got {self.patch_size!r}")
+        for name, side, unit in zip(("frequency_stride", "time_stride"), self.patch_shape, ("mel bins", "frames")):
+            if getattr(self, name) > side:  # as adapt_patch_grid refuses it
+                raise ValueError(f"{name} {getattr(self, name)} is larger than the patch's {side} {unit}: the model "
+                                 f"would skip input between patches; give 1..{side}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:  # NaN fails too
+                raise ValueError(f"{name} is a probability in [0, 1], got {value!r}")
+        for name in ("layer_norm_eps", "classifier_layer_norm_eps"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a positive number (the LayerNorm's epsilon), got {value!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.num_prefix_tokens not in (1, 2):
