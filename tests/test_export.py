@@ -147,3 +147,7 @@ def test_compare_models_refuses_bad_labels_and_inputs(model):
         compare_models(model, model, values[:0])
     with pytest.raises(ValueError, match="batch_size"):
         compare_models(model, model, values, batch_size=0)
+    with pytest.raises(ValueError, match=r"labels must be 3 class indices"):  # booleans are not class indices
+        compare_models(model, model, values, labels=torch.tensor([True, False, True]))
+    with pytest.raises(ValueError, match="compares classifiers.*the other is a ASTModel"):
+        compare_models(model, model.audio_spectrogram_transformer, values)

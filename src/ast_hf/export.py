@@ -179,9 +179,15 @@ def compare_models(reference: nn.Module, other: nn.Module, input_values: torch.T
                          f"{tuple(input_values.shape)}")
     if labels is not None:
         labels = torch.as_tensor(labels)
-        if labels.shape != input_values.shape[:1] or labels.is_floating_point():
+        if labels.shape != input_values.shape[:1] or labels.is_floating_point() or labels.dtype == torch.bool:
             raise ValueError(f"labels must be {input_values.shape[0]} class indices [n], one per input, got "
                              f"{labels.dtype} of shape {tuple(labels.shape)}")
+
+    for name, model in (("reference", reference), ("other", other)):
+        if not hasattr(getattr(model, "_orig_mod", model), "classifier"):  # _orig_mod: a torch.compile'd model
+            # a backbone (ASTModel) has no logits: it failed with an AttributeError after its forward
+            raise ValueError(f"compare_models compares classifiers (ASTForAudioClassification and its exported or "
+                             f"quantised forms); the {name} is a {type(model).__name__}")
 
     def run(model):
         start = time.perf_counter()
