@@ -136,6 +136,8 @@ def test_bad_streams_fail_clearly(model_fe):
         short.flush()
     with pytest.raises(ValueError, match="10 ms"):
         StreamingTagger(model, fe, window=1.0, hop=0.255)
+    with pytest.raises(ValueError, match=r"the default, half the 0\.75 s window, is 0\.375 s: give a hop"):
+        StreamingTagger(model, fe, window=0.75)  # the user gave no hop: the message says where 0.375 s came from
     with pytest.raises(ValueError, match="unknown label"):
         StreamingTagger(model, fe, events=EventPostprocessing(on_threshold={"dog": 0.5}))
     silence = StreamingTagger(model, fe, window=0.5, hop=0.5)  # digital silence is valid input: scored

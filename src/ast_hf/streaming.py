@@ -112,8 +112,10 @@ class StreamingTagger:
         self.window, self.hop, self.allow_shorter = window_samples(window, hop, self.rate, self.config.max_length)
         frame_hop = round(FRAME_SHIFT_SECONDS * self.rate)
         if self.hop % frame_hop:
-            raise ValueError(f"hop must be a whole number of 10 ms feature frames for live tagging, got "
-                             f"{self.hop / self.rate:g} s")
+            given = (f"got {self.hop / self.rate:g} s" if hop is not None else
+                     f"the default, half the {self.window / self.rate:g} s window, is {self.hop / self.rate:g} s: "
+                     f"give a hop")
+            raise ValueError(f"hop must be a whole number of 10 ms feature frames for live tagging; {given}")
         if self.window < feature_extractor.min_samples:
             raise ValueError(f"the window ({self.window / self.rate:g} s) is shorter than one 25 ms frame")
         self.hop_frames = self.hop // frame_hop
