@@ -195,3 +195,54 @@ def test_integer_pcm_waveforms_are_refused_with_how_to_convert(pipe):
                  lambda: pipe({"raw": pcm, "sampling_rate": RATE}, chunk_length_s=0.5)):
         with pytest.raises(ValueError, match=r"int16 samples \(integer PCM\); convert to float in \[-1, 1\].*32768"):
             call()
+
+
+def test_complex_waveforms_are_refused_like_the_feature_extractor_refuses_them(pipe):
+    """Casting complex samples to float drops the imaginary part (numpy only warns): every waveform entry point
+    refuses them, as `ASTFeatureExtractor` refuses a complex numpy clip."""
+    wave = _clip(RATE, 1)
+    analytic = wave + 1j * wave[::-1]
+    model, fe = pipe.model, pipe.feature_extractor
+    for call in (lambda: audio_blocks(analytic, RATE, RATE),
+                 lambda: audio_blocks(torch.from_numpy(analytic), RATE, RATE),
+                 lambda: tag_long_audio(model, fe, analytic, sampling_rate=RATE, progress=False),
+                 lambda: pipe(analytic),
+                 lambda: pipe({"raw": analytic, "sampling_rate": RATE}, chunk_length_s=0.5),
+                 lambda: fe(analytic, sampling_rate=RATE)):
+        with pytest.raises(ValueError, match=r"holds complex\d+ values; give numbers \(float samples in \[-1, 1\]\)"):
+            call()
+
+
+@pytest.mark.parametrize("option", [{"return_timeline": True}, {"aggregate": "max"}, {"chunk_batch_size": 4}])
+def test_window_options_without_windows_are_refused(pipe, option):
+    """`return_timeline`, `aggregate` and `chunk_batch_size` shape the sliding windows: without chunk_length_s /
+    stride_length_s the pipeline scores the start of the recording once, so they were silently ignored (a list of
+    labels where a {"labels", "timeline"} dict was asked for, "max" doing nothing)."""
+    wave = np.tile(_clip(RATE, 1), 5)  # 3 s: longer than the model's 1.28 s input
+    with pytest.raises(ValueError, match=rf"{next(iter(option))} applies to sliding windows: pass chunk_length_s="):
+        pipe(wave, **option)
+    assert pipe(wave, chunk_length_s=1.0, **option)  # with windows they apply
+    timeline = pipe(wave, chunk_length_s=1.0, return_timeline=True)
+    assert set(timeline) == {"labels", "timeline"}
+    assert isinstance(pipe(wave, return_timeline=False), list)  # asking for no timeline asks for nothing
+
+
+def test_a_wav_that_soundfile_cannot_seek_decodes_whole_as_streamed(tmp_path):
+    """libsndfile opens a GSM 6.10 WAV as not seekable, and soundfile reads "all frames" only from a seekable file:
+    load_audio (so the pipeline and training) failed with soundfile's bare "frames must be specified for non-seekable
+    files", naming no file, while AudioStream (block by block) decoded it. Both decode it, as ffmpeg does."""
+    wav = tmp_path / "src.wav"
+    sf.write(wav, _clip(8000, 1, seconds=2.0), 8000)
+    path = tmp_path / "gsm.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(wav), "-c:a", "gsm_ms", str(path)], check=True)
+    assert not sf.SoundFile(path).seekable()
+    reference = np.frombuffer(subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-f", "f32le",
+                                              "-"], capture_output=True, check=True).stdout, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an intact file: no truncation warning either
+        native = load_audio(path, 8000)
+        np.testing.assert_allclose(native, reference, atol=1e-6)
+        np.testing.assert_allclose(np.concatenate(list(AudioStream(path, 8000, block_seconds=0.3))), native, atol=1e-6)
+        whole = load_audio(path, RATE)
+        assert len(whole) == 2 * RATE
+        np.testing.assert_allclose(np.concatenate(list(AudioStream(path, RATE, block_seconds=0.3))), whole, atol=ATOL)

@@ -359,3 +359,59 @@ def test_integer_pcm_is_refused_with_how_to_convert():
     for integer_input in (pcm, [pcm], pcm[None], torch.from_numpy(pcm), torch.from_numpy(pcm)[None], pcm.tolist()):
         with pytest.raises(ValueError, match=r"int\S* samples \(integer PCM\); convert to float in \[-1, 1\].*32768"):
             fe(integer_input, sampling_rate=SR)
+
+
+def test_big_endian_samples_are_featurised_like_native_ones():
+    """Float samples in big-endian byte order (np.frombuffer(data, ">f4"), RIFX/AIFF readers) are floats like any
+    other: torch.from_numpy refuses them, so they were refused with a byte-order error."""
+    w = signals()["noise"].numpy()
+    fe = ASTFeatureExtractor(max_length=256)
+    want = fe(w, sampling_rate=SR, return_tensors="pt")["input_values"]
+    for swapped in (w.astype(">f4"), w.astype(">f4")[None], [w.astype(">f4")], np.stack([w, w]).astype(">f4")):
+        got = fe(swapped, sampling_rate=SR, return_tensors="pt")["input_values"]
+        torch.testing.assert_close(got, want.expand_as(got), atol=0, rtol=0)
+    as_float64 = fe(w.astype(np.float64).astype(">f8"), sampling_rate=SR, return_tensors="pt")["input_values"]
+    torch.testing.assert_close(as_float64, fe(w.astype(np.float64), sampling_rate=SR, return_tensors="pt")[
+        "input_values"], atol=0, rtol=0)
+
+
+def test_complex_tensors_are_refused_like_complex_arrays():
+    """A complex numpy clip is refused; a complex tensor (clip, list of clips or padded batch) was cast to float32,
+    its imaginary part dropped with only a torch UserWarning."""
+    w = signals()["noise"]
+    analytic = torch.complex(w, w.flip(0))
+    fe = ASTFeatureExtractor()
+    for complex_input in (analytic.numpy(), analytic, [analytic], [w, analytic], analytic[None]):
+        with pytest.raises(ValueError, match=r"holds (torch\.)?complex64 values; give numbers \(float samples in"):
+            fe(complex_input, sampling_rate=SR)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"sampling_rate": "16000"}, r"sampling_rate must be an int number of Hz, got '16000'"),
+    ({"sampling_rate": 0}, "sampling_rate must be a positive int number of Hz"),
+    ({"num_mel_bins": 0}, "num_mel_bins must be a positive int, got 0"),
+    ({"num_mel_bins": 64.0}, "num_mel_bins must be a positive int, got 64.0"),
+    ({"mean": float("nan")}, "mean must be a finite number"),
+    ({"mean": float("inf")}, "mean must be a finite number"),
+    ({"std": float("nan")}, "std must be a finite number"),
+    ({"std": float("inf")}, "std must be a finite number"),
+    ({"std": 0.0}, "std must be positive"),
+])
+def test_bad_settings_are_refused_when_the_extractor_is_built(setting, message):
+    """Refused at construction (or from_pretrained), not at the first call: there they failed with an unrelated
+    message ("audio sampled at 16000 Hz, but this feature extractor expects 16000 Hz", a numpy reduction error) or,
+    for a NaN or infinite mean or std, not at all (NaN or all-zero features)."""
+    with pytest.raises(ValueError, match=message):
+        ASTFeatureExtractor(**setting)
+
+
+def test_settings_given_as_numpy_scalars_are_saved(tmp_path):
+    """Settings computed with numpy (np.int64 frames or rates, np.float32 statistics) are accepted and saved as the
+    same numbers: save_pretrained failed on them (numpy scalars are not JSON), e.g. at the end of a training run."""
+    fe = ASTFeatureExtractor(sampling_rate=np.int64(16000), num_mel_bins=np.int64(64), max_length=np.int64(1024),
+                             mean=np.float32(-4.25), std=np.float32(3.5))
+    fe.save_pretrained(tmp_path)
+    back = ASTFeatureExtractor.from_pretrained(tmp_path)
+    assert (back.sampling_rate, back.num_mel_bins, back.max_length, back.mean, back.std) == (16000, 64, 1024, -4.25,
+                                                                                               3.5)
+    assert back(signals()["noise"].numpy(), sampling_rate=SR, return_tensors="pt")["input_values"].shape == (1, 1024, 64)

@@ -62,13 +62,21 @@ def check_sampling_rate(value, name: str = "sampling_rate") -> int:
 
 def float_samples(audio, name: str = "the waveform") -> np.ndarray:
     """`audio` (array, tensor or list of samples) as a float32 array; integer (PCM) or bool samples raise a
-    `ValueError`: they are not floats in [-1, 1], and casting them would give features at the wrong scale."""
+    `ValueError`: they are not floats in [-1, 1], and casting them would give features at the wrong scale; so do
+    complex samples (casting would drop the imaginary part), as the feature extractor refuses them."""
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().numpy()
     array = np.asarray(audio)
     if array.dtype.kind in "biu":
         raise ValueError(integer_samples_message(name, array.dtype))
+    if array.dtype.kind == "c":
+        raise ValueError(complex_samples_message(name, array.dtype))
     return array.astype(np.float32, copy=False)
+
+
+def complex_samples_message(what: str, dtype) -> str:
+    """Why complex samples are refused (casting them to float would silently drop the imaginary part)."""
+    return f"{what} holds {dtype} values; give numbers (float samples in [-1, 1]), not complex ones"
 
 
 def integer_samples_message(what: str, dtype) -> str:
@@ -232,6 +240,8 @@ def _native_blocks(source, name: str, block_frames: int = -1, opened=None) -> It
         with opened or sf.SoundFile(_soundfile_source(source)) as f:
             declared = _declared_frames(source, f)
             mono = f.channels == 1
+            if block_frames < 0 and not f.seekable():  # soundfile reads "all frames" only from a seekable file
+                block_frames = max(1, int(BLOCK_SECONDS * f.samplerate))  # (a GSM 6.10 WAV is not): in blocks
             while True:
                 data = f.read(block_frames, dtype="float32", always_2d=not mono)
                 if not len(data):

@@ -9,13 +9,15 @@ returns a frame-level `attention_mask`.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
 
-from .audio_io import check_sampling_rate, integer_samples_message
+from .audio_io import check_sampling_rate, complex_samples_message, integer_samples_message
 from .filterbank import frame_geometry, kept_buffer, log_mel_filterbank, num_frames
 from .labels import DATASETS
 
@@ -54,16 +56,28 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         return_attention_mask: bool = False,
         **kwargs,
     ):
+        # Checked here, not at the first call: a bad value (a typo, a hand-edited preprocessor_config.json) fails
+        # there with an unrelated message ("audio sampled at 16000 Hz, but this feature extractor expects 16000 Hz"
+        # for the string "16000", a numpy reduction error for 0 mel bins) or, for a NaN/inf mean or std, not at all.
+        sampling_rate = check_sampling_rate(sampling_rate)
         super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value,
                          **kwargs)
+        if isinstance(num_mel_bins, bool) or not isinstance(num_mel_bins, (int, np.integer)) or num_mel_bins <= 0:
+            raise ValueError(f"num_mel_bins must be a positive int, got {num_mel_bins!r}")
+        for name, value in (("mean", mean), ("std", std)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number (the fbank's {name} over the training data), got "
+                                 f"{value!r}")
         if std <= 0:
             raise ValueError(f"std must be positive, got {std}")
         _check_max_length(max_length)
-        self.num_mel_bins = num_mel_bins
-        self.max_length = max_length
+        # Python numbers, the same values: numpy scalars (np.int64 frames, np.float32 statistics) are not JSON, and
+        # save_pretrained failed on them.
+        self.num_mel_bins = int(num_mel_bins)
+        self.max_length = int(max_length)
         self.do_normalize = do_normalize
-        self.mean = mean
-        self.std = std
+        self.mean = float(mean)
+        self.std = float(std)
         self.return_attention_mask = return_attention_mask
 
     # ----------------------------------------------------------------------------------------------------------
@@ -94,8 +108,8 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
             if raw_speech.ndim == 2 and raw_speech.shape[0] == 0:
                 raise ValueError(f"got an empty batch of shape {tuple(raw_speech.shape)}: give at least one clip")
             if isinstance(raw_speech, torch.Tensor) and raw_speech.ndim == 2:  # already a padded batch
-                if not (raw_speech.is_floating_point() or raw_speech.is_complex()):
-                    raise ValueError(integer_samples_message("the batch", raw_speech.dtype))
+                if not raw_speech.is_floating_point():
+                    raise ValueError(_not_float_message("the batch", raw_speech.dtype))
                 return raw_speech.to(device=device if device is not None else raw_speech.device, dtype=torch.float32)
             clips = list(raw_speech) if raw_speech.ndim == 2 else [raw_speech.reshape(-1)]
         elif isinstance(raw_speech, Sequence) and not isinstance(raw_speech, (str, bytes)):
@@ -116,12 +130,14 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
                     raise ValueError(integer_samples_message(f"clip {i}", array.dtype))
                 if array.dtype.kind != "f":
                     raise ValueError(f"clip {i} holds {array.dtype} values; give numbers (float samples in [-1, 1])")
+                if not array.dtype.isnative:  # big-endian samples (np.frombuffer(data, ">f4")): torch reads
+                    array = array.astype(array.dtype.newbyteorder("="))  # native byte order only
                 # a read-only array (e.g. a memory map) or one with negative strides (x[::-1]) is copied: torch
                 # cannot share it
                 shareable = array.flags.writeable and all(stride >= 0 for stride in array.strides)
                 clip = torch.from_numpy(array if shareable else array.copy())
-            elif not (clip.is_floating_point() or clip.is_complex()):
-                raise ValueError(integer_samples_message(f"clip {i}", clip.dtype))
+            elif not clip.is_floating_point():
+                raise ValueError(_not_float_message(f"clip {i}", clip.dtype))
             elif clip.requires_grad:
                 raise ValueError(f"clip {i} requires grad, but feature extraction is not differentiable: pass "
                                  f"waveforms.detach()")
@@ -253,6 +269,14 @@ class ASTFeatureExtractor(SequenceFeatureExtractor):
         if return_tensors is not None:
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
         return BatchFeature({k: list(v) for k, v in arrays.items()})
+
+
+def _not_float_message(what: str, dtype: torch.dtype) -> str:
+    """Why a tensor of samples that are not real floats is refused: integer PCM (with how to convert), or complex
+    values (casting would silently drop the imaginary part; numpy's complex clips are refused alike)."""
+    if dtype.is_complex:
+        return complex_samples_message(what, dtype)
+    return integer_samples_message(what, dtype)
 
 
 def _check_max_length(max_length) -> None:

@@ -39,6 +39,8 @@ class ASTAudioClassificationPipeline(AudioClassificationPipeline):
         return_timeline: also return the per-window labels: `{"labels": [...], "timeline": [{"start", "end",
             "label", "score"}, ...]}` instead of the list of labels.
         chunk_batch_size: windows per model call (default 8).
+    `aggregate`, `return_timeline` (true) and `chunk_batch_size` apply to the windows: given without
+    `chunk_length_s` / `stride_length_s` they raise a ValueError (they would be ignored).
     """
 
     def _sanitize_parameters(self, top_k=None, function_to_apply=None, chunk_length_s=None, stride_length_s=None,
@@ -47,6 +49,11 @@ class ASTAudioClassificationPipeline(AudioClassificationPipeline):
                                                                         function_to_apply=function_to_apply,
                                                                         **kwargs)
         for name, value in (("chunk_length_s", chunk_length_s), ("stride_length_s", stride_length_s)):
+            if value is not None:
+                preprocess[name] = value
+        # The options of the windows reach preprocess too, which refuses them when there are no windows.
+        for name, value in (("return_timeline", return_timeline or None), ("aggregate", aggregate),
+                            ("chunk_batch_size", chunk_batch_size)):
             if value is not None:
                 preprocess[name] = value
         if aggregate is not None:
@@ -59,8 +66,15 @@ class ASTAudioClassificationPipeline(AudioClassificationPipeline):
             postprocess["return_timeline"] = return_timeline
         return preprocess, forward, postprocess
 
-    def preprocess(self, inputs, chunk_length_s=None, stride_length_s=None):
+    def preprocess(self, inputs, chunk_length_s=None, stride_length_s=None, **window_options):
         chunked = chunk_length_s is not None or stride_length_s is not None
+        if window_options and not chunked:
+            # Without windows they would be ignored: the model scores the first `max_length` frames only, once (a
+            # list of labels, no timeline), whatever `aggregate` says.
+            verb = "applies" if len(window_options) == 1 else "apply"
+            raise ValueError(f"{' / '.join(window_options)} {verb} to sliding windows: pass chunk_length_s= (window "
+                             f"length, seconds) and/or stride_length_s= too; without them only the start of the "
+                             f"recording is scored")
         if chunked and not (hasattr(self.model.config, "max_length") and hasattr(self.feature_extractor, "frames_for")):
             raise ValueError("chunk_length_s / stride_length_s need an AST model and ast_hf.ASTFeatureExtractor; "
                              f"got {type(self.model).__name__} / {type(self.feature_extractor).__name__}")
