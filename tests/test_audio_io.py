@@ -246,3 +246,20 @@ def test_a_wav_that_soundfile_cannot_seek_decodes_whole_as_streamed(tmp_path):
         whole = load_audio(path, RATE)
         assert len(whole) == 2 * RATE
         np.testing.assert_allclose(np.concatenate(list(AudioStream(path, RATE, block_seconds=0.3))), whole, atol=ATOL)
+
+
+def test_a_dict_whose_waveform_is_none_is_refused_by_name(pipe):
+    """{"raw": None, "sampling_rate": ...} without "array" passed the check ("raw" is a key) and failed with a
+    KeyError on "array"."""
+    with pytest.raises(ValueError, match='a dict input needs "sampling_rate" and a "raw" or "array" waveform'):
+        pipe({"raw": None, "sampling_rate": RATE})
+
+
+@pytest.mark.parametrize("k", [2.0, True, "3"])
+def test_select_top_refuses_a_k_that_is_not_a_whole_number(k):
+    """A float k (top_k=2.0) failed with a TypeError from slicing; True was read as 1."""
+    from ast_hf.inference import select_top
+
+    with pytest.raises(ValueError, match="k must be >= 0, a whole number"):
+        select_top(np.array([0.1, 0.7, 0.2]), ["a", "b", "c"], k)
+    assert select_top(np.array([0.1, 0.7, 0.2]), ["a", "b", "c"], np.int64(2)) == [("b", 0.7), ("c", 0.2)]

@@ -14,6 +14,8 @@ whichever of them scores it.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 
@@ -90,8 +92,8 @@ def select_top(scores: np.ndarray, labels: list[str], k: int | None = 5,
                threshold: float | None = None) -> list[tuple[str, float]]:
     """(label, score) pairs of a [labels] score vector, best first (ties in label order): the `k` best (None or
     0: all), those >= `threshold` only. ValueError for a negative `k` or a NaN / infinite `threshold`."""
-    if k is not None and k < 0:
-        raise ValueError(f"k must be >= 0 (0 or None: all labels), got {k}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0):
+        raise ValueError(f"k must be >= 0, a whole number (0 or None: all labels), got {k!r}")
     if threshold is not None and not np.isfinite(threshold):
         raise ValueError(f"threshold must be a finite score, got {threshold}")
     order = np.argsort(-scores, kind="stable")

@@ -128,7 +128,7 @@ def decoded_input(inputs, rate: int, stream_paths: bool = False) -> tuple[str | 
     if (torchcodec := sys.modules.get("torchcodec")) and isinstance(source, torchcodec.decoders.AudioDecoder):
         return decoder_samples(source)
     if isinstance(source, dict):
-        if "sampling_rate" not in source or not ("raw" in source or "array" in source):
+        if "sampling_rate" not in source or (source.get("raw") is None and source.get("array") is None):
             raise ValueError('a dict input needs "sampling_rate" and a "raw" or "array" waveform')
         source_rate = check_sampling_rate(source["sampling_rate"])
         source = source["raw"] if source.get("raw") is not None else source["array"]
