@@ -171,3 +171,21 @@ def test_ensemble_names_stay_importable_from_the_package_and_training():
     import ast_hf.training
 
     assert ast_hf.ASTEnsemble is ast_hf.training.ASTEnsemble is ASTEnsemble
+
+
+def test_callback_leaves_out_an_epoch_cut_short_by_max_steps(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    data = [{"input_values": torch.randn(128, 128), "labels": i % 5} for i in range(20)]  # 5 steps per epoch
+    model = ASTForAudioClassification(tiny_config())
+    callback = WeightAveragingCallback(1)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=8,
+                             learning_rate=1e-3, save_strategy="steps", save_steps=5, report_to=[], use_cpu=True,
+                             logging_strategy="no", disable_tqdm=True, seed=0)
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+    # training stopped at epoch 1.6: the weights at step 8 are not the end of epoch 2 and stay out of the average
+    assert callback.epochs == [1]
+    expected = load_weights(tmp_path / "checkpoint-5")  # saved at the end of epoch 1
+    for key, value in expected.items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=1e-7)

@@ -7,6 +7,7 @@ empty splits; corrupt files are skipped only when asked, and then each one is na
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -307,3 +308,23 @@ def test_normalization_stats_refuse_empty_batches_by_name(settings, problem):
     clips = [np.zeros(16000, np.float32) + 0.01 * i for i in range(3)]
     with pytest.raises(ValueError, match=problem):
         compute_normalization_stats(clips, ASTFeatureExtractor(max_length=80), **settings)
+
+
+def test_mixup_refuses_class_index_targets():
+    # Mixed targets are lam y_i + (1 - lam) y_j; as class indices every mixed clip took its partner's label.
+    with pytest.raises(ValueError, match="mixup > 0 mixes each clip's target .* class indices cannot hold"):
+        ASTAudioCollator(ASTFeatureExtractor(max_length=64), num_labels=3, mixup=0.5, one_hot=False)
+    ASTAudioCollator(ASTFeatureExtractor(max_length=64), num_labels=3, mixup=0.5)  # soft targets: fine
+
+
+def test_a_clip_without_a_label_among_labelled_clips_is_named(tmp_path):
+    data = load_audio_dataset(_folder(tmp_path / "data"))
+    examples = [dict(data["train"][i]) for i in range(4)]
+    examples[2]["label"] = None
+    collator = ASTAudioCollator(ASTFeatureExtractor(max_length=64), num_labels=2)
+    name = examples[2]["audio"]["path"]
+    for mode in (collator.train(), collator.eval()):  # the batch's labels were dropped, without a word
+        with pytest.raises(ValueError, match=re.escape(f"{name} has no 'label' but other clips of its batch have")):
+            mode(examples)
+    unlabelled = [{"audio": e["audio"]} for e in examples]  # prediction: no clip has a label
+    assert set(collator(unlabelled)) == {"input_values"}

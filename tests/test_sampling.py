@@ -88,3 +88,11 @@ def test_bad_label_rows_are_named():
     with pytest.raises(ValueError, match=r"clip 0 has labels \[1.5\] \(float64\), not class indices"):
         balanced_sample_weights([[1.5]], 3)
 
+
+
+@pytest.mark.parametrize("labels, multi_hot", [([[], [], []], False), ([[0.0, 0.0], [0.0, 0.0]], True)])
+def test_labels_without_a_positive_are_refused(labels, multi_hot):
+    # every weight 0: WeightedRandomSampler failed at its first draw ("invalid multinomial distribution")
+    with pytest.raises(ValueError, match="none of the .* clips has a label .* nothing to draw"):
+        balanced_sampler(labels, 2, seed=0, multi_hot=multi_hot)
+    assert len(list(balanced_sampler([[], [1]], 2, seed=0, multi_hot=False))) == 2  # one is enough

@@ -162,3 +162,15 @@ def test_trainer_checks_the_model_has_a_frame_head(scenes, tmp_path):
     alone = ASTTrainer(model=model, args=args, data_collator=_collator(model_config=None, clip_labels=False))
     metrics = alone.evaluate(data)
     assert "eval_loss" in metrics and "eval_accuracy" not in metrics  # frame loss only
+
+
+@pytest.mark.parametrize("onset, offset", [(0.8, 0.3), (float("nan"), 0.5), (0.2, float("inf")), (None, 0.5)])
+def test_frame_targets_refuse_reversed_and_non_finite_event_times(scenes, onset, offset):
+    # A swapped onset and offset marked the column of their midpoint; NaN / inf crashed in math.ceil.
+    event = {"onset": onset, "offset": offset, "event_label": "dog"}
+    with pytest.raises(ValueError, match=r"event 'dog' with onset .* must be finite numbers of seconds with onset "
+                                         r"<= offset"):
+        frame_targets([event], {"dog": 0}, 12, 0.1)
+    data = load_event_dataset(scenes, scenes / "gt.tsv", LABELS)
+    with pytest.raises(ValueError, match=r"a\.wav: event 'dog' with onset"):  # the collator names the clip
+        _collator()([{"audio": data[0]["audio"], "events": [event]}])

@@ -159,6 +159,72 @@ def test_audioset_initialisation_fresh_head_adapted_positions(tmp_path):
     assert ASTTrainingArguments(output_dir=str(tmp_path)).learning_rate == 1e-5  # the low default
 
 
+def test_checkpoints_hold_the_feature_extractor_at_the_collators_length(tones, tmp_path):
+    """A collator that pads to its own max_length: the saved preprocessor_config.json makes the features the model
+    was trained on (it held the extractor's 1024 frames, so the pipeline fed the 48-frame model 10.24 s clips)."""
+    data = load_audio_dataset(tones)
+    fe = ASTFeatureExtractor()  # max_length 1024
+    collator = ASTAudioCollator(fe, num_labels=2, max_length=FRAMES)
+    args = ASTTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=4,
+                                save_strategy="steps", save_steps=1, use_cpu=True, disable_tqdm=True, report_to="none")
+    trainer = ASTTrainer(model=ASTForAudioClassification(tiny_config(max_length=FRAMES, num_labels=2)), args=args,
+                         data_collator=collator, train_dataset=data["train"])
+    trainer.train()
+    trainer.save_model(str(tmp_path / "model"))
+    fe.mean, fe.std = -3.0, 2.0  # statistics written into the extractor after the trainer was built are saved too
+    trainer.save_model(str(tmp_path / "later"))
+    examples = [data["test"][i] for i in range(3)]
+    waves = [sf.read(e["audio"]["path"], dtype="float32")[0] for e in examples]
+    for folder, collated in ((tmp_path / "run" / "checkpoint-1", None), (tmp_path / "model", None),
+                             (tmp_path / "later", collator.eval()(examples)["input_values"])):
+        saved = ASTFeatureExtractor.from_pretrained(folder)
+        assert saved.max_length == FRAMES and fe.max_length == 1024  # the user's extractor is left as it is
+        if collated is not None:
+            assert (saved.mean, saved.std) == (-3.0, 2.0)
+            torch.testing.assert_close(saved(waves, sampling_rate=RATE, return_tensors="pt")["input_values"],
+                                       collated, rtol=0, atol=0)
+
+
+def test_a_multi_label_collator_is_refused_with_a_single_label_model(tones, tmp_path):
+    """Cross-entropy would read each multi-hot row as one soft class distribution and train without a word."""
+    data = load_audio_dataset(tones)
+    model = ASTForAudioClassification(tiny_config(max_length=FRAMES, num_labels=2,
+                                                  problem_type="single_label_classification"))
+    collator = ASTAudioCollator(ASTFeatureExtractor(max_length=FRAMES), num_labels=2, multi_label=True)
+    args = ASTTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="collator gives multi-label targets .* problem_type is "
+                                         "'single_label_classification'"):
+        ASTTrainer(model=model, args=args, data_collator=collator, train_dataset=data["train"])
+    model.config.problem_type = "multi_label_classification"
+    ASTTrainer(model=model, args=args, data_collator=collator, train_dataset=data["train"])
+
+
+def test_a_data_set_without_the_collators_columns_is_refused_by_name(tones, tmp_path):
+    """A label column under another name read as 'no labels': evaluation reported no metrics without a word and
+    training failed inside transformers ('did not return a loss'); a missing events column gave no events."""
+    data = load_audio_dataset(tones)
+    renamed = data["train"].rename_column("label", "genre")
+    model = ASTForAudioClassification(tiny_config(max_length=FRAMES, num_labels=2))
+    args = ASTTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    collator = ASTAudioCollator(ASTFeatureExtractor(max_length=FRAMES), num_labels=2)
+    with pytest.raises(ValueError, match=r"split 'train' has no 'label' column, .* \(columns: audio, genre\); "
+                                         r"pass label_column="):
+        ASTTrainer(model=model, args=args, data_collator=collator, train_dataset=renamed)
+    with pytest.raises(ValueError, match=r"split 'test' has no 'label' column"):
+        ASTTrainer(model=model, args=args, data_collator=collator, eval_dataset={"test": renamed})
+    with pytest.raises(ValueError, match=r"split 'train' has no 'sound' column, .* audio .* pass audio_column="):
+        ASTTrainer(model=model, args=args, data_collator=ASTAudioCollator(
+            ASTFeatureExtractor(max_length=FRAMES), num_labels=2, audio_column="sound"), train_dataset=data["train"])
+    events = ASTAudioCollator(ASTFeatureExtractor(max_length=FRAMES), num_labels=2, label2id={"high": 0, "low": 1},
+                              events_column="events")
+    with pytest.raises(ValueError, match=r"split 'train' has no 'events' column, .* pass events_column="):
+        ASTTrainer(model=ASTForAudioClassification(tiny_config(max_length=FRAMES, num_labels=2, frame_head=True)),
+                   args=args, data_collator=events, train_dataset=data["train"])
+    trainer = ASTTrainer(model=model, args=args, data_collator=ASTAudioCollator(
+        ASTFeatureExtractor(max_length=FRAMES), num_labels=2, label_column="genre"), train_dataset=renamed)
+    assert trainer.evaluate(renamed)["eval_accuracy"] >= 0.0  # named, the column is read
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

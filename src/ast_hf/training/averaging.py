@@ -159,7 +159,9 @@ class WeightAveragingCallback(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         epoch = round(state.epoch or 0)
-        if not self._in_range(epoch) or epoch in self.epochs:
+        # Trainer also ends an epoch cut short by max_steps (state.epoch 2.6, say): those weights are not the end
+        # of epoch 3, and checkpoints_for_epochs would not pick them either
+        if abs((state.epoch or 0) - epoch) > 1e-6 or not self._in_range(epoch) or epoch in self.epochs:
             return
         weights = {k: v.detach().to("cpu", torch.float64) for k, v in model.state_dict().items()
                    if v.is_floating_point()}

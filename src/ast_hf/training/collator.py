@@ -49,7 +49,7 @@ class ASTAudioCollator:
         mixup_alpha: Beta parameter (the authors: 10).
         noise: the Speech Commands feature noise and +-`max_shift`-frame time shift (training only).
         one_hot: return targets [batch, num_labels] floats rather than class indices [batch]; default: when
-            `multi_label` or `mixup > 0` (soft targets need it).
+            `multi_label` or `mixup > 0` (soft targets need it: False with `mixup > 0` raises a `ValueError`).
         skip_corrupt: drop clips that fail to decode (each named in a warning) instead of raising.
         allow_upsampling: accept clips sampled below 16 kHz.
         training: apply the augmentations; `ASTTrainer` hands a `.train()` copy to the training loader and an
@@ -113,6 +113,11 @@ class ASTAudioCollator:
             raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
         if not 0.0 <= self.mixup <= 1.0:
             raise ValueError(f"mixup is a probability in [0, 1], got {self.mixup}")
+        if self.mixup > 0 and self.one_hot is False and self.events_column is None:
+            # a mixed clip's target is lam y_i + (1 - lam) y_j: no class index holds it (as integers every mixed
+            # clip took its partner's label)
+            raise ValueError("mixup > 0 mixes each clip's target with its partner's (soft targets), which class "
+                             "indices cannot hold: leave one_hot unset (or True) with mixup, or set mixup=0")
         if self.label2id is not None:
             bad = {k: v for k, v in self.label2id.items() if not 0 <= int(v) < self.num_labels}
             if bad:
@@ -215,11 +220,17 @@ class ASTAudioCollator:
                              "its time columns; ASTTrainer fills it in from the model")
         return self.model_config.patch_grid(self.max_length or self.feature_extractor.max_length)[1]
 
-    def _frame_targets(self, event_lists: Sequence[Sequence[Mapping]]) -> torch.Tensor:
-        """[batch, time columns, num_labels] frame targets of each clip's events."""
+    def _frame_targets(self, event_lists: Sequence[Sequence[Mapping]], names: Sequence[str]) -> torch.Tensor:
+        """[batch, time columns, num_labels] frame targets of each clip's events (a bad event is named with its
+        clip's name)."""
         columns, seconds = self.num_columns(), column_seconds(self.model_config.time_stride)
-        return torch.stack([frame_targets(events, self.label2id, columns, seconds, self.num_labels)
-                            for events in event_lists])
+        rows = []
+        for events, name in zip(event_lists, names):
+            try:
+                rows.append(frame_targets(events, self.label2id, columns, seconds, self.num_labels))
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+        return torch.stack(rows)
 
     def _targets(self, label_lists: Sequence[list[int]]) -> torch.Tensor:
         if not self.returns_one_hot:
@@ -260,7 +271,7 @@ class ASTAudioCollator:
 
     def __call__(self, examples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         fe = self.feature_extractor
-        waveforms, label_lists, event_lists, cached, keys = [], [], [], [], []
+        waveforms, label_lists, event_lists, cached, keys, names = [], [], [], [], [], []
         for i, example in enumerate(examples):
             audio = example[self.audio_column]
             key = self._cache_key(audio)
@@ -283,14 +294,21 @@ class ASTAudioCollator:
                 labels = example.get(self.label_column)
                 label_lists.append(self.label_indices(labels, audio_name(audio, i)) if labels is not None else None)
             waveforms.append(None if waveform is None else torch.from_numpy(waveform))
+            names.append(audio_name(audio, i))
             cached.append(hit)
             keys.append(key)
         if not waveforms:
             raise ValueError("every clip of this batch failed to decode; see the warnings above")
         has_labels = all(x is not None for x in label_lists)
+        if not has_labels and any(x is not None for x in label_lists):
+            # a batch without targets would train without a loss, and an evaluation batch without its labels
+            # would leave the labels out of step with the predictions: refuse the unlabelled clip by name
+            missing = names[next(i for i, x in enumerate(label_lists) if x is None)]
+            raise ValueError(f"{missing} has no {self.label_column!r} but other clips of its batch have one; label "
+                             f"every clip (or none, for prediction) or leave the unlabelled ones out of the data set")
         wants_clip_targets = has_labels and (self.clip_labels or self.events_column is None)
         targets = self._targets(label_lists) if wants_clip_targets else None
-        frames = self._frame_targets(event_lists) if self.events_column is not None else None
+        frames = self._frame_targets(event_lists, names) if self.events_column is not None else None
 
         if self.training and self.mixup > 0 and len(waveforms) > 1:
             partner, lam = sample_mixup(len(waveforms), self.mixup, self.mixup_alpha)

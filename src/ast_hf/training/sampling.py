@@ -81,7 +81,8 @@ def balanced_sample_weights(labels: Sequence, num_labels: int, multi_hot: bool |
             from the labels: float and bool rows, and integer rows that repeat a 0 or 1 (e.g. [0, 1, 0, 1]), are
             multi-hot; rows of another length than `num_labels` and single indices are indices. Labels that read
             both ways alone (e.g. every row [0, 1] with 2 classes) raise a `ValueError` asking for `multi_hot`,
-            as do labels that mix the two forms, out-of-range or repeated indices and rows of other values.
+            as do labels that mix the two forms, out-of-range or repeated indices and rows of other values, and
+            labels without a single positive (nothing could be drawn).
     """
     lists = _label_lists(labels, num_labels, multi_hot)
     if not lists:
@@ -89,6 +90,9 @@ def balanced_sample_weights(labels: Sequence, num_labels: int, multi_hot: bool |
     counts = np.zeros(num_labels)
     for indices in lists:
         np.add.at(counts, indices, 1.0)
+    if not counts.any():  # every weight 0: the sampler would fail at its first draw, deep in the data loader
+        raise ValueError(f"none of the {len(lists)} clips has a label (or, with strong labels, an event), so "
+                         f"balanced sampling has nothing to draw; check the label column, or turn it off")
     label_weight = 1000.0 / (counts + 0.01)
     return np.array([label_weight[indices].sum() for indices in lists])
 

@@ -49,6 +49,10 @@ def frame_targets(events: Sequence[Mapping | SoundEvent], label2id: Mapping[str,
         num_columns: time columns of the model's patch grid for this input length.
         seconds: seconds per column (`column_seconds(time_stride)`).
         num_labels: width of the targets (default: len(label2id)).
+
+    Raises:
+        ValueError: an event label outside `label2id`, or times that are not finite numbers or end before they
+            begin (a swapped onset and offset would otherwise mark one column between them, silently).
     """
     targets = torch.zeros(num_columns, len(label2id) if num_labels is None else num_labels)
     for event in events:
@@ -56,7 +60,14 @@ def frame_targets(events: Sequence[Mapping | SoundEvent], label2id: Mapping[str,
                                 else (event["onset"], event["offset"], event["event_label"]))
         if label not in label2id:
             raise ValueError(f"event label {label!r} is not in the label map ({', '.join(label2id)})")
-        targets[event_columns(float(onset), float(offset), num_columns, seconds), int(label2id[label])] = 1.0
+        try:
+            start, end = float(onset), float(offset)
+        except (TypeError, ValueError):
+            start = end = math.nan
+        if not (math.isfinite(start) and math.isfinite(end)) or end < start:
+            raise ValueError(f"event {label!r} with onset {onset!r} and offset {offset!r}: onset and offset must be "
+                             f"finite numbers of seconds with onset <= offset")
+        targets[event_columns(start, end, num_columns, seconds), int(label2id[label])] = 1.0
     return targets
 
 

@@ -85,15 +85,34 @@ def _collator_for_frame_head(collator: ASTAudioCollator, config) -> ASTAudioColl
     return collator
 
 
+def _check_columns(dataset, collator: ASTAudioCollator, name: str) -> None:
+    """Refuse a data set (one with `column_names`) that lacks the collator's audio column or its targets' column:
+    the collator reads a missing label column as 'no labels' (evaluation then reports no metrics and training
+    fails inside the model without a loss) and a missing events column as 'no events' (all-zero frame targets)."""
+    columns = getattr(dataset, "column_names", None)
+    if not columns:  # a list of examples, or a stream without a known schema
+        return
+    target = collator.events_column if collator.events_column is not None else collator.label_column
+    for column, kind, option in ((collator.audio_column, "audio", "audio_column"),
+                                 (target, "events" if collator.events_column is not None else "label",
+                                  "events_column" if collator.events_column is not None else "label_column")):
+        if column not in columns:
+            raise ValueError(f"split {name!r} has no {column!r} column, which the collator reads for the {kind} "
+                             f"(columns: {', '.join(columns)}); pass {option}= to ASTAudioCollator")
+
+
 class ASTTrainer(Trainer):
     """`Trainer` for `ASTForAudioClassification` fed by an `ASTAudioCollator`.
 
     Args are those of `Trainer`; `data_collator` must be an `ASTAudioCollator`. `processing_class` defaults to
     the collator's feature extractor (so checkpoints hold `preprocessor_config.json`) and `compute_metrics` to
     accuracy / mAP / mAUC / d-prime. When the model's `problem_type` is unset it is set from the collator:
-    multi-label (BCE) or single-label (cross-entropy, soft targets under mixup). A collator of strong labels
-    (`events_column`) needs a model with a frame head; evaluation then also passes `frame_targets` (so the loss
-    includes the frame loss), and without clip labels (`clip_labels=False`) no clip metrics are computed.
+    multi-label (BCE) or single-label (cross-entropy, soft targets under mixup); a multi-label collator with a
+    single-label model is refused, as is a data set without the collator's audio and label (or events) columns.
+    Checkpoints hold the feature extractor with the collator's `max_length`, the length the model was trained on.
+    A collator of strong labels (`events_column`) needs a model with a frame head; evaluation then also passes
+    `frame_targets` (so the loss includes the frame loss), and without clip labels (`clip_labels=False`) no clip
+    metrics are computed.
     """
 
     def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
@@ -103,9 +122,11 @@ class ASTTrainer(Trainer):
                              "featurises the audio")
         if train_dataset is not None:
             check_not_empty(train_dataset, "train")
+            _check_columns(train_dataset, data_collator, "train")
         if eval_dataset is not None:
             for name, part in (eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]):
                 check_not_empty(part, name)
+                _check_columns(part, data_collator, name)
         if model is not None:
             cfg = model.config
             if cfg.num_labels != data_collator.num_labels:
@@ -114,9 +135,15 @@ class ASTTrainer(Trainer):
             if cfg.num_mel_bins != data_collator.feature_extractor.num_mel_bins:
                 raise ValueError(f"the model takes {cfg.num_mel_bins} mel bins, the feature extractor makes "
                                  f"{data_collator.feature_extractor.num_mel_bins}")
+            multi_label = data_collator.multi_label or data_collator.events_column is not None
             if cfg.problem_type is None:
-                multi_label = data_collator.multi_label or data_collator.events_column is not None
                 cfg.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
+            elif data_collator.multi_label and cfg.problem_type == "single_label_classification":
+                # cross-entropy would read each multi-hot row as one soft class distribution, without a word
+                # (strong labels are checked with the frame head below)
+                raise ValueError("the collator gives multi-label targets (multi-hot rows) but the model's problem_type "
+                                 "is 'single_label_classification' (softmax cross-entropy over one class per clip); "
+                                 "set model.config.problem_type = 'multi_label_classification' (sigmoid BCE)")
             if data_collator.events_column is not None:
                 data_collator = _collator_for_frame_head(data_collator, cfg)
             if isinstance(args, ASTTrainingArguments):  # training only: the model applies it in train mode
@@ -137,6 +164,26 @@ class ASTTrainer(Trainer):
         self._steps_per_epoch: int | None = None
         if self.args.bf16 and self.args.device.type == "cpu" and (reason := autocast_cpu.slow_bf16_training_reason()):
             logger.warning("bf16=True: %s", reason)
+
+    # ---- the feature extractor saved with checkpoints ----------------------------------------------------------
+    @property
+    def processing_class(self):
+        """What `save_model` and checkpoints save beside the model: the collator's feature extractor, with the
+        collator's `max_length` when the collator pads clips to another length than the extractor's (a fresh copy
+        on every read, so statistics written into the extractor later are saved too). Without this a checkpoint's
+        `preprocessor_config.json` would make the pipeline feed the model clips of another length than it was
+        trained on."""
+        saved = self.__dict__.get("_processing_class")
+        collator = self.__dict__.get("data_collator")
+        frames = getattr(collator, "max_length", None)
+        if (isinstance(collator, ASTAudioCollator) and saved is collator.feature_extractor and frames
+                and frames != saved.max_length):
+            return type(saved)(**{**saved.to_dict(), "max_length": frames})
+        return saved
+
+    @processing_class.setter
+    def processing_class(self, value):
+        self._processing_class = value
 
     # ---- the collator in training or evaluation mode -----------------------------------------------------------
     def _with_collator(self, collator, build):
