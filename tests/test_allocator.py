@@ -65,3 +65,14 @@ def test_switched_off_by_the_environment():
 def test_bad_limits_are_refused(limit):
     with pytest.raises(ValueError, match="limit_bytes must be a positive number of bytes"):
         keep_freed_memory(limit)
+
+
+def test_limits_beyond_mallopts_int_are_refused():
+    """mallopt takes a C int, and ctypes passed a larger Python int cut to its low 32 bits: a 4 GB + 4 kB limit
+    became a 4 kB mmap threshold (every block above 4 kB mmapped afresh, the opposite of what was asked), and
+    True was returned. Run in a child: a regression would change this process's malloc."""
+    script = ("from ast_hf.allocator import keep_freed_memory\n"
+              "try:\n    keep_freed_memory((4 << 30) + 4096)\nexcept ValueError as error:\n    print(error)\n"
+              "else:\n    print('applied')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert "limit_bytes must be at most 2147483647" in out

@@ -70,6 +70,27 @@ def test_float32_twin_follows_the_weights(policy, models):
         assert not torch.allclose(half(x).logits.float(), full(x).logits, atol=BF16_LOGIT_TOLERANCE)
 
 
+@pytest.mark.skipif(not onednn.ENABLED, reason="AST_HF_ONEDNN=0 leaves bf16 models to torch's ops: no policy")
+def test_forward_hooks_on_the_layers_fire_on_the_fp32_branch(policy, models):
+    """A forward hook on an encoder layer (activations read out, an ablation) sees that layer's bf16 output on every
+    host: on the fp32 branch the encoder ran its float32 twin, whose copied layers never called a hook registered
+    after the first forward (and called one registered before with the twin's module and float32 values)."""
+    full, half = models
+    policy("fp32")
+    x = torch.randn(2, 256, 128)
+    layer = half.audio_spectrogram_transformer.encoder.layer[0]
+    seen = []
+    with torch.no_grad():
+        half(x)  # the twin is made here
+        reference = half(x, output_hidden_states=True)  # hidden states: the bf16 layers themselves
+        handle = layer.register_forward_hook(lambda module, args, out: seen.append((module, out[0])))
+        hooked = half(x).logits
+    handle.remove()
+    assert len(seen) == 1 and seen[0][0] is layer and seen[0][1].dtype == torch.bfloat16
+    torch.testing.assert_close(seen[0][1], reference.hidden_states[1], rtol=0, atol=0)  # the layer's own output
+    torch.testing.assert_close(hooked.float(), full(x).logits, rtol=0, atol=BF16_LOGIT_TOLERANCE)
+
+
 def test_auto_measures_and_chooses_the_faster_gemm(policy):
     chosen = policy("auto")
     faster = "bf16" if chosen.seconds["gemm bf16"] < chosen.seconds["gemm fp32"] else "fp32"

@@ -184,6 +184,20 @@ def test_wrong_input_shapes_are_refused(model):
         model(torch.randn(2, 128, 128), attention_mask=torch.ones(2, 100))
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_empty_batch_gives_empty_outputs(model, dtype):
+    """A batch of no clips (a filter that left nothing) gives outputs of no rows, as torch's layers do; the input
+    check's aminmax raised 'cannot compute aminmax over an empty dimension' instead."""
+    model = model.to(dtype)
+    empty = torch.zeros(0, 100, 128)
+    out = model(empty, attention_mask=torch.ones(0, 100, dtype=torch.long), output_hidden_states=True)
+    assert out.logits.shape == (0, model.config.num_labels) and out.logits.dtype == dtype
+    assert all(hidden.shape[0] == 0 for hidden in out.hidden_states)
+    backbone = model.audio_spectrogram_transformer(empty)
+    assert backbone.last_hidden_state.shape == (0, 2 + 12 * 8, 64) and backbone.pooler_output.shape == (0, 64)
+
+
 def test_missing_or_unexpected_weights_are_refused(model, tmp_path):
     state = safetensors.torch.load_file(_saved(model, tmp_path / "ok") / "model.safetensors")
     del state["audio_spectrogram_transformer.encoder.layer.1.output.dense.weight"]
@@ -224,6 +238,24 @@ def test_new_task_gets_a_fresh_head_and_keeps_the_backbone(model, tmp_path):
     x = features()
     torch.testing.assert_close(new.audio_spectrogram_transformer(x).pooler_output,
                                model.audio_spectrogram_transformer(x).pooler_output)
+
+
+@torch.no_grad()
+def test_a_checkpoint_in_a_subfolder_loads_and_takes_a_fresh_head(model, tmp_path):
+    """`subfolder=` (transformers' argument for a model kept below the folder or repository named): the config.json
+    checked and read for `num_labels` is the subfolder's, not the top folder's."""
+    model.save_pretrained(tmp_path / "model")
+    x = features()
+    loaded = ASTForAudioClassification.from_pretrained(tmp_path, subfolder="model").eval()
+    torch.testing.assert_close(loaded(x).logits, model(x).logits)
+    # a top folder with another model's config.json: num_labels is judged against the subfolder's own head
+    tiny_config(num_labels=3).save_pretrained(tmp_path)
+    new = ASTForAudioClassification.from_pretrained(tmp_path, subfolder="model", num_labels=3).eval()
+    assert new.classifier.dense.weight.shape == (3, model.config.hidden_size) and len(new.config.id2label) == 3
+    torch.testing.assert_close(new.audio_spectrogram_transformer(x).pooler_output,
+                               model.audio_spectrogram_transformer(x).pooler_output)
+    with pytest.raises(ValueError, match="elsewhere has no config.json"):
+        ASTForAudioClassification.from_pretrained(tmp_path, subfolder="elsewhere")
 
 
 def test_audioset_checkpoint_without_problem_type_becomes_multi_label(tmp_path):

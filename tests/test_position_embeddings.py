@@ -74,3 +74,23 @@ def test_resized_model_saves_and_reloads(base_folder, adapted, tmp_path):
     assert reloaded.config.max_length == 512
     assert torch.equal(reloaded.audio_spectrogram_transformer.embeddings.position_embeddings.detach(),
                        adapted[512]["pos_embed"])
+
+
+def test_sizes_of_any_whole_number_type_are_taken_and_others_refused(base_folder, adapted, tmp_path):
+    """`max_length` and the strides as ASTConfig takes them: a whole float (`5.12 * 100`, which torch refused as an
+    interpolation size) or a numpy integer (which left a config that save_pretrained could not write) is that int; a
+    bool (taken as a stride of 1 before, and then refused by save_pretrained) or a fraction is refused by name."""
+    import numpy as np
+
+    model = ASTForAudioClassification.from_pretrained(base_folder, max_length=5.12 * 100)
+    assert type(model.config.max_length) is int and model.config.max_length == 512
+    assert torch.equal(model.audio_spectrogram_transformer.embeddings.position_embeddings.detach(),
+                       adapted[512]["pos_embed"])
+    model.adapt_patch_grid(max_length=np.int64(1500), time_stride=np.float32(10.0))
+    assert (type(model.config.max_length), type(model.config.time_stride)) == (int, int)
+    model.save_pretrained(tmp_path / "saved")
+    assert ASTConfig.from_pretrained(tmp_path / "saved").patch_grid() == CASES[1500]
+    for name, value in (("time_stride", True), ("frequency_stride", 9.5), ("max_length", "512")):
+        with pytest.raises(ValueError, match=f"{name} must be a whole number, got {value!r}"):
+            model.adapt_patch_grid(**{name: value})
+    assert model.config.patch_grid() == CASES[1500]  # nothing changed

@@ -83,6 +83,32 @@ def test_eager_and_sdpa_agree_on_padded_batches(fe):
         assert tokens[~padded].abs().min() >= 0 and tokens[~padded].abs().sum() > 0
 
 
+@pytest.mark.parametrize("case", ["left padding", "a hole", "a value of 2"])
+@torch.no_grad()
+def test_a_mask_that_is_not_right_padding_is_refused_naming_the_clip(fe, case):
+    """The model reads a clip's real frames as its first `mask.sum()` frames. A left-padded mask (or one with a hole,
+    or with values other than 0 and 1) was accepted and scored the padding in place of the clip's end, without a
+    word; it is refused, naming the clip. Right-padded masks of every dtype still run."""
+    model = make_model("sdpa")
+    batch = fe(waveforms(2), sampling_rate=RATE, return_tensors="pt", padding="longest", return_attention_mask=True)
+    mask = batch["attention_mask"]
+    short = int(mask.sum(1).argmin())
+    real = int(mask[short].sum())
+    bad = mask.clone()
+    if case == "left padding":
+        bad[short] = bad[short].flip(0)
+    elif case == "a hole":
+        bad[short, real // 2] = 0
+    else:
+        bad[short, :real] = 2
+    with pytest.raises(ValueError, match=rf"attention_mask of clip\(s\) \[{short}\] is not 1 for the real frames "
+                                         r"and 0 for the padding after them"):
+        model(batch["input_values"], attention_mask=bad)
+    expected = model(**batch).logits
+    for same in (mask.bool(), mask.float(), mask.numpy()):
+        torch.testing.assert_close(model(batch["input_values"], attention_mask=same).logits, expected, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("frames", [56, 100, 200, 256])
 @torch.no_grad()
 def test_any_length_matches_transformers_built_for_that_length(frames, tmp_path):

@@ -28,6 +28,8 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 # Blocks up to this size come from the heap, and the heap is trimmed only when this much lies free at its top.
 KEEP_BYTES = 64 << 20
+# mallopt takes a C int: a larger value would reach glibc cut to its low 32 bits (4 GB + 5 as 5 bytes).
+MAX_LIMIT_BYTES = (1 << 31) - 1
 
 
 @functools.cache
@@ -48,10 +50,13 @@ def keep_freed_memory(limit_bytes: int = KEEP_BYTES) -> bool:
     libraries (musl, macOS, Windows), where nothing changes, and when `AST_HF_KEEP_FREED_MEMORY=0`.
 
     Raises:
-        ValueError: `limit_bytes` is not a positive int.
+        ValueError: `limit_bytes` is not a positive int, or is above `MAX_LIMIT_BYTES` (mallopt's C int).
     """
     if isinstance(limit_bytes, bool) or not isinstance(limit_bytes, int) or limit_bytes <= 0:
         raise ValueError(f"limit_bytes must be a positive number of bytes, got {limit_bytes!r}")
+    if limit_bytes > MAX_LIMIT_BYTES:
+        raise ValueError(f"limit_bytes must be at most {MAX_LIMIT_BYTES} (2 GB - 1: glibc's mallopt takes a C int), "
+                         f"got {limit_bytes}")
     if os.environ.get("AST_HF_KEEP_FREED_MEMORY", "1") == "0":
         return False
     libc = _glibc()

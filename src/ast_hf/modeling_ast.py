@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -484,7 +485,8 @@ class ASTEncoder(nn.Module):
         if last_layer_tokens is not None and (output_attentions or output_hidden_states):
             raise ValueError("last_layer_tokens computes only part of the last layer, so it cannot come with "
                              "output_attentions or output_hidden_states")
-        if not (output_attentions or output_hidden_states) and onednn.bf16_runs_in_float32(hidden_states):
+        if (not (output_attentions or output_hidden_states) and onednn.bf16_runs_in_float32(hidden_states)
+                and not self._has_forward_hooks()):
             twin = self.float32_twin()
             twin.token_reduction = self.token_reduction
             last = twin(hidden_states.float(), token_mask, last_layer_tokens=last_layer_tokens).last_hidden_state
@@ -501,12 +503,18 @@ class ASTEncoder(nn.Module):
                                           last_layer_tokens=last_layer_tokens).last_hidden_state
         return BaseModelOutput(last_hidden_state=last)
 
+    def _has_forward_hooks(self) -> bool:
+        """Whether a forward hook or pre-hook is registered on the encoder or any module in it: such a model runs its
+        own bf16 layers (the float32 twin's copies would leave the hooks unseen or show them other modules)."""
+        return any(module._forward_hooks or module._forward_pre_hooks for module in self.modules())
+
     def float32_twin(self) -> ASTEncoder:
         """This encoder with float32 weights, made at first use and kept until one of its weights changes (data
         pointer or version): how a bf16 model runs on a CPU whose bf16 GEMM is slower than its float32 GEMM
         (`onednn.bf16_policy`), so that every layer takes the float32 paths with one cast in and one out, instead
         of casts around each matmul. Not a submodule: it is neither saved nor moved with the model; it follows the
-        encoder's train/eval mode (dropout) at every use."""
+        encoder's train/eval mode (dropout) at every use. Not used while forward hooks are registered in the encoder
+        (`_has_forward_hooks`): those layers then run in bf16 with their linears upcast, as for hidden states."""
         signature = tuple((p.data_ptr(), p._version) for p in self.parameters())
         kept = self.__dict__.get("_float32_twin")
         if kept is None or kept[0] != signature:
@@ -659,7 +667,17 @@ def frames_from_attention_mask(attention_mask: torch.Tensor | np.ndarray | None,
     if attention_mask.shape != input_values.shape[:2]:
         raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected [batch, frames] = "
                          f"{tuple(input_values.shape[:2])}, one entry per frame of input_values")
-    return attention_mask.to(torch.long).sum(dim=1)
+    frames = attention_mask.to(torch.long).sum(dim=1)
+    if not (torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()):
+        # A clip's real frames are its first `frames`: a mask of left padding, of holes or of values other than
+        # 0 and 1 would be read as another clip (skipped while a graph is traced, as `_prepare_input`'s check).
+        right_padded = torch.arange(attention_mask.shape[1], device=frames.device)[None, :] < frames[:, None]
+        bad = (attention_mask != right_padded.to(attention_mask.dtype)).any(dim=1)
+        if bool(bad.any()):
+            raise ValueError(f"attention_mask of clip(s) {bad.nonzero().flatten().tolist()} is not 1 for the real "
+                             f"frames and 0 for the padding after them; the model takes right-padded clips (as "
+                             f"ASTFeatureExtractor pads them): pad each clip at its end, with a mask of 1s then 0s")
+    return frames
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -667,11 +685,20 @@ def frames_from_attention_mask(attention_mask: torch.Tensor | np.ndarray | None,
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _whole_number(name: str, value) -> int:
+    """`value` as an int: a whole number of any type (a numpy integer, a float such as 512.0), as `ASTConfig` reads its
+    sizes; anything else (a bool, a fraction, a string) raises `ValueError` naming `name`."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"{name} must be a whole number, got {value!r}")
+
+
 def _require_config(source: str, kwargs: dict) -> None:
-    """A local folder without config.json: say so (transformers would build a default-sized model and report every
-    weight as mismatched)."""
-    if kwargs.get("config") is None and Path(source).is_dir() and not (Path(source) / "config.json").is_file():
-        raise ValueError(f"{source} has no config.json, so the model's shape is unknown; put the config.json saved "
+    """A local folder without config.json (in its `subfolder`, where one is given): say so (transformers would build
+    a default-sized model and report every weight as mismatched)."""
+    folder = Path(source) / (kwargs.get("subfolder") or "")
+    if kwargs.get("config") is None and Path(source).is_dir() and not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} has no config.json, so the model's shape is unknown; put the config.json saved "
                          f"with these weights into the folder (an original .pth is converted with `ast-hf convert`)")
 
 
@@ -681,7 +708,8 @@ def _fresh_head_for_num_labels(source: str, kwargs: dict) -> bool:
     num_labels = kwargs.get("num_labels")
     if num_labels is None or kwargs.get("config") is not None:
         return False
-    hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+    hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder")
+                  if k in kwargs}
     if ASTConfig.from_pretrained(source, **hub_kwargs).num_labels == num_labels:
         return False
     kwargs.setdefault("ignore_mismatched_sizes", True)
@@ -906,13 +934,15 @@ class ASTPreTrainedModel(PreTrainedModel):
         current patch grid to the new one in one `adapt_position_embeddings` step; the config records the result.
 
         Raises:
-            ValueError: a stride that is not positive or larger than the patch (input would fall between
-                patches), or a `max_length` shorter than one patch.
+            ValueError: a value that is not a whole number (a whole float such as `5.12 * 100` or a numpy integer is
+                taken as that int, as `ASTConfig` takes it), a stride that is not positive or larger than the patch
+                (input would fall between patches), or a `max_length` shorter than one patch.
         """
         config = self.config
-        max_length = config.max_length if max_length is None else max_length
-        strides = (config.frequency_stride if frequency_stride is None else frequency_stride,
-                   config.time_stride if time_stride is None else time_stride)
+        max_length = config.max_length if max_length is None else _whole_number("max_length", max_length)
+        strides = (config.frequency_stride if frequency_stride is None
+                   else _whole_number("frequency_stride", frequency_stride),
+                   config.time_stride if time_stride is None else _whole_number("time_stride", time_stride))
         for name, stride, side in zip(("frequency_stride", "time_stride"), strides, config.patch_shape):
             if not 1 <= stride <= side:
                 raise ValueError(f"{name} {stride} does not fit the {config.patch_shape[0]}x{config.patch_shape[1]} "
@@ -972,9 +1002,11 @@ class ASTModel(ASTPreTrainedModel):
             warnings.warn("bfloat16 on a CPU without bf16 units: its matmuls run without hardware support, several "
                           "times slower than float32 here; load the model with dtype=torch.float32 for speed",
                           stacklevel=2)
-        if not (torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()):
+        if input_values.numel() and not (torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+                                         or torch.jit.is_tracing()):
             # One pass (NaN and inf propagate through aminmax) instead of NaN logits and no word; skipped while a
-            # graph is traced, where a data-dependent branch has no place.
+            # graph is traced, where a data-dependent branch has no place, and for an empty batch (nothing to
+            # check: aminmax has no value to give, and the model gives empty outputs).
             low, high = torch.aminmax(input_values)
             if not bool(torch.isfinite(low) & torch.isfinite(high)):
                 bad = (~torch.isfinite(input_values)).flatten(1).any(dim=1).nonzero().flatten().tolist()
