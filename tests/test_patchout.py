@@ -105,6 +105,15 @@ def test_bad_settings_are_refused(fields):
         Patchout(**fields)
 
 
+def test_numpy_integer_counts_are_taken_as_ints():
+    """Counts read from arrays or configs are often numpy integers: taken as the ints they are (refused as 'not a
+    whole number' before), and equal to the same setting given as ints."""
+    import numpy as np
+
+    assert Patchout(np.int64(2), np.int32(1), 0.1) == Patchout(2, 1, 0.1)
+    assert type(Patchout(np.int64(2)).time) is int
+
+
 def test_trainer_arguments_reach_the_model(model, tmp_path):
     fe = ASTFeatureExtractor(max_length=FRAMES)
     collator = ASTAudioCollator(fe, num_labels=5)

@@ -15,6 +15,7 @@ def _spin(stop_at: float) -> None:
 
 def test_an_explicit_count_wins_and_is_checked():
     assert choose_threads(3) == 3
+    assert choose_threads(__import__("numpy").int64(2)) == 2  # a numpy integer: the int it is
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="threads must be a positive whole number"):
             choose_threads(bad)

@@ -200,6 +200,15 @@ def test_bad_settings_are_refused(band_model, keep, after_layer):
         band_model[0].set_token_reduction(keep=keep, after_layer=after_layer)
 
 
+def test_a_numpy_integer_layer_count_is_taken():
+    import numpy as np
+
+    from ast_hf.modeling_ast import TokenReduction
+
+    assert TokenReduction(0.5, np.int64(2)) == TokenReduction(0.5, 2)
+    assert type(TokenReduction(0.5, np.int64(2)).after_layer) is int
+
+
 
 def test_demo_table_reports_the_trained_model_against_itself(band_model):
     """`token_reduction_table` (the demo's speed/accuracy table): the first row is the full model, each later row

@@ -135,9 +135,10 @@ class Patchout:
     def __post_init__(self):
         for name in ("time", "freq"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ValueError(f"patchout {name} is a count of patch {'columns' if name == 'time' else 'rows'} "
                                  f"to drop, a whole number >= 0; got {value!r}")
+            object.__setattr__(self, name, int(value))  # a numpy integer too: the int it is
         if not 0.0 <= self.random < 1.0:
             raise ValueError(f"patchout random is the fraction of patches to drop, in [0, 1); got {self.random!r}")
 
@@ -406,8 +407,10 @@ class TokenReduction:
     def __post_init__(self):
         if not 0.0 < self.keep < 1.0:
             raise ValueError(f"token reduction keep is the fraction of patches kept, in (0, 1); got {self.keep!r}")
-        if isinstance(self.after_layer, bool) or not isinstance(self.after_layer, int) or self.after_layer < 0:
+        if (isinstance(self.after_layer, bool) or not isinstance(self.after_layer, numbers.Integral)
+                or self.after_layer < 0):
             raise ValueError(f"token reduction after_layer is a layer count >= 0, got {self.after_layer!r}")
+        object.__setattr__(self, "after_layer", int(self.after_layer))  # a numpy integer too: the int it is
 
     def kept_tokens(self, layer: ASTLayer, hidden_states: torch.Tensor,
                     token_mask: torch.Tensor | None) -> torch.Tensor:

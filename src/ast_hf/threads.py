@@ -8,6 +8,7 @@ archives) take the cores that are free when they start, and `--threads N` overri
 
 from __future__ import annotations
 
+import numbers
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,9 +54,9 @@ def choose_threads(requested: int | None = None) -> int:
     `torchrun` / `accelerate launch` each of the LOCAL_WORLD_SIZE processes of this machine takes its share (they
     start together, so none would see the others' load)."""
     if requested is not None:
-        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        if isinstance(requested, bool) or not isinstance(requested, numbers.Integral) or requested < 1:
             raise ValueError(f"threads must be a positive whole number, got {requested!r}")
-        return requested
+        return int(requested)
     cores = usable_cores()
     free = max(1, min(cores, round(cores - min(busy_cores(), cores))))
     return max(1, free // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
