@@ -56,3 +56,16 @@ def test_json_text_writes_undefined_numbers_as_null():
     value = {"f1": 0.5, "error_rate": float("nan"), "nested": [float("inf"), {"x": -float("inf"), "n": 3}]}
     assert json.loads(json_text(value)) == {"f1": 0.5, "error_rate": None, "nested": [None, {"x": None, "n": 3}]}
     assert "NaN" not in json_text(value, indent=2) and "Infinity" not in json_text(value)
+
+
+def test_a_folder_is_refused_before_anything_is_written(tmp_path):
+    """os.replace failed only at the end, after the caller's work, naming the temporary file; now the folder is
+    named before the body runs, and nothing is left behind."""
+    folder = tmp_path / "out"
+    (folder / "inside").mkdir(parents=True)
+    ran = []
+    with pytest.raises(IsADirectoryError, match=f"{folder} is a folder; give the path of the file to write"):
+        with atomic_path(folder) as tmp:
+            ran.append(tmp)
+    assert ran == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in folder.iterdir()] == ["inside"]

@@ -18,7 +18,7 @@ import torch
 
 from ast_hf import load_audio, predict_files
 from ast_hf.batch_inference import collect_inputs, part_paths
-from helpers import RATE, noise, recording, tone
+from helpers import RATE, noise, recording, run_cli, tone
 
 REPO = Path(__file__).resolve().parents[1]
 ATOL = 1e-5
@@ -256,3 +256,81 @@ def test_a_file_whose_windows_cannot_be_featurised_fails_alone(archive, expected
     records = read_jsonl(output)
     assert [r["path"] for r in records] == good
     check_against_reference(records, {Path(p).name: expected[Path(p).name] for p in good})
+
+
+def test_one_path_given_as_a_string_is_one_input(archive, trained, tmp_path, monkeypatch):
+    """A str is an iterable of characters: predict_files("tone_a.wav", ...) tagged "t", "o", ... and, through ".",
+    every audio file below the working folder. One str or Path is one input."""
+    model, fe = trained
+    monkeypatch.chdir(archive["audio"])
+    assert collect_inputs("tone_a.wav") == collect_inputs(Path("tone_a.wav")) == ["tone_a.wav"]
+    output = tmp_path / "one.jsonl"
+    summary = predict_files("tone_a.wav", model, fe, output, num_workers=0, progress=False)
+    assert summary.scored == 1 and summary.failed == {} and summary.exit_code == 0
+    assert [r["path"] for r in read_jsonl(output)] == ["tone_a.wav"]
+
+
+def test_a_list_file_with_a_byte_order_mark_names_its_first_file(archive, tmp_path):
+    """A list saved with a UTF-8 byte-order mark (Windows editors) glued the mark to its first path, which then
+    failed as 'no such audio file' though the file is there."""
+    first, second = [p for p in archive["files"] if p.name not in BAD][:2]
+    listing = tmp_path / "files.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + f"{first}\n{second}\n".encode())
+    assert collect_inputs([listing]) == [str(first), str(second)]
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("notes.csv", "name,value\nx,1\n", "its header is name,value"),
+    ("short.csv", "path,duration,windows,rank,label,score\na.wav,1.0\n", "line 2 is not a row"),
+    ("notes.jsonl", '{"a": 1}\n{"path": "x.wav", "duration": 1.0, "windows": 1, "labels": [], "scores": []}\n',
+     "line 1 is not a record"),
+    ("notes.jsonl", "just some text\n", "line 1 is not a record"),
+])
+def test_an_existing_output_that_is_no_results_file_is_refused_and_kept(archive, trained, tmp_path, capsys, name,
+                                                                         text, message):
+    """--output naming another CSV crashed with KeyError 'path' (a traceback); another JSONL was replaced by the
+    results, its lines that were no records dropped without a word. Both are refused, the file left as it was."""
+    model, fe = trained
+    output = tmp_path / name
+    output.write_text(text)
+    good = [str(p) for p in archive["files"] if p.name not in BAD][:1]
+    with pytest.raises(ValueError, match=f"{output} exists but is not a results file.*{message}"):
+        predict_files(good, model, fe, output, num_workers=0, progress=False)
+    code, _, err = run_cli(capsys, "predict", *good, "--model", archive["model_dir"], "--output", output,
+                           "--num-workers", "0", "--no-progress")
+    assert code == 1 and "not a results file" in err and "Traceback" not in err
+    assert output.read_text() == text and sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_an_empty_existing_output_is_filled(archive, trained, tmp_path):
+    model, fe = trained
+    good = [str(p) for p in archive["files"] if p.name not in BAD][:2]
+    for name in ("empty.jsonl", "empty.csv"):
+        output = tmp_path / name
+        output.touch()
+        assert predict_files(good, model, fe, output, num_workers=0, progress=False).scored == 2
+        assert predict_files(good, model, fe, output, num_workers=0, progress=False).skipped == 2
+
+
+def test_ctrl_c_says_where_the_finished_files_are_kept(archive, tmp_path):
+    """Ctrl-C ended with 'no partial output was left behind', though the finished files are kept in the part file
+    on purpose (the next run resumes from them); now the message names it, and the exit code stays 130."""
+    many = tmp_path / "many.txt"
+    many.write_text("\n".join(str(p) for p in archive["files"] if p.name not in BAD))
+    output = tmp_path / "results.jsonl"
+    command = [sys.executable, "-m", "ast_hf.cli", "predict", str(many), "--model", str(archive["model_dir"]),
+               "--output", str(output), "--num-workers", "0", "--batch-size", "1", "--no-progress"]
+    part = tmp_path / "results.jsonl.part-0.jsonl"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if part.exists() and part.read_text().count("\n") >= 1:
+            process.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.02)
+    _, err = process.communicate(timeout=240)
+    if process.returncode == 0:
+        pytest.skip("the run finished before it could be interrupted")
+    assert process.returncode == 130, err
+    assert f"the files finished so far are kept in {part}" in err and "no partial output" not in err
+    assert part.exists() and not output.exists()

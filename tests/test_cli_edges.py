@@ -113,3 +113,70 @@ def test_embed_with_no_file_embedded_is_an_error_not_a_silent_return(files, tmp_
     assert output.read_bytes() == b"an earlier run's embeddings"
     code, out, err = run_cli(capsys, "embed", empty, "--model", files / "model", "--output", output)
     assert code == 1 and "ast-hf embed: error: none of the 1 files could be embedded" in err and "wrote" not in out
+
+
+def _unusable_cuda_device() -> str:
+    """A CUDA device this machine does not have: cuda:<count> (with no GPU, every cuda device is one)."""
+    return f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}"
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda9", _unusable_cuda_device()])
+def test_a_device_this_machine_cannot_use_is_named_in_every_command(files, tmp_path, capsys, device):
+    """torch raised a RuntimeError traceback for an unknown device name or a CUDA device the machine lacks, and
+    batch predict never used --device at all (it ran on the CPU with exit code 0). Now one error line naming
+    --device, before any model is loaded, and nothing is written."""
+    commands = {
+        "predict one": ["predict", files / "rec.wav", "--no-progress"],
+        "predict batch": ["predict", files / "rec.wav", files / "short.wav", "--output", tmp_path / "p.jsonl",
+                          "--num-workers", "0", "--no-progress"],
+        "embed": ["embed", files / "rec.wav", "--output", tmp_path / "e.npz"],
+        "detect": ["detect", files / "rec.wav", "--events", tmp_path / "e.tsv", "--no-progress"],
+        "explain": ["explain", files / "rec.wav", "--out", tmp_path / "x.png"],
+        "listen": ["listen", "--realtime", files / "short.wav"],
+    }
+    for name, argv in commands.items():
+        code, out, err = run_cli(capsys, *argv, "--model", files / "model", "--device", device)
+        assert code == 1 and f"--device {device}" in err.replace("'", ""), (name, err)
+        assert err.count("\n") == 1 and "Traceback" not in err, (name, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_predict_runs_the_model_where_device_says(files, tmp_path):
+    """predict_files put the model on the rank's default device whatever the caller asked; `device=` is used."""
+    from ast_hf import predict_files
+
+    model = ASTForAudioClassification.from_pretrained(files / "model").eval()
+    fe = ASTFeatureExtractor.from_pretrained(files / "model")
+    summary = predict_files([files / "rec.wav"], model, fe, tmp_path / "p.jsonl", num_workers=0, progress=False,
+                            device="cpu")
+    assert summary.scored == 1 and next(model.parameters()).device == torch.device("cpu")
+
+
+@pytest.mark.parametrize("command", ["embed", "detect", "explain", "predict --timeline", "predict --plot"])
+def test_an_output_file_that_is_a_folder_is_refused_before_the_work(files, tmp_path, capsys, command):
+    """The folder was found only when the result was moved into place, after all the scoring, and the message named
+    a temporary file ('Is a directory: .x.tmp -> out'); predict --output already refused it at once."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    argv = {"embed": ["embed", files / "rec.wav", "--output", folder],
+            "detect": ["detect", files / "rec.wav", "--events", folder, "--no-progress"],
+            "explain": ["explain", files / "rec.wav", "--out", folder],
+            "predict --timeline": ["predict", files / "rec.wav", "--timeline", folder, "--no-progress"],
+            "predict --plot": ["predict", files / "rec.wav", "--plot", folder, "--no-progress"]}[command]
+    code, out, err = run_cli(capsys, *argv, "--model", files / "model")
+    assert code == 1 and f"{folder} is a folder; give the path of the file to write" in err
+    assert ".tmp" not in err and "wrote" not in out and "windows" not in out
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("command", ["detect", "embed"])
+def test_an_input_folder_without_audio_is_named_as_predict_names_it(files, tmp_path, capsys, command):
+    """detect said '0 of 0 files failed; nothing written' after loading the model; embed 'no files to embed'."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = {"detect": ["--events", tmp_path / "e.tsv"], "embed": ["--output", tmp_path / "e.npz"]}[command]
+    code, _, err = run_cli(capsys, command, empty, "--model", files / "model", *out)
+    assert code == 1 and "no input files: give audio files, folders holding audio" in err
+    code, _, err_predict = run_cli(capsys, "predict", empty, "--model", files / "model", "--output",
+                                   tmp_path / "p.jsonl")
+    assert code == 1 and err_predict.split("error: ")[1] == err.split("error: ")[1]

@@ -55,3 +55,23 @@ def test_patch_grid_is_frequency_by_time():
     position = model.embeddings.position_embeddings_for((f, t))[0, 2:].reshape(f, t, -1)
     expected = model.layernorm(patches.permute(1, 2, 0) + position)
     np.testing.assert_allclose(result.patches[0], expected.detach().numpy(), atol=ATOL)
+
+
+def test_embed_files_takes_path_objects_and_a_single_path(tmp_path):
+    """Path objects made `paths` an object array, pickled into the .npz (which np.load then refuses without
+    allow_pickle, though the file is said to hold no pickles); one str was taken as its characters."""
+    import soundfile as sf
+
+    from ast_hf.embeddings import embed_files
+
+    torch.manual_seed(0)
+    model = ASTModel(tiny_config()).eval()
+    fe = ASTFeatureExtractor(max_length=128)
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, recording()[0][: 2 * RATE], RATE)
+    assert embed_files([clip], model, fe, tmp_path / "a.npz", progress=False) == {}
+    assert embed_files(str(clip), model, fe, tmp_path / "b.npz", progress=False) == {}
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:  # allow_pickle=False
+        assert a["paths"].tolist() == b["paths"].tolist() == [str(clip)]
+        np.testing.assert_array_equal(a["embeddings"], b["embeddings"])
+        np.testing.assert_allclose(a["embeddings"][0], embed(model, fe, clip).embedding, atol=ATOL)

@@ -87,3 +87,19 @@ def test_an_empty_batch_gives_empty_embeddings(model):
     assert hear.get_scene_embeddings(audio, model).shape == (0, model.scene_embedding_size)
     embeddings, timestamps = hear.get_timestamp_embeddings(audio, model)
     assert embeddings.shape == (0, 21, model.timestamp_embedding_size) and timestamps.shape == (0, 21)
+
+
+@pytest.mark.parametrize("dtype,message", [(torch.int16, "int16 samples \\(integer PCM\\).*32768"),
+                                           (torch.int32, "int32 samples \\(integer PCM\\)"),
+                                           (torch.complex64, "complex64 values")])
+def test_integer_and_complex_audio_is_refused(model, dtype, message):
+    """.float() read int16 PCM as samples of +-32767 and dropped an imaginary part, giving embeddings of another
+    sound without a word; the rest of ast_hf refuses both (audio_io.float_samples)."""
+    audio = (torch.rand(2, 16000) - 0.5) * 20000
+    audio = audio.to(dtype) if not dtype.is_complex else torch.complex(audio / 32768, audio / 32768)
+    for function in (hear.get_scene_embeddings, hear.get_timestamp_embeddings):
+        with pytest.raises(ValueError, match=message):
+            function(audio, model)
+    # float64 is still taken, as float32
+    scene = hear.get_scene_embeddings(torch.rand(1, 16000, dtype=torch.float64) - 0.5, model)
+    assert scene.dtype == torch.float32 and torch.isfinite(scene).all()

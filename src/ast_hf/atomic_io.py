@@ -24,8 +24,12 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     `suffix` (default: the target's own, e.g. ".png") lets writers that infer the format from the name work.
     Missing parent folders are created. The file gets the mode of the file it replaces, or for a new file the one
     `open()` would give it (0o666 less the umask).
+
+    Raises:
+        IsADirectoryError: `path` is a folder (refused before anything is written, naming it).
     """
     path = Path(path)
+    check_file_destination(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=(path.suffix if suffix is None else suffix) + ".tmp",
                                dir=path.parent)
@@ -38,6 +42,13 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def check_file_destination(path: str | Path) -> None:
+    """Refuse an output file path that is an existing folder, before the work whose result it is to hold (the final
+    `os.replace` would fail only then, naming the temporary file)."""
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the path of the file to write")
 
 
 def _file_mode(path: Path) -> int:
@@ -140,4 +151,4 @@ def atomic_folder(out_dir: str | Path, force: bool = False) -> Iterator[Path]:
         raise
 
 
-__all__ = ["atomic_path", "write_text_atomic", "atomic_folder", "check_destination"]
+__all__ = ["atomic_path", "write_text_atomic", "atomic_folder", "check_destination", "check_file_destination"]

@@ -42,6 +42,7 @@ AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".
                     ".wma", ".webm", ".mp4", ".mkv", ".caf", ".w64"}
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 CSV_FIELDS = ["path", "duration", "windows", "rank", "label", "score"]
+NO_INPUTS = "no input files: give audio files, folders holding audio, or .txt lists of paths"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -49,17 +50,21 @@ CSV_FIELDS = ["path", "duration", "windows", "rank", "label", "score"]
 # --------------------------------------------------------------------------------------------------------------
 
 
-def collect_inputs(items: Iterable[str | Path]) -> list[str]:
+def collect_inputs(items: Iterable[str | Path] | str | Path) -> list[str]:
     """Expand folders (audio files below them, recursively, sorted) and list files (.txt / .lst / .list: one
     path per line, `#` comments, relative paths taken from the list's folder); keep other paths as given.
-    Duplicates are dropped, the first occurrence kept."""
+    Duplicates are dropped, the first occurrence kept. A single path (str or Path) is one item."""
+    if isinstance(items, (str, Path)):
+        # a str is an iterable of characters: "a.wav" would give "a", ".", ... and "." every audio file here
+        items = [items]
     paths: list[str] = []
     for item in items:
         item = Path(item)
         if item.is_dir():
             paths += sorted(str(p) for p in item.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
         elif item.suffix.lower() in LIST_EXTENSIONS and item.is_file():
-            for line in item.read_text(encoding="utf-8").splitlines():
+            # utf-8-sig: a list saved with a byte-order mark (Windows editors) would glue it to the first path
+            for line in item.read_text(encoding="utf-8-sig").splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
                     entry = Path(line)
@@ -156,34 +161,54 @@ def errors_path(output: Path) -> Path:
     return output.with_name(output.name + ".errors.jsonl")
 
 
-def _read_jsonl(path: Path) -> Iterator[dict]:
+def _read_jsonl(path: Path, strict: bool = False) -> Iterator[dict]:
+    """The records of a JSONL file. A line that is no record is skipped (a part file's line cut by an
+    interruption), or with `strict` (OUTPUT, written whole) raises a `ValueError` naming it."""
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut by an interruption
+                record = None
             if isinstance(record, dict) and "path" in record:
                 yield record
+            elif strict and line.strip():
+                raise ValueError(f"line {number} is not a record {{\"path\", ...}}")
 
 
 def _read_csv(path: Path) -> Iterator[dict]:
     records: dict[str, dict] = {}
     with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            record = records.setdefault(row["path"], {"path": row["path"], "duration": float(row["duration"]),
-                                                      "windows": int(row["windows"]), "labels": [], "scores": []})
-            if row["label"]:
-                record["labels"].append(row["label"])
-                record["scores"].append(float(row["score"]))
+        reader = csv.DictReader(f)
+        if reader.fieldnames is not None and not set(CSV_FIELDS) <= set(reader.fieldnames):
+            raise ValueError(f"its header is {','.join(reader.fieldnames)}, not {','.join(CSV_FIELDS)}")
+        for row in reader:
+            try:
+                record = records.setdefault(row["path"], {"path": row["path"], "duration": float(row["duration"]),
+                                                          "windows": int(row["windows"]), "labels": [], "scores": []})
+                if row["label"]:
+                    record["labels"].append(row["label"])
+                    record["scores"].append(float(row["score"]))
+            except (TypeError, ValueError):  # TypeError: a short row's missing cells are None
+                raise ValueError(f"line {reader.line_num} is not a row {','.join(CSV_FIELDS)}") from None
     yield from records.values()
 
 
 def read_results(output: Path) -> tuple[dict[str, dict], dict[str, dict]]:
-    """(successes, failures) by path from OUTPUT and its part files; a later success wins over a failure."""
+    """(successes, failures) by path from OUTPUT and its part files; a later success wins over a failure.
+
+    Raises:
+        ValueError: OUTPUT exists but is no results file of `predict_files` (merging would replace it, and every
+            line that is not a record would be lost).
+    """
     sources = []
     if output.is_file():
-        sources.append(_read_csv(output) if output.suffix.lower() == ".csv" else _read_jsonl(output))
+        try:
+            sources.append(list(_read_csv(output) if output.suffix.lower() == ".csv"
+                                else _read_jsonl(output, strict=True)))
+        except ValueError as error:  # also a UnicodeDecodeError: not a text file
+            raise ValueError(f"{output} exists but is not a results file of ast-hf predict ({error}); the merged "
+                             f"results would replace it: choose another output file or move it away") from None
     sources += [_read_jsonl(p) for p in part_paths(output)]
     done: dict[str, dict] = {}
     failed: dict[str, dict] = {}
@@ -320,7 +345,7 @@ def _record(path: str, note: dict, scores: np.ndarray, labels: list[str], aggreg
 
 
 def predict_files(
-    inputs: Iterable[str | Path],
+    inputs: Iterable[str | Path] | str | Path,
     model,
     feature_extractor,
     output: str | Path,
@@ -334,11 +359,12 @@ def predict_files(
     num_workers: int = 2,
     progress: bool = True,
     distributed: Distributed | None = None,
+    device: str | torch.device | None = None,
 ) -> BatchSummary:
     """Tag many files into one JSONL (default) or CSV (`output` ending in .csv) file.
 
     Args:
-        inputs: files, folders, list files (see `collect_inputs`).
+        inputs: files, folders, list files (see `collect_inputs`), or one of them as a str or Path.
         model, feature_extractor: an `ASTForAudioClassification` (or ensemble) and its feature extractor; the model
             is moved to this process's device.
         output: the merged result file. JSONL rows: {"path", "duration" (s), "windows", "labels", "scores"}; CSV
@@ -347,6 +373,8 @@ def predict_files(
         top_k, threshold: which clip-level labels to keep per file (top_k None or 0: all).
         batch_size: windows per model call. num_workers: DataLoader worker processes decoding files.
         distributed: the process group (default: from RANK / WORLD_SIZE, started if needed).
+        device: where the model runs (default: `cuda:LOCAL_RANK` when there is a GPU, else the CPU); a plain
+            "cuda" among several processes is each one's `cuda:LOCAL_RANK`.
 
     Returns:
         This process's `BatchSummary`; in rank 0 `failed` holds every process's failures.
@@ -359,7 +387,7 @@ def predict_files(
         raise ValueError(f"--output {output} is a folder; give a file name ending in .jsonl or .csv")
     paths = collect_inputs(inputs)
     if not paths:
-        raise ValueError("no input files: give audio files, folders holding audio, or .txt lists of paths")
+        raise ValueError(NO_INPUTS)
     dist = distributed or Distributed.from_env()
     config = model.config
     activation = resolve_activation(config, activation)
@@ -372,7 +400,12 @@ def predict_files(
     todo = [i for i in mine if paths[i] not in done]
     summary = BatchSummary(output=output, skipped=len(mine) - len(todo))
 
-    device = dist.device()
+    if device is None:
+        device = dist.device()
+    else:
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None and dist.world_size > 1:
+            device = torch.device(f"cuda:{dist.local_rank}")  # not every process on the first GPU
     model.to(device)
     dataset = WindowBatches(paths, todo, feature_extractor, win, step, allow_shorter, config.max_length, batch_size)
     workers = min(num_workers, len(todo))

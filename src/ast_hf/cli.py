@@ -12,6 +12,49 @@ import math
 import sys
 
 
+def _check_device(value: str) -> None:
+    """Refuse a --device this machine cannot run on, by name and before a model is loaded (torch raised a
+    RuntimeError traceback, for an unknown name or CUDA where there is none, and batch predict never tried it)."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise ValueError(f"--device {value!r} is not a device: give cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ValueError(f"--device {value}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {value}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:  # another backend (mps, xpu, ...) that is not there
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]  # torch's run long
+        raise ValueError(f"--device {value} cannot be used on this machine ({first})") from None
+
+
+def _check_output_files(*paths: str | None) -> None:
+    """Refuse an output file option naming a folder before the work (it failed only when the result was moved
+    into place, naming a temporary file)."""
+    from .atomic_io import check_file_destination
+
+    for path in paths:
+        if path is not None:
+            check_file_destination(path)
+
+
+def _collect_inputs(items: list[str]) -> list[str]:
+    """`collect_inputs(items)`, refusing none before a model is loaded, in the words of `predict` (an empty folder
+    made detect say '0 of 0 files failed' after loading the model)."""
+    from .batch_inference import NO_INPUTS, collect_inputs
+
+    paths = collect_inputs(items)
+    if not paths:
+        raise ValueError(NO_INPUTS)
+    return paths
+
+
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="print the versions of ast-hf, transformers and torch, whether CUDA is "
                                     "available, this CPU and the kernel choices kept for it")
@@ -112,7 +155,8 @@ def _add_predict(sub) -> None:
     p.add_argument("--batch-size", type=int,
                    help="windows per model call (default: one recording 2 on a CPU and 8 on a GPU; batch mode 8)")
     p.add_argument("--num-workers", type=int, default=2, help="batch mode: decoding worker processes")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; batch mode: per rank)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available; batch mode under torchrun: "
+                                    "cuda is each process's cuda:LOCAL_RANK)")
     _add_threads_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -127,6 +171,7 @@ def _add_predict(sub) -> None:
             raise ValueError("--timeline and --plot describe one recording; give one FILE (and no --output)")
         if single and not Path(args.inputs[0]).is_file():
             raise FileNotFoundError(f"no such audio file: {args.inputs[0]}")
+        _check_output_files(args.timeline, args.plot)
         if single:
             from .long_audio import tag_long_audio
 
@@ -146,14 +191,25 @@ def _add_predict(sub) -> None:
         from .batch_inference import Distributed, predict_files
 
         dist = Distributed.from_env()
+        output = args.output or "predictions.jsonl"
         try:
-            model, fe = load_for_inference(args.model, dist.device())
-            output = args.output or "predictions.jsonl"
+            model, fe = load_for_inference(args.model, "cpu")  # predict_files moves it to the device
             summary = predict_files(args.inputs, model, fe, output, window=args.window, hop=args.hop,
                                     aggregate=args.aggregate, top_k=args.top_k, threshold=args.threshold,
                                     activation=args.activation,
                                     batch_size=8 if args.batch_size is None else args.batch_size,
-                                    num_workers=args.num_workers, progress=not args.no_progress, distributed=dist)
+                                    num_workers=args.num_workers, progress=not args.no_progress, distributed=dist,
+                                    device=args.device)
+        except KeyboardInterrupt:
+            from .batch_inference import part_paths
+
+            parts = part_paths(Path(output))
+            if not parts:
+                raise
+            # main() would say that no partial output was left: here it was, on purpose, to resume from
+            print(f"ast-hf predict: interrupted; the files finished so far are kept in "
+                  f"{', '.join(map(str, parts))}: run the same command again to continue", file=sys.stderr)
+            return 130
         finally:
             dist.close()
         if dist.rank == 0:
@@ -182,14 +238,14 @@ def _add_embed(sub) -> None:
     _add_threads_option(p)
 
     def run(args) -> int:
-        from .batch_inference import collect_inputs
         from .embeddings import embed_files
         from .long_audio import window_samples
         from .model_loading import load_for_inference
 
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-        paths = collect_inputs(args.inputs)
+        _check_output_files(args.output)
+        paths = _collect_inputs(args.inputs)
         model, fe = load_for_inference(args.model, args.device, backbone_only=True)
         # bad options fail once, not as a failure per file
         window_samples(args.window, args.hop, fe.sampling_rate, model.config.max_length)
@@ -218,6 +274,7 @@ def _add_explain(sub) -> None:
         from .explanation import explain
         from .model_loading import load_for_inference
 
+        _check_output_files(args.out)
         model, fe = load_for_inference(args.model, args.device)
         waveform = load_audio(args.input, fe.sampling_rate)
         total = len(waveform) / fe.sampling_rate
@@ -409,14 +466,14 @@ def _add_detect(sub) -> None:
     def run(args) -> int:
         from pathlib import Path
 
-        from .batch_inference import collect_inputs
         from .event_tsv import read_event_tsv, write_event_tsv
         from .frame_level import check_window, frame_scores
         from .inference import label_names
         from .model_loading import load_for_inference
         from .sound_events import detect_events
 
-        paths = collect_inputs(args.inputs)
+        _check_output_files(args.events, args.plot)
+        paths = _collect_inputs(args.inputs)
         if args.plot and len(paths) != 1:
             raise ValueError(f"--plot describes one recording; {len(paths)} files were given")
         names = [Path(path).name for path in paths]
@@ -661,6 +718,8 @@ def main(argv: list[str] | None = None) -> int:
             value = getattr(args, option, None)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"--{option.replace('_', '-')} must be a finite score, got {value}")
+        if getattr(args, "device", None) is not None:
+            _check_device(args.device)
         if hasattr(args, "threads"):  # long-running commands: the cores left free, unless --threads says
             from .threads import use_threads
 

@@ -81,9 +81,9 @@ def embed(model, feature_extractor, audio: str | Path | np.ndarray | torch.Tenso
                           patches=np.concatenate(patches) if return_patches else None)
 
 
-def embed_files(paths: list[str], model, feature_extractor, output: str | Path, window: float | None = None,
-                hop: float | None = None, return_patches: bool = False, batch_size: int = 8,
-                progress: bool = True) -> dict[str, str]:
+def embed_files(paths: list[str] | str | Path, model, feature_extractor, output: str | Path,
+                window: float | None = None, hop: float | None = None, return_patches: bool = False,
+                batch_size: int = 8, progress: bool = True) -> dict[str, str]:
     """Embed files into one .npz (written atomically, no pickles): `paths` [N], `embeddings` [N, D],
     `window_embeddings` [W, D], `window_file` [W] (row in `paths`), `window_start` / `window_end` [W] (s) and,
     with `return_patches`, `patches_<i>` [windows, f, t, D] for file i. Files that fail are skipped and
@@ -91,15 +91,20 @@ def embed_files(paths: list[str], model, feature_extractor, output: str | Path, 
 
     Raises:
         ValueError: `paths` is empty, or no file could be embedded (nothing is written then).
+        IsADirectoryError: `output` is a folder (before any file is embedded).
     """
     import sys
 
     from tqdm.auto import tqdm
 
-    from .atomic_io import atomic_path
+    from .atomic_io import atomic_path, check_file_destination
 
+    if isinstance(paths, (str, Path)):  # one path, not its characters
+        paths = [paths]
+    paths = [str(p) for p in paths]
     if not paths:
         raise ValueError("no files to embed")
+    check_file_destination(output)  # before the work, not when the result is moved into place
     kept, failed, arrays = [], {}, {}
     for path in tqdm(paths, unit="file", desc="embedding", disable=not progress):
         try:

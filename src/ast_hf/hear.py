@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .audio_io import float_samples
 from .configuration_ast import patch_shape
 from .embeddings import embed
 from .frame_level import column_tokens, stitch_columns
@@ -62,7 +63,9 @@ def _clips(audio, model: HEARModel) -> list[np.ndarray]:
     if not isinstance(audio, torch.Tensor) or audio.ndim != 2:
         raise ValueError(f"audio must be a [n_sounds, samples] float tensor at {model.sample_rate} Hz, got "
                          f"{type(audio).__name__} of shape {tuple(getattr(audio, 'shape', ()))}")
-    clips = audio.detach().float().cpu().numpy()
+    # integer PCM, bool or complex samples are refused by name: .float() took int16 as +-32767 and dropped an
+    # imaginary part, giving embeddings of another sound without a word
+    clips = float_samples(audio, "audio")
     if not np.isfinite(clips).all():
         raise ValueError("audio contains NaN or infinite samples")
     return list(clips)
