@@ -414,4 +414,5 @@ def test_settings_given_as_numpy_scalars_are_saved(tmp_path):
     back = ASTFeatureExtractor.from_pretrained(tmp_path)
     assert (back.sampling_rate, back.num_mel_bins, back.max_length, back.mean, back.std) == (16000, 64, 1024, -4.25,
                                                                                                3.5)
-    assert back(signals()["noise"].numpy(), sampling_rate=SR, return_tensors="pt")["input_values"].shape == (1, 1024, 64)
+    features = back(signals()["noise"].numpy(), sampling_rate=SR, return_tensors="pt")["input_values"]
+    assert features.shape == (1, 1024, 64)
