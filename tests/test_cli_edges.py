@@ -180,3 +180,16 @@ def test_an_input_folder_without_audio_is_named_as_predict_names_it(files, tmp_p
     code, _, err_predict = run_cli(capsys, "predict", empty, "--model", files / "model", "--output",
                                    tmp_path / "p.jsonl")
     assert code == 1 and err_predict.split("error: ")[1] == err.split("error: ")[1]
+
+
+@pytest.mark.parametrize("options, named, needed", [
+    (["--stdin", "--threshold", "0.3", "--median-filter", "3"], "--threshold, --median-filter", "--print events"),
+    (["--stdin", "--label-threshold", "speech=0.4"], "--label-threshold", "--print events"),
+    (["--realtime", "x.wav", "--sampling-rate", "8000"], "--sampling-rate", "--stdin"),
+    (["--realtime", "x.wav", "--format", "f32le"], "--format", "--stdin")])
+def test_listen_refuses_options_it_would_ignore(capsys, options, named, needed):
+    """With the default --print windows the event options were accepted and did nothing; so were --format and
+    --sampling-rate without --stdin. Now one error line names them and what they need, before a model is loaded."""
+    code, _, err = run_cli(capsys, "listen", "--model", "/no/such/model", *options)
+    assert code == 1 and f"ast-hf listen: error: {named} only shape" in err and needed in err
+    assert "no model folder" not in err

@@ -405,6 +405,10 @@ def _add_norm_stats(sub) -> None:
     p.set_defaults(func=run)
 
 
+# The options `_add_event_options` adds (argparse's names).
+EVENT_OPTIONS = ("threshold", "off_threshold", "label_threshold", "median_filter", "min_duration", "merge_gap")
+
+
 def _add_event_options(p) -> None:
     """Post-processing options shared by `detect` and `listen`."""
     p.add_argument("--threshold", type=float, default=0.5, help="on threshold of every label (default 0.5)")
@@ -608,6 +612,14 @@ def _add_listen(sub) -> None:
         rate = check_sampling_rate(args.sampling_rate, "--sampling-rate")
         if not (args.block > 0 and math.isfinite(args.block)):
             raise ValueError(f"--block must be a positive number of seconds, got {args.block}")
+        # Options that would be accepted and then do nothing: said before the model is loaded.
+        ignored = [("events", "--print events or --print both", EVENT_OPTIONS, args.show == "windows"),
+                   ("raw PCM on stdin", "--stdin", ("format", "sampling_rate"), not args.stdin)]
+        for what, needed, names, unused in ignored:
+            given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) != p.get_default(name)]
+            if unused and given:
+                raise ValueError(f"{', '.join(given)} only shape{'s' if len(given) == 1 else ''} the {what}: add "
+                                 f"{needed}")
         model, fe = load_for_inference(args.model, args.device)
         labels = label_names(model.config)
         events = _event_postprocessing(args, labels) if args.show != "windows" else None
