@@ -69,3 +69,17 @@ def test_a_folder_is_refused_before_anything_is_written(tmp_path):
             ran.append(tmp)
     assert ran == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert [p.name for p in folder.iterdir()] == ["inside"]
+
+
+def test_a_symbolic_link_is_followed_not_replaced(tmp_path):
+    """An output path that is a link (results/latest.csv -> runs/7.csv): the file it points to gets the new content
+    and the link stays a link (os.replace on the link swapped it for a plain file, leaving the target stale)."""
+    target = tmp_path / "runs" / "7.csv"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "latest.csv"
+    link.symlink_to(target)
+    write_text_atomic(link, "new\n")
+    assert link.is_symlink() and target.read_text() == "new\n" and link.read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.csv", "runs"]
+    assert [p.name for p in target.parent.iterdir()] == ["7.csv"]  # no temporary file left beside the target

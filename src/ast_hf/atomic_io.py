@@ -23,13 +23,16 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
 
     `suffix` (default: the target's own, e.g. ".png") lets writers that infer the format from the name work.
     Missing parent folders are created. The file gets the mode of the file it replaces, or for a new file the one
-    `open()` would give it (0o666 less the umask).
+    `open()` would give it (0o666 less the umask). A symbolic link is followed: its target is replaced, the link
+    stays (as `open(path, "w")` would do).
 
     Raises:
         IsADirectoryError: `path` is a folder (refused before anything is written, naming it).
     """
     path = Path(path)
     check_file_destination(path)
+    if path.is_symlink():  # write where the link points: replacing the link itself would leave its target stale
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=(path.suffix if suffix is None else suffix) + ".tmp",
                                dir=path.parent)
