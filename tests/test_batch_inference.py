@@ -334,3 +334,15 @@ def test_ctrl_c_says_where_the_finished_files_are_kept(archive, tmp_path):
     assert process.returncode == 130, err
     assert f"the files finished so far are kept in {part}" in err and "no partial output" not in err
     assert part.exists() and not output.exists()
+
+
+def test_macos_metadata_files_in_a_folder_are_not_taken_for_audio(tmp_path):
+    """A folder copied from a Mac onto another disk holds "._clip.wav" beside "clip.wav" (AppleDouble metadata, a
+    few hundred bytes): they were collected, failed to decode, and made the run exit 1. An explicitly named one is
+    still taken as given."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    sf.write(folder / "clip.wav", tone(0.5, 440.0), RATE)
+    (folder / "._clip.wav").write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 80)
+    assert collect_inputs([folder]) == [str(folder / "clip.wav")]
+    assert collect_inputs([folder / "._clip.wav"]) == [str(folder / "._clip.wav")]

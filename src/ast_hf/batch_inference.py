@@ -51,9 +51,10 @@ NO_INPUTS = "no input files: give audio files, folders holding audio, or .txt li
 
 
 def collect_inputs(items: Iterable[str | Path] | str | Path) -> list[str]:
-    """Expand folders (audio files below them, recursively, sorted) and list files (.txt / .lst / .list: one
-    path per line, `#` comments, relative paths taken from the list's folder); keep other paths as given.
-    Duplicates are dropped, the first occurrence kept. A single path (str or Path) is one item."""
+    """Expand folders (audio files below them, recursively, sorted; macOS's "._*" metadata files left out) and
+    list files (.txt / .lst / .list: one path per line, `#` comments, relative paths taken from the list's folder);
+    keep other paths as given. Duplicates are dropped, the first occurrence kept. A single path (str or Path) is
+    one item."""
     if isinstance(items, (str, Path)):
         # a str is an iterable of characters: "a.wav" would give "a", ".", ... and "." every audio file here
         items = [items]
@@ -61,7 +62,9 @@ def collect_inputs(items: Iterable[str | Path] | str | Path) -> list[str]:
     for item in items:
         item = Path(item)
         if item.is_dir():
-            paths += sorted(str(p) for p in item.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+            # "._name.wav" files are macOS's AppleDouble metadata, not audio (copied along onto other disks)
+            paths += sorted(str(p) for p in item.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS
+                            and not p.name.startswith("._") and p.is_file())
         elif item.suffix.lower() in LIST_EXTENSIONS and item.is_file():
             # utf-8-sig: a list saved with a byte-order mark (Windows editors) would glue it to the first path
             for line in item.read_text(encoding="utf-8-sig").splitlines():
