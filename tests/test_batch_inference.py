@@ -346,3 +346,19 @@ def test_macos_metadata_files_in_a_folder_are_not_taken_for_audio(tmp_path):
     (folder / "._clip.wav").write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 80)
     assert collect_inputs([folder]) == [str(folder / "clip.wav")]
     assert collect_inputs([folder / "._clip.wav"]) == [str(folder / "._clip.wav")]
+
+
+def test_an_output_that_is_neither_jsonl_nor_csv_and_list_entries_with_a_tilde(archive, trained, tmp_path,
+                                                                                 monkeypatch):
+    """--output results.json was written as JSON lines without a word (not the single JSON value a .json reader
+    expects); it is refused naming the two formats, before any file is tagged. A list entry "~/x.wav" is in the
+    home folder (it was joined to the list's folder)."""
+    model, fe = trained
+    with pytest.raises(ValueError, match=r"results\.json: give a file name ending in \.jsonl .* or \.csv"):
+        predict_files([archive["audio"]], model, fe, tmp_path / "results.json", progress=False)
+    assert not (tmp_path / "results.json").exists()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    listing = tmp_path / "lists" / "files.txt"
+    listing.parent.mkdir()
+    listing.write_text("~/clips/a.wav\nb.wav\n")
+    assert collect_inputs([listing]) == [str(tmp_path / "home" / "clips" / "a.wav"), str(listing.parent / "b.wav")]

@@ -70,7 +70,7 @@ def collect_inputs(items: Iterable[str | Path] | str | Path) -> list[str]:
             for line in item.read_text(encoding="utf-8-sig").splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
-                    entry = Path(line)
+                    entry = Path(line).expanduser()  # "~/x.wav" is in the home folder, not beside the list
                     paths.append(str(entry if entry.is_absolute() else item.parent / entry))
         else:
             paths.append(str(item))
@@ -388,6 +388,8 @@ def predict_files(
     output = Path(output)
     if output.is_dir():
         raise ValueError(f"--output {output} is a folder; give a file name ending in .jsonl or .csv")
+    if output.suffix.lower() not in (".jsonl", ".csv"):  # results.json would hold JSON lines, not one JSON value
+        raise ValueError(f"--output {output}: give a file name ending in .jsonl (JSON lines) or .csv")
     paths = collect_inputs(inputs)
     if not paths:
         raise ValueError(NO_INPUTS)
