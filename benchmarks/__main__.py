@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 from pathlib import Path
@@ -94,6 +93,7 @@ def main(argv=None) -> int:
     # of other runs (ast_hf.probe_cache), unless the caller pointed the cache somewhere.
     os.environ.setdefault("AST_HF_PROBE_CACHE", "0")
     from ast_hf.allocator import keep_freed_memory
+    from ast_hf.atomic_io import json_text, write_text_atomic
 
     # As ast-hf's command line does; one process, so transformers' side runs under the same allocator setting.
     kept = keep_freed_memory()
@@ -133,7 +133,8 @@ def main(argv=None) -> int:
     raw = [{k: (v.seconds if isinstance(v, Timing) else v) for k, v in r.items()} | {"ratio": ratio(r)}
            | ({"ratio_of_medians": r["theirs"].median / r["ours"].median} if isinstance(r["ours"], Timing)
               and isinstance(r["theirs"], Timing) else {}) for r in rows]
-    (args.out / "results.json").write_text(json.dumps(raw, indent=1))
+    # Atomically, as results.md; strict JSON: a row without a transformers side has no ratio (null, not NaN).
+    write_text_atomic(args.out / "results.json", json_text(raw, indent=1))
     print(table)
     return 0
 

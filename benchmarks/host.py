@@ -2,11 +2,11 @@
 
 CPU model and flags from /proc/cpuinfo (bf16 dot products: avx512_bf16; AMX tiles: amx_bf16 / amx_tile), the SIMD
 level torch dispatches to, any cap set through ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS /
-NUMBA_CPU_NAME and NUMBA_CPU_FEATURES (rows measured so are a capped run on this machine, not another machine), the
-CPU numba compiles ast-hf's kernels for and how wide their vectors are, torch's BLAS, and the
-oneDNN kernels our CPU paths actually get for a float32 and a bfloat16 matmul (read from ONEDNN_VERBOSE in a fresh
-process, since oneDNN prints its choice only when it first builds a primitive), and how a bf16 model computes here
-(`onednn.bf16_policy`).
+NUMBA_CPU_NAME and NUMBA_CPU_FEATURES or the others of `CAP_VARIABLES` (rows measured so are a capped run on this
+machine, not another machine), the CPU numba compiles ast-hf's kernels for and how wide their vectors are, torch's
+BLAS, and the oneDNN kernels our CPU paths actually get for a float32 and a bfloat16 matmul (read from ONEDNN_VERBOSE
+in a fresh process, since oneDNN prints its choice only when it first builds a primitive), and how a bf16 model
+computes here (`onednn.bf16_policy`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ import re
 import subprocess
 import sys
 
-CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "NUMBA_CPU_NAME",
-                 "NUMBA_CPU_FEATURES", "AST_HF_ONEDNN")
+# Every variable that changes which kernels run (`ast_hf.probe_cache.KERNEL_ENVIRONMENT`: oneDNN also reads its older
+# DNNL_ name; MKL_CBWR / MKL_DEBUG_CPU_TYPE pick MKL's code path; ONEDNN_DEFAULT_FPMATH_MODE=BF16 computes float32
+# matmuls in bf16), and numba's.
+CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE",
+                 "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "MKL_DEBUG_CPU_TYPE", "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES",
+                 "AST_HF_ONEDNN")
 
 _PROBE = """
 import torch

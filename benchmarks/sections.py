@@ -145,14 +145,30 @@ def forward(quick: bool, repeats: int, device: str = "cpu") -> list[dict]:
     return rows
 
 
-def _in_fresh_process(*args: str) -> dict:
-    """Run `python -m benchmarks.sections ARGS` (see the bottom of this file); its last stdout line is JSON."""
+def kernel_choices(config) -> dict[str, str]:
+    """The float32 CPU kernels our forward of `config` runs in this process (`ast_hf.onednn`, probed here at first
+    use), as the environment variables that force them: a fresh process measuring memory gets them, so that it runs
+    the kernels this process timed and does not probe (the probes' buffers are no part of a forward: with --quick
+    they were ~95 of the ~123 MiB a first forward added, where transformers' side probes nothing)."""
+    from ast_hf import onednn
+
+    if not onednn.DTYPES:
+        return {}
+    tokens, heads = clip_tokens(config), config.num_attention_heads
+    return {"AST_HF_FP32_LINEAR": onednn.float32_linear(),
+            "AST_HF_FP32_ATTENTION": onednn.float32_attention(heads, tokens, tokens, config.hidden_size // heads)}
+
+
+def _in_fresh_process(*args: str, env: dict[str, str] | None = None) -> dict:
+    """Run `python -m benchmarks.sections ARGS` (see the bottom of this file), with `env` added to the environment;
+    its last stdout line is JSON."""
     import json
+    import os
     import subprocess
     import sys
 
     child = subprocess.run([sys.executable, "-m", "benchmarks.sections", *args], check=True, capture_output=True,
-                           text=True, cwd=Path(__file__).parents[1])
+                           text=True, cwd=Path(__file__).parents[1], env=os.environ | (env or {}))
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
@@ -186,9 +202,10 @@ def forward_memory_child(side: str, quick: bool, batch: int = 8) -> dict:
 def forward_memory(quick: bool, batch: int = 8) -> list[dict]:
     """Peak resident memory added by one batch-8 fp32 sdpa forward, each side in 3 fresh processes (median)."""
     peaks = {"ours": [], "theirs": []}
+    env = kernel_choices(model_config(quick))
     for _ in range(3):
         for side in peaks:
-            peaks[side].append(_in_fresh_process("forward-memory", side, *["--quick"] * quick)["added"])
+            peaks[side].append(_in_fresh_process("forward-memory", side, *["--quick"] * quick, env=env)["added"])
     med = {k: statistics.median(v) for k, v in peaks.items()}
     return [dict(section="forward memory", case=f"batch {batch}, sdpa, float32: peak RSS added by the call (fresh "
                                                f"process)", ours=med["ours"], theirs=med["theirs"], unit="MiB")]
@@ -468,7 +485,7 @@ def long_audio(quick: bool, repeats: int) -> list[dict]:
 
             timing = interleaved({"ours": run}, max(1, repeats // 2))["ours"]
             windows = len(last["tags"].starts)
-            memory = _in_fresh_process("long-audio", path, *["--quick"] * quick)
+            memory = _in_fresh_process("long-audio", path, *["--quick"] * quick, env=kernel_choices(config))
             rows.append(dict(section="long audio", case=f"{seconds:>3d} s recording", ours=timing, theirs=None,
                              memory=memory["peak"], memory_added=memory["added"],
                              note=f"{windows} window(s); process peak RSS {memory['peak']:.0f} MiB, "
