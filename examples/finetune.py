@@ -31,10 +31,11 @@ def parse_args(argv=None):
                    choices=["esc50", "speechcommands", "audioset", "ssast-speechcommands", "ssast-esc50"])
     p.add_argument("--output-dir", required=True)
     p.add_argument("--data", help="local audiofolder (offline); default: the recipe's Hub data set")
-    p.add_argument("--model", help="AST folder or Hub id to fine-tune (e.g. the converted AudioSet model)")
-    p.add_argument("--imagenet", metavar="DEIT",
-                   help="start from ImageNet DeiT weights (timm .pth/.safetensors or a transformers DeiT folder)")
-    p.add_argument("--config", help="JSON file of ASTConfig fields: train a fresh model instead of --model")
+    start = p.add_mutually_exclusive_group()  # one starting point: a second one would be silently ignored
+    start.add_argument("--model", help="AST folder or Hub id to fine-tune (e.g. the converted AudioSet model)")
+    start.add_argument("--imagenet", metavar="DEIT",
+                       help="start from ImageNet DeiT weights (timm .pth/.safetensors or a transformers DeiT folder)")
+    start.add_argument("--config", help="JSON file of ASTConfig fields: train a fresh model instead of --model")
     p.add_argument("--label-column", help="default: 'label' for a local folder, the recipe's for the Hub")
     p.add_argument("--audio-column", default="audio")
     p.add_argument("--train-split", help="default: the recipe's")
@@ -57,7 +58,12 @@ def parse_args(argv=None):
     p.add_argument("--cpu", action="store_true",
                    help="train on the CPU even when a GPU is present (always, when none is: DDP then uses gloo)")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("epochs", "batch_size", "lr", "max_length", "max_steps"):  # 0 would read as 'the recipe's'
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    return args
 
 
 def build_labels(recipe, splits, label_column, collator_multi_label):
@@ -85,15 +91,12 @@ def run_one(args, recipe, train, evaluation, labels, output_dir: Path, label_col
     from ast_hf.training import ASTAudioCollator, ASTTrainer, ASTTrainingArguments, compute_normalization_stats
 
     max_length = args.max_length or recipe.max_length
-    fe = ASTFeatureExtractor(max_length=max_length, mean=recipe.mean, std=recipe.std)
     id2label = dict(enumerate(labels))
     label2id = {name: i for i, name in id2label.items()}
     common = dict(id2label=id2label, label2id=label2id, problem_type=recipe.problem_type)
     if args.config:
         fields = json.loads(Path(args.config).read_text())
         config = ASTConfig(**{**fields, "max_length": max_length, "num_labels": len(labels), **common})
-        fe = ASTFeatureExtractor(num_mel_bins=config.num_mel_bins, max_length=max_length, mean=recipe.mean,
-                                 std=recipe.std)
         torch.manual_seed(args.seed)
         model = ASTForAudioClassification(config)
     elif args.model:
@@ -108,6 +111,9 @@ def run_one(args, recipe, train, evaluation, labels, output_dir: Path, label_col
     else:
         raise ValueError("give --model (an AST folder or Hub id to fine-tune), --imagenet (DeiT weights) or --config "
                          "(a fresh model)")
+    # The model's mel bins (a locally built model may have other than 128), the recipe's normalisation
+    fe = ASTFeatureExtractor(num_mel_bins=model.config.num_mel_bins, max_length=max_length, mean=recipe.mean,
+                             std=recipe.std)
     if args.compute_norm_stats:
         compute_normalization_stats(train, fe, audio_column=args.audio_column)
     collator = ASTAudioCollator(
@@ -179,9 +185,19 @@ def main(argv=None) -> int:
         raise ValueError(f"no split {train_split!r} in {source}; it has {', '.join(data)}")
     output_dir = Path(args.output_dir)
     fold_column = recipe.fold_column if recipe.fold_column in data[train_split].column_names else None
+    if args.fold and not (fold_column and not eval_split):
+        why = (f"the {recipe.name} recipe has no folds" if not recipe.fold_column else
+               f"split {train_split!r} of {source} has no {recipe.fold_column!r} column" if not fold_column else
+               f"{source} has an evaluation split, {eval_split!r}")
+        raise ValueError(f"--fold applies to cross-validation over the folds of one split, and {why}")
     if fold_column and not eval_split:
         everything = data[train_split]
-        folds = args.fold or sorted(set(everything[fold_column]))
+        present = sorted(set(everything[fold_column]))
+        by_name = {str(fold): fold for fold in present}  # --fold 1 is the fold "1" of a column read as text
+        unknown = [str(fold) for fold in args.fold or [] if str(fold) not in by_name]
+        if unknown:
+            raise ValueError(f"no fold {', '.join(unknown)} in {source}: its folds are {', '.join(by_name)}")
+        folds = [by_name[str(fold)] for fold in args.fold] if args.fold else present
         labels = build_labels(recipe, [everything], label_column, recipe.multi_label)
         results = {}
         for fold in folds:

@@ -213,6 +213,25 @@ def test_concurrent_requests_are_queued_and_all_answered(served, clips):
     assert len({json.dumps(r[0], sort_keys=True) for r in results}) == 1  # one model, the same answer
 
 
+def test_tagging_and_event_detection_take_the_model_in_turn(served, clips, tmp_path):
+    """One model, one request at a time, whichever tab asked: events asked for while a long recording is tagged
+    wait for it (each event had its own queue: the short detection ran beside the tagging and ended first)."""
+    from gradio_client import Client, handle_file
+
+    long = tmp_path / "long_noise.wav"  # within the served limit; its tagging takes seconds with the tiny model
+    sf.write(long, noise(100.0, "white", seed=7), RATE)
+    client = Client(served[0], verbose=False)
+    tagging = client.submit(handle_file(str(long)), 0.0, api_name="/analyse")
+    deadline = time.monotonic() + 60
+    while tagging.status().code.name not in ("PROCESSING", "PROGRESS") and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the server works on it (PROGRESS: its progress bar)
+    assert not tagging.done(), "the tagging ended before the test could ask for events beside it"
+    detecting = client.submit(handle_file(str(clips.speech)), 0.5, 0.3, 5, 0.2, 0.3, api_name="/detect_events")
+    detecting.result(timeout=300)
+    assert tagging.done(), "event detection ran beside the tagging of another request"
+    assert tagging.result(timeout=60)[-1].startswith("**1 min 40 s** of audio")
+
+
 def test_progress_follows_the_tagging_windows(served, tmp_path):
     """A long recording shows its progress: the page gets (windows done, windows in all) while tagging runs."""
     from gradio_client import Client, handle_file
@@ -594,3 +613,68 @@ def test_top_k_0_means_every_label_in_the_app_as_elsewhere(trained, clips, tmp_p
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="top_k must be a whole number >= 0"):
             build_app(model, fe, top_k=bad, examples=[])
+
+
+def _recording_handlers(demo):
+    """The recording tab's and the events tab's handlers, as Gradio calls them."""
+    fns = {fn.api_name: fn.fn for fn in demo.fns.values()}
+    return fns["analyse"], fns["detect_events"]
+
+
+def test_messages_name_an_upload_by_its_name_not_the_servers_copy(trained, tmp_path):
+    """Gradio hands the handlers its temporary copy of an upload (/tmp/gradio/<hash>/name.flac): a decoder's
+    error or warning during tagging names the file as the person knows it, as the header checks do."""
+    import gradio as gr
+
+    from ast_hf.app import build_app
+
+    model, fe = trained
+    analyse, detect = _recording_handlers(build_app(model, fe, examples=[]))
+    server_copy = tmp_path / "gradio" / "0123abcd"
+    server_copy.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    wave = (0.1 * rng.standard_normal(3 * RATE)).astype(np.float32)
+    broken = server_copy / "broken.wav"  # a float WAV with a run of NaN: passes the header, refused decoded
+    sf.write(broken, np.where(np.arange(wave.size) // 100 == 20, np.nan, wave), RATE, subtype="FLOAT")
+    truncated = server_copy / "cut.wav"  # the header declares 3 s, half of it is present: a warning
+    sf.write(server_copy / "whole.wav", wave, RATE)
+    data = (server_copy / "whole.wav").read_bytes()
+    truncated.write_bytes(data[:len(data) // 2])
+    for handler, args in ((analyse, (0.0,)), (detect, (0.5, 0.3, 5, 0.2, 0.3))):
+        with pytest.raises(gr.Error) as refused:
+            handler(str(broken), *args)
+        assert "broken.wav" in refused.value.message and str(server_copy) not in refused.value.message
+        with pytest.warns(UserWarning) as caught:
+            handler(str(truncated), *args)
+        said = [str(w.message) for w in caught if "truncated" in str(w.message)]
+        assert said and all("cut.wav" in m and str(server_copy) not in m for m in said), said
+
+
+def test_a_recording_shorter_than_one_frame_is_refused_by_its_name(trained, tmp_path):
+    """A click on record and stop gives a recording of a few ms: the message names the file and its length (the
+    feature extractor's own refusal spoke of 'clip 0' and a sample count)."""
+    from ast_hf.app import analyse_recording
+
+    model, fe = trained
+    click = tmp_path / "click.wav"
+    sf.write(click, np.full(160, 0.1, np.float32), RATE)  # 10 ms
+    with pytest.raises(ValueError, match=r"^click\.wav lasts 10 ms, shorter than one 25 ms frame"):
+        analyse_recording(model, fe, click, tmp_path)
+    sf.write(click, np.full(RATE // 25, 0.1, np.float32), RATE)  # 40 ms: tagged
+    assert analyse_recording(model, fe, click, tmp_path).windows == 1
+
+
+def test_the_space_script_names_a_bad_setting_before_loading_the_model(monkeypatch):
+    """A Space's variables are typed by hand: one that is not a number stops examples/app.py with a message naming
+    the variable (it was `could not convert string to float` or `max_seconds must be ...`), before the model is
+    loaded (the model here does not exist: loading would fail with another message)."""
+    import runpy
+
+    space = runpy.run_path(str(Path(__file__).parents[1] / "examples" / "app.py"))
+    for name, value in (("AST_HF_MAX_SECONDS", "one hour"), ("AST_HF_MAX_SECONDS", "0"),
+                        ("GRADIO_SERVER_PORT", "http")):
+        with monkeypatch.context() as patch:
+            patch.setenv(name, value)
+            with pytest.raises(SystemExit) as stopped:
+                space["main"](["app.py", "/no/such/model"])
+            assert str(stopped.value).startswith(f"{name} must be") and repr(value) in str(stopped.value)

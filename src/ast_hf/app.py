@@ -11,7 +11,8 @@ are these two calls.
   `analyse_recording`, `detect_recording_events`, `LiveSession`, `write_example_clips`); the handlers only
   translate: their `ValueError`s become a message in the page (`gradio.Error`) and their warnings a
   `gradio.Warning`, so a bad upload never stops the server.
-* One model serves everyone: requests are queued and run one at a time (`queue(default_concurrency_limit=1)`).
+* One model serves everyone: requests are queued and run one at a time (one concurrency group, "model", for
+  tagging and events; the live tab's chunks have their own, "live", so that the microphone is not stalled).
 * Gradio's analytics and version check are off and nothing is fetched at launch (the default theme's fonts are
   served by Gradio itself): the app runs on a machine with no internet.
 """
@@ -205,9 +206,15 @@ def analyse_recording(model, feature_extractor, path: str | Path, out_dir: str |
     if info.frames is not None:
         _explained_length(explain_start, info.frames / info.sampling_rate + HEADER_SLACK_SECONDS, model.config,
                           feature_extractor)
+    rate, shortest = feature_extractor.sampling_rate, feature_extractor.min_samples
+    # A click on the microphone's record and stop makes a recording of a few ms: named here, by its file (the
+    # feature extractor's refusal speaks of "clip 0" and samples). Decodes the first 25 ms only.
+    head = len(read_segment(path, rate, 0.0, shortest / rate))
+    if head < shortest:
+        raise ValueError(f"{Path(path).name if name is None else name} lasts {head / rate * 1000:.0f} ms, shorter "
+                         f"than one {shortest / rate * 1000:g} ms frame: there is too little audio to tag")
     tags = tag_long_audio(model, feature_extractor, path, progress=progress)
     length = _explained_length(explain_start, tags.duration, model.config, feature_extractor)
-    rate = feature_extractor.sampling_rate
     segment = read_segment(path, rate, explain_start, length)
     explanation = replace(explain(model, feature_extractor, segment, sampling_rate=rate), start=explain_start)
     top = tags.top(top_k)
@@ -453,21 +460,25 @@ def _fresh_folder(root: Path) -> Path:
 
 
 @contextmanager
-def _messages_in_page() -> Iterator[None]:
+def _messages_in_page(upload: str | Path | None = None) -> Iterator[None]:
     """Run a handler's work so that its `ValueError`s (and `FileNotFoundError`s) become a message in the page
     (`gradio.Error`, which stays until closed) and its `UserWarning`s (e.g. a file cut short) a `gradio.Warning`:
-    the person reads them, the server goes on."""
+    the person reads them, the server goes on. The decoders name a file by its path, which for an `upload` is
+    Gradio's temporary copy on the server: the messages name it by its own name, as `check_recording` does."""
     import gradio as gr
+
+    def said(message) -> str:
+        return str(message) if upload is None else str(message).replace(str(upload), Path(upload).name)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             yield
         except (ValueError, FileNotFoundError) as error:
-            raise gr.Error(str(error), duration=None, print_exception=False) from None
+            raise gr.Error(said(error), duration=None, print_exception=False) from None
     for warning in caught:
         if issubclass(warning.category, UserWarning):
-            gr.Warning(str(warning.message))
+            gr.Warning(said(warning.message))
 
 
 def _summary(analysis: Analysis, seconds: float, native_rate: int, target_rate: int) -> str:
@@ -506,7 +517,7 @@ def _add_recording_tab(app: AppParts) -> None:
         # Gradio finds the progress tracker by its default value; track_tqdm follows tag_long_audio's windows.
         def analyse(path, start, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
             progress(0.0, desc="reading the header")
-            with _messages_in_page():
+            with _messages_in_page(path):
                 seconds, native_rate = check_recording(path, app.max_seconds)
                 analysis = analyse_recording(app.model, app.feature_extractor, path, _fresh_folder(app.results_dir),
                                              float(start or 0.0), app.top_k, progress=True)
@@ -559,7 +570,7 @@ def _add_events_tab(app: AppParts) -> None:
 
         def detect(path, on, off, median, shortest, gap, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
             progress(0.0, desc="reading the header")
-            with _messages_in_page():
+            with _messages_in_page(path):
                 seconds, native_rate = check_recording(path, app.max_seconds)
                 params = event_postprocessing(on, off, median, shortest, gap)
                 detection = detect_recording_events(app.model, app.feature_extractor, path,
@@ -702,6 +713,12 @@ def build_app(model, feature_extractor, max_seconds: float = DEFAULT_MAX_SECONDS
                     f"microphone live.")
         for add in _TABS:
             add(app)
+    # Gradio queues each event apart (its own concurrency id): tagging, its examples' run and event detection
+    # would take the model at the same time, each with its memory. One queue for them; live has its own ("live"),
+    # so that the microphone is not stalled behind a long recording.
+    for fn in demo.fns.values():
+        if fn.queue and fn.concurrency_id != "live":
+            fn.concurrency_id, fn.concurrency_limit = "model", 1
     demo.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     demo.ast_hf_workdir = work  # removed with the app
     return demo
