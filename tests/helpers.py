@@ -153,3 +153,34 @@ def kernel_setting(monkeypatch, variable: str, choice, read: bool = False):
         yield force
     finally:
         choice.cache_clear()
+
+
+def example_script(name: str):
+    """examples/<name>.py imported as a module (the example scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"example_{name}", REPO / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tone_or_noise(rng: np.random.Generator, tonal: bool, seconds: float = 0.5) -> np.ndarray:
+    """A float32 clip at RATE: a sine of random pitch (300-900 Hz) or white noise, amplitude 0.3."""
+    t = np.arange(round(seconds * RATE)) / RATE
+    wave = 0.3 * np.sin(2 * np.pi * rng.uniform(300, 900) * t) if tonal else 0.3 * rng.standard_normal(t.size)
+    return wave.astype(np.float32)
+
+
+def word_folders(root: Path) -> Path:
+    """An audiofolder at `root` with two of the Speech Commands labels, "yes" (tones) and "no" (noise bursts):
+    train/ with 4 clips of each, test/ with 2."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("test", 2)):
+        for label in ("yes", "no"):
+            (root / split / label).mkdir(parents=True)
+            for i in range(count):
+                sf.write(root / split / label / f"{i}.wav", tone_or_noise(rng, label == "yes"), RATE)
+    return root

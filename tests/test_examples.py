@@ -4,7 +4,6 @@ app's Space script is tested in test_app.py, the recipes' training in test_train
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 
 import numpy as np
@@ -12,37 +11,22 @@ import pytest
 import soundfile as sf
 
 from ast_hf import ASTConfig, ASTFeatureExtractor, ASTForAudioClassification
-from helpers import REPO
-
-RATE = 16000
+from helpers import RATE, example_script, tone_or_noise, word_folders
 
 
 @pytest.fixture(scope="module")
 def finetune():
-    spec = importlib.util.spec_from_file_location("finetune_example", REPO / "examples" / "finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return example_script("finetune")
 
 
 def _clip(rng, label: str) -> np.ndarray:
-    t = np.arange(RATE // 2) / RATE
-    wave = 0.3 * np.sin(2 * np.pi * rng.uniform(300, 900) * t) if label in ("yes", "dog") else (
-        0.3 * rng.standard_normal(t.size))
-    return wave.astype(np.float32)
+    return tone_or_noise(rng, label in ("yes", "dog"))
 
 
 @pytest.fixture(scope="module")
 def words(tmp_path_factory):
     """An audiofolder with train and test splits (no folds)."""
-    root = tmp_path_factory.mktemp("words")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 4), ("test", 2)):
-        for label in ("yes", "no"):
-            (root / split / label).mkdir(parents=True)
-            for i in range(count):
-                sf.write(root / split / label / f"{i}.wav", _clip(rng, label), RATE)
-    return root
+    return word_folders(tmp_path_factory.mktemp("words"))
 
 
 @pytest.fixture(scope="module")

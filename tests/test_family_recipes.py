@@ -3,44 +3,25 @@
 
 from __future__ import annotations
 
-import importlib.util
-
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from ast_hf import ASTForAudioClassification, convert_original_checkpoint
 from ast_hf.training.recipes import get_recipe
-from helpers import REPO
+from helpers import example_script, word_folders
 from test_imagenet_init import timm_deit
 from test_ssast import pretraining_checkpoint
-
-RATE = 16000
 
 
 @pytest.fixture(scope="module")
 def finetune():
-    spec = importlib.util.spec_from_file_location("finetune", REPO / "examples" / "finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return example_script("finetune")
 
 
 @pytest.fixture(scope="module")
 def words(tmp_path_factory):
     """An audiofolder with two of the Speech Commands labels (noise bursts vs tones), train and test."""
-    root = tmp_path_factory.mktemp("words")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 4), ("test", 2)):
-        for label in ("yes", "no"):
-            (root / split / label).mkdir(parents=True)
-            for i in range(count):
-                t = np.arange(RATE // 2) / RATE
-                wave = (0.3 * np.sin(2 * np.pi * rng.uniform(300, 900) * t) if label == "yes"
-                        else 0.3 * rng.standard_normal(t.size))
-                sf.write(root / split / label / f"{i}.wav", wave.astype(np.float32), RATE)
-    return root
+    return word_folders(tmp_path_factory.mktemp("words"))
 
 
 def test_ssast_recipes_name_the_authors_settings():
